@@ -1,0 +1,24 @@
+"""Custom training loops for TensorFlow 2 and Keras 3.
+
+    import framework
+    from framework import losses
+
+    class MyTrainer(framework.Trainer):
+        def build_model(self): ...
+        def build_train_dataset(self, input_context): ...
+        def build_loss(self): ...
+
+    if __name__ == "__main__":
+        framework.run(MyTrainer)
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # orbax imports JAX: keep it off accelerators
+
+from framework import config, distribute, losses  # noqa: E402
+from framework.launch import run  # noqa: E402
+from framework.trainer import StepLoss, Trainer  # noqa: E402
+
+__all__ = ["StepLoss", "Trainer", "config", "distribute", "losses", "run"]

@@ -1,0 +1,160 @@
+"""Run configuration: the framework's defaults and their validation.
+
+An experiment config starts from `defaults()` and changes what it needs::
+
+    def get_config(arg=None):
+        config = framework.config.defaults()
+        config.batch_size = 128
+        config.model.width = 256        # free-form sections: model, data, task
+        return config
+
+`defaults()` is locked: assigning a key it does not know (`config.batchsize`)
+fails at once with a "did you mean" hint. `resolve()` is applied to every
+config a `Trainer` receives; it fills missing keys from the defaults, rejects
+unknown keys with the list of valid keys next to them, and checks values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+# Sections the framework never reads: experiments put their own keys here.
+FREE_SECTIONS = ("model", "data", "task")
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+MODES = ("train", "eval", "train_and_eval", "continuous_eval", "export")
+NAN_POLICIES = ("raise", "skip", "restore")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every key the framework reads, with its default value."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 64  # global: summed over all replicas
+    c.epochs = 10
+    c.steps_per_epoch = 0  # 0: one pass over the training dataset
+    c.steps_per_execution = 0  # train steps per compiled call; 0: auto
+    c.log_every_steps = 100
+    c.eval_every_epochs = 1
+    c.jit_compile = False
+    c.deterministic = False
+    c.precision = "float32"
+
+    c.distribution = ml_collections.ConfigDict()
+    c.distribution.strategy = "auto"
+    c.distribution.cpu_devices = 0  # >0: split the host CPU into N logical devices
+    c.distribution.tpu = "local"  # TPUClusterResolver address; "local" on a TPU VM
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 0  # 0: at the end of every epoch only
+
+    for section in FREE_SECTIONS:
+        c[section] = ml_collections.ConfigDict()
+    c.lock()
+    for section in FREE_SECTIONS:
+        c[section].unlock()
+    return c
+
+
+class ConfigError(ValueError):
+    """A config key or value the framework cannot use."""
+
+
+def _near(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"{hint} Valid keys here: {', '.join(sorted(valid))}."
+
+
+def _items(config: Any) -> list[tuple[str, Any]]:
+    if isinstance(config, ml_collections.ConfigDict):
+        return list(config.items(preserve_field_references=True))
+    return list(config.items())
+
+
+def _merge(target: ml_collections.ConfigDict, source: Any, path: str) -> None:
+    valid = list(target.keys())
+    for key, value in _items(source):
+        full = f"{path}.{key}" if path else key
+        if path == "" and key in FREE_SECTIONS:
+            with target.unlocked():
+                target[key] = ml_collections.ConfigDict(_plain(value))
+            target[key].unlock()
+            continue
+        if key not in valid:
+            raise ConfigError(f"Unknown config key {full!r}.{_near(key, valid)}")
+        default = target[key]
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+                raise ConfigError(f"config.{full} must be a section of keys, got {value!r}.")
+            _merge(default, value, full)
+            continue
+        if isinstance(value, config_dict.FieldReference):
+            value = value.get()
+        try:
+            target[key] = value
+        except TypeError as e:
+            raise ConfigError(f"config.{full}={value!r} has the wrong type: {e}") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    return dict(value)
+
+
+def resolve(config: Any | None = None) -> ml_collections.ConfigDict:
+    """Returns a full, checked copy: `defaults()` overlaid with `config`."""
+    resolved = defaults()
+    if config is not None:
+        if not isinstance(config, (Mapping, ml_collections.ConfigDict)):
+            raise ConfigError(
+                f"config must be an ml_collections.ConfigDict or a dict, got {type(config).__name__}."
+            )
+        _merge(resolved, config, "")
+    check_values(resolved)
+    return resolved
+
+
+def _choice(config: ml_collections.ConfigDict, key: str, choices: tuple[str, ...]) -> None:
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    if value not in choices:
+        raise ConfigError(f"config.{key}={value!r} is not one of {', '.join(choices)}.")
+
+
+def _positive(config: ml_collections.ConfigDict, key: str, *, allow_zero: bool = False) -> None:
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ConfigError(f"config.{key}={value!r} must be an integer {bound}.")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first key whose value cannot work."""
+    _positive(config, "batch_size")
+    _positive(config, "epochs", allow_zero=True)
+    _positive(config, "steps_per_epoch", allow_zero=True)
+    _positive(config, "steps_per_execution", allow_zero=True)
+    _positive(config, "log_every_steps")
+    _positive(config, "eval_every_epochs")
+    _positive(config, "distribution.cpu_devices", allow_zero=True)
+    _positive(config, "checkpoint.every_steps", allow_zero=True)
+    _choice(config, "precision", PRECISIONS)
+    _choice(config, "distribution.strategy", STRATEGIES)
+    if not config.optimizer.learning_rate > 0:
+        raise ConfigError(
+            f"config.optimizer.learning_rate={config.optimizer.learning_rate!r} must be > 0."
+        )

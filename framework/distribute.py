@@ -1,0 +1,132 @@
+"""Strategies from config, logical CPU devices, and replica-context helpers.
+
+`make_strategy(config.distribution)` is the only place a strategy is chosen.
+The helpers below are called inside `strategy.run` (replica context) and are
+cheap no-ops when there is a single replica, so one-device runs pay nothing
+for being distribution-exact.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+
+def configure_cpu_devices(count: int) -> list[str]:
+    """Splits the host CPU into `count` logical devices; returns their names.
+
+    TensorFlow allows this only before its runtime starts. If it has already
+    started with at least `count` logical CPUs, the first `count` are used.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+    except RuntimeError:
+        pass  # runtime already initialized: use what exists
+    names = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(names) < count:
+        raise RuntimeError(
+            f"config.distribution.cpu_devices={count}, but TensorFlow already started with "
+            f"{len(names)} logical CPU device(s); logical devices can only be created before "
+            "TensorFlow initializes. Create the Trainer (or call "
+            "framework.distribute.configure_cpu_devices) before running any TensorFlow op."
+        )
+    return names[:count]
+
+
+def _tpu_present() -> bool:
+    return bool(os.environ.get("TPU_NAME") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def _tpu_strategy(address: str) -> tf.distribute.Strategy:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise RuntimeError(
+            f"config.distribution.strategy='tpu' but no TPU was found at "
+            f"config.distribution.tpu={address!r} ({type(e).__name__}: {e}). On a TPU VM use "
+            "'local'; elsewhere use strategy 'auto', 'one_device' or 'mirrored'."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
+    """Builds the strategy named by `config.distribution`."""
+    name = dist.strategy
+    cpus = configure_cpu_devices(dist.cpu_devices) if dist.cpu_devices else None
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise RuntimeError(
+                "config.distribution.strategy='multi_worker' needs the TF_CONFIG environment "
+                "variable describing the cluster and this worker's task."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu" or (name == "auto" and _tpu_present()):
+        return _tpu_strategy(dist.tpu)
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(gpus or cpus or None)
+    if name == "auto" and len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(gpus)
+    if name == "auto" and not gpus and cpus and len(cpus) > 1:
+        return tf.distribute.MirroredStrategy(cpus)
+    return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one process that writes checkpoints, summaries and logs."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+
+
+# ---- replica-context helpers ------------------------------------------------
+
+
+def num_replicas() -> int:
+    """Replicas in sync for the current context (1 outside any strategy)."""
+    return tf.distribute.get_replica_context().num_replicas_in_sync if _in_replica() else 1
+
+
+def _in_replica() -> bool:
+    return tf.distribute.get_replica_context() is not None
+
+
+def all_reduce_sum(value):
+    """Sums a (nested) value over replicas; identity with one replica.
+
+    The gradient of the sum is the sum of every replica's upstream gradient:
+    a loss built on all-reduced statistics must be divided by the replica
+    count (see `losses.algebra`).
+    """
+    if num_replicas() == 1:
+        return value
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def all_reduce_min(value):
+    if num_replicas() == 1:
+        return value
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MIN, value)
+
+
+def log_strategy(strategy: tf.distribute.Strategy) -> None:
+    logging.info("Distribution: %s", describe(strategy))

@@ -1,0 +1,118 @@
+"""Run outputs: metrics.jsonl, TensorBoard scalars, and the progress display.
+
+Only the chief writes files (`enabled=False` elsewhere). Everything here runs
+on the host at log points, never inside the compiled loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Mapping
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+
+def to_floats(logs: Mapping) -> dict[str, float]:
+    return {k: float(v) for k, v in logs.items()}
+
+
+def _json_value(value: float):
+    return value if math.isfinite(value) else str(value)
+
+
+class RunLog:
+    """Appends log records to `workdir/metrics.jsonl` and TensorBoard event files.
+
+    Train scalars go under `workdir/train`, evaluation scalars (keys starting
+    with `val/`, written without that prefix so curves overlay) under
+    `workdir/eval`.
+    """
+
+    def __init__(self, workdir: str | None, *, enabled: bool = True):
+        self.enabled = enabled and workdir is not None
+        self.workdir = workdir
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def _writer(self, split: str) -> tf.summary.SummaryWriter:
+        if split not in self._writers:
+            self._writers[split] = tf.summary.create_file_writer(os.path.join(self.workdir, split))
+        return self._writers[split]
+
+    def write(self, kind: str, step: int, epoch: int, logs: Mapping[str, float]) -> None:
+        """kind: 'train' (a log point), 'eval', or 'epoch' (end-of-epoch summary)."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, "epoch": epoch, "time": round(time.time(), 3)}
+        record.update({k: _json_value(v) for k, v in logs.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if kind == "epoch":
+            return  # its values were written at their own log points
+        train = {k: v for k, v in logs.items() if not k.startswith("val/")}
+        evals = {k[len("val/"):]: v for k, v in logs.items() if k.startswith("val/")}
+        for split, values in (("train", train), ("eval", evals)):
+            if not values:
+                continue
+            with self._writer(split).as_default(step=step):
+                for name, value in values.items():
+                    tf.summary.scalar(name, value)
+            self._writers[split].flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            for writer in self._writers.values():
+                writer.close()
+
+
+def _format(logs: Mapping[str, float], limit: int = 6) -> str:
+    keys = [k for k in logs if "/raw" not in k][:limit]
+    return " ".join(f"{k}={logs[k]:.4g}" for k in keys)
+
+
+class Progress:
+    """A progress bar with steps/s and ETA on a terminal; absl log lines elsewhere."""
+
+    def __init__(self, *, enabled: bool = True, interactive: bool | None = None):
+        self.enabled = enabled
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        self._bar = None
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self._start = time.perf_counter()
+        if self.enabled and self.interactive:
+            print(f"Epoch {epoch}/{epochs}")
+            self._bar = keras.utils.Progbar(steps, stateful_metrics=None, unit_name="step")
+
+    def update(self, done: int, logs: Mapping[str, float] | None = None, *, rate: float | None = None):
+        """done: steps finished in this epoch. `logs` given at log points only."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            values = [("steps/s", rate)] if rate else []
+            values += [(k, v) for k, v in (logs or {}).items() if "/" not in k][:4]
+            self._bar.update(done, values=values or None)
+        elif logs is not None:
+            eta = (self.steps - done) / rate if rate else float("nan")
+            logging.info(
+                "epoch %d/%d step %d/%d | %s | %.1f steps/s, ETA %.0fs",
+                self.epoch, self.epochs, done, self.steps, _format(logs), rate or 0.0, eta,
+            )
+
+    def end_epoch(self, logs: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        seconds = time.perf_counter() - self._start
+        if self._bar is not None:
+            self._bar = None
+        logging.info("epoch %d/%d done in %.1fs | %s", self.epoch, self.epochs, seconds, _format(logs, 10))

@@ -1,0 +1,505 @@
+"""Trainer: build hooks, the per-replica step, and the fit/evaluate phases.
+
+    class Trainer:
+        __init__:  strategy <- config.distribution; under strategy.scope():
+                   model, optimizer, loss, metrics <- build_* hooks
+        fit():
+            for epoch in epochs:
+                reset metrics; iterator = iter(train dataset)
+                while the epoch has steps left:
+                    n = steps to the next log point (<= steps_per_execution)
+                    train_fn(iterator, n)          # n x strategy.run(train_step)
+                    at log points: loss means, metric results -> logs
+                if an eval dataset exists: logs |= val/... <- evaluate()
+        train_step(batch):                         # per replica, compiled
+            x, y, w = batch
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                loss, logs = compute_loss(y, y_pred, w)
+            apply_gradients(tape, loss)
+            update_metrics(y, y_pred, w)
+            return logs
+
+Override `train_step` / `eval_step` to own the step; keep `compute_loss`
+and `apply_gradients` for what is subtle (distribution, loss scaling,
+non-finite losses).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple
+
+import keras
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from framework import config as config_lib
+from framework import distribute, logs, loop, precision
+from framework.losses import Loss
+from framework.losses.algebra import _select
+
+
+class StepLoss(NamedTuple):
+    """`compute_loss` result: the loss to differentiate and its log values."""
+
+    loss: tf.Tensor
+    logs: dict[str, tf.Tensor]
+
+
+def _expect(value: Any, types: type | tuple[type, ...], hook: str, what: str) -> Any:
+    if not isinstance(value, types):
+        raise TypeError(f"{hook}() must return {what}, got {type(value).__name__}: {value!r:.200}")
+    return value
+
+
+class Trainer:
+    """Subclass and implement `build_model`, `build_train_dataset`, `build_loss`."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict | dict | None = None,
+        workdir: str | None = None,
+        *,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        self.config = config_lib.resolve(config)
+        self.workdir = workdir
+        self.strategy = strategy or distribute.make_strategy(self.config.distribution)
+        self.is_chief = distribute.is_chief(self.strategy)
+        keras.utils.set_random_seed(self.config.seed)
+        if self.config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        self._train_fn = self._eval_fn = None
+        self._train_data = self._eval_data = None
+        self.epoch = 0
+        self._auto_steps = 32
+        with self.strategy.scope():
+            with precision.dtype_policy(self.config.precision):
+                self.model = _expect(self.build_model(), keras.Model, "build_model", "a keras.Model")
+            optimizer = _expect(
+                self.build_optimizer(), keras.optimizers.Optimizer, "build_optimizer",
+                "a keras.optimizers.Optimizer",
+            )
+            self.optimizer = precision.wrap_optimizer(optimizer, self.config.precision)
+            self.loss = self.build_loss()
+            if self.loss is not None:
+                _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
+                self._check_heads(self.loss)
+            self.metrics = self._collect_metrics(self.build_metrics())
+            self._step = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self._nonfinite_step = tf.Variable(
+                -1, dtype=tf.int64, trainable=False, name="nonfinite_step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+    # ---- hooks -------------------------------------------------------------
+
+    def build_model(self) -> keras.Model:
+        raise NotImplementedError("Implement build_model() -> keras.Model.")
+
+    def build_train_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        raise NotImplementedError(
+            "Implement build_train_dataset(input_context) -> tf.data.Dataset of per-replica batches."
+        )
+
+    def build_eval_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset | None:
+        return None
+
+    def build_loss(self) -> Loss | None:
+        if type(self).train_step is Trainer.train_step:
+            raise NotImplementedError("Implement build_loss() -> framework.losses.Loss.")
+        return None
+
+    def build_metrics(self) -> list | dict:
+        return []
+
+    def build_optimizer(self) -> keras.optimizers.Optimizer:
+        cfg = self.config.optimizer
+        try:
+            return keras.optimizers.deserialize(
+                {"class_name": cfg.name, "config": {"learning_rate": cfg.learning_rate}}
+            )
+        except (ValueError, TypeError) as e:
+            raise config_lib.ConfigError(
+                f"config.optimizer.name={cfg.name!r} is not a Keras optimizer ({e})."
+            ) from None
+
+    # ---- the step ----------------------------------------------------------
+
+    def train_step(self, batch) -> dict:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=True)
+            loss, step_logs = self.compute_loss(y, y_pred, sample_weight)
+        self.apply_gradients(tape, loss)
+        self.update_metrics(y, y_pred, sample_weight)
+        return step_logs
+
+    def eval_step(self, batch) -> dict:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        y_pred = self.model(x, training=False)
+        step_logs = {}
+        if self.loss is not None:
+            step_logs = self.compute_loss(y, y_pred, sample_weight).logs
+        self.update_metrics(y, y_pred, sample_weight)
+        return step_logs
+
+    def compute_loss(self, y, y_pred, sample_weight=None, *, loss: Loss | None = None, prefix: str = "") -> StepLoss:
+        """Evaluates `loss` (default: `self.loss`) with global reductions.
+
+        Returns the total to differentiate (its value is the global loss; its
+        gradient is this replica's share, so the optimizer's sum over
+        replicas gives the global gradient) and `loss`, `loss/<term>`,
+        `loss/<term>/raw` logs, prefixed with `prefix`.
+        """
+        loss = loss if loss is not None else self.loss
+        if loss is None:
+            raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
+        self._check_batch(y, y_pred)
+        result = loss(y, y_pred, sample_weight, model=self.model, step=self._step.read_value())
+        return StepLoss(result.total, result.logs(prefix))
+
+    def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
+        """Differentiates `loss`, then updates `variables` unless the loss is non-finite.
+
+        With float16 the loss is scaled before differentiation and the
+        optimizer unscales, skips steps whose gradients overflow on any
+        replica, and adapts the scale. A non-finite loss skips the update on
+        every replica and stops training with an error naming the step.
+        """
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        variables = list(variables) if variables is not None else self.model.trainable_variables
+        scale = precision.loss_scale(optimizer)
+        output_gradients = None if scale is None else tf.cast(scale, loss.dtype)
+        grads = tape.gradient(loss, variables, output_gradients=output_gradients)
+        if all(g is None for g in grads):
+            raise ValueError(
+                "apply_gradients(): the loss does not depend on any of the "
+                f"{len(variables)} variables given."
+            )
+        finite = tf.math.is_finite(loss)
+        replicas = distribute.num_replicas()
+        if replicas > 1:
+            finite = distribute.all_reduce_min(tf.cast(finite, tf.float32)) > 0
+        if scale is not None:
+            self._apply_scaled(optimizer, grads, variables, finite, replicas)
+        else:
+            self._apply_if(finite, optimizer, grads, variables)
+        self._nonfinite_step.assign(
+            tf.where(finite, self._nonfinite_step, self._step + 1)
+        )
+
+    def _apply_if(self, finite, optimizer, grads, variables) -> None:
+        context = tf.distribute.get_replica_context()
+        if context.num_replicas_in_sync == 1 or tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(finite, lambda: optimizer.apply(grads, variables), lambda: None)
+            return
+
+        def cross_replica(strategy, grads, finite):
+            decided = strategy.experimental_local_results(finite)[0]
+
+            def update():
+                strategy.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
+
+            tf.cond(decided, update, lambda: None)
+
+        context.merge_call(cross_replica, args=(grads, finite))
+
+    def _apply_scaled(self, optimizer, grads, variables, finite, replicas) -> None:
+        # Keras' LossScaleOptimizer looks at replica 0's gradients only: agree
+        # on finiteness over all replicas and make every replica see it.
+        if replicas > 1:
+            local = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+            everywhere = distribute.all_reduce_min(tf.cast(local, tf.float32)) > 0
+            poison = tf.where(tf.logical_and(everywhere, finite), 0.0, float("nan"))
+            index = next(i for i, g in enumerate(grads) if g is not None)
+            grads = list(grads)
+            grads[index] = grads[index] + tf.cast(poison, grads[index].dtype)
+        optimizer.apply(grads, variables)
+
+    def update_metrics(self, y, y_pred, sample_weight=None) -> None:
+        for head, metric in self.metrics:
+            weight = _select(sample_weight, head, "sample_weight", metric) if sample_weight is not None else None
+            metric.update_state(_select(y, head, "batch labels", metric), _select(y_pred, head, "model output", metric), sample_weight=weight)
+
+    # ---- checks ------------------------------------------------------------
+
+    def _model_heads(self) -> list[str] | None:
+        try:
+            output = self.model.output
+        except (AttributeError, ValueError):
+            return None
+        return sorted(output) if isinstance(output, dict) else None
+
+    def _check_heads(self, loss: Loss) -> None:
+        heads = self._model_heads()
+        if heads is None:
+            return
+        for term in loss.flat_terms():
+            if term.kind != "regularizer" and term.head is not None and term.head not in heads:
+                raise KeyError(
+                    f"Loss term {term.name!r} reads head {term.head!r}, but the model's heads are {heads}."
+                )
+
+    def _check_batch(self, y, y_pred) -> None:
+        if isinstance(y_pred, dict):
+            if y is not None and not isinstance(y, dict):
+                raise ValueError(
+                    f"The model has heads {sorted(y_pred)} but the batch labels are a single "
+                    f"{type(y).__name__}; give labels as a dict keyed by head."
+                )
+            if isinstance(y, dict):
+                missing = sorted(set(y_pred) - set(y))
+                unknown = sorted(set(y) - set(y_pred))
+                if unknown:
+                    raise ValueError(
+                        f"The batch has labels for head {unknown[0]!r}, which the model does not "
+                        f"have; the model's heads are {sorted(y_pred)}."
+                    )
+                used = {t.head for t in (self.loss.flat_terms() if self.loss else [])}
+                absent = [h for h in missing if h in used]
+                if absent:
+                    raise ValueError(
+                        f"The batch has no labels for head {absent[0]!r}; the model's heads are "
+                        f"{sorted(y_pred)} and the batch's label keys are {sorted(y)}."
+                    )
+        elif isinstance(y, dict):
+            raise ValueError(
+                f"The batch labels are keyed by head {sorted(y)} but the model has a single output."
+            )
+
+    def _collect_metrics(self, built) -> list[tuple[str | None, keras.metrics.Metric]]:
+        if isinstance(built, dict):
+            pairs = [(head, m) for head, ms in built.items() for m in (ms if isinstance(ms, (list, tuple)) else [ms])]
+            heads = self._model_heads()
+            for head, _ in pairs:
+                if heads is not None and head not in heads:
+                    raise KeyError(f"build_metrics() names head {head!r}, but the model's heads are {heads}.")
+        else:
+            pairs = [(None, m) for m in _expect(built, (list, tuple), "build_metrics", "a list or a dict head -> list")]
+        for _, metric in pairs:
+            _expect(metric, keras.metrics.Metric, "build_metrics", "keras.metrics.Metric objects")
+        return pairs
+
+    def metric_name(self, head: str | None, metric: keras.metrics.Metric) -> str:
+        return f"{head}/{metric.name}" if head else metric.name
+
+    # ---- state ---------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        return int(self._step.numpy())
+
+    def metric_results(self) -> dict[str, float]:
+        return {self.metric_name(h, m): float(m.result()) for h, m in self.metrics}
+
+    def reset_metrics(self) -> None:
+        for _, metric in self.metrics:
+            metric.reset_state()
+
+    # ---- datasets --------------------------------------------------------------
+
+    def _distribute(self, hook, name: str):
+        info: dict[str, Any] = {}
+
+        def dataset_fn(input_context):
+            dataset = hook(input_context)
+            if dataset is None and name == "build_eval_dataset":
+                info["cardinality"] = None
+                return tf.data.Dataset.range(0)
+            _expect(dataset, tf.data.Dataset, name, "a tf.data.Dataset")
+            info["cardinality"] = int(dataset.cardinality())
+            info["element_spec"] = dataset.element_spec
+            info["per_pipeline"] = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+            info["hook"], info["context"] = hook, input_context
+            return dataset
+
+        data = self.strategy.distribute_datasets_from_function(dataset_fn)
+        return data, info
+
+    def _steps_in(self, info: dict, name: str, requested: int) -> int:
+        cardinality = info["cardinality"]
+        if cardinality == tf.data.UNKNOWN_CARDINALITY:
+            logging.warning(
+                "%s returned a dataset of unknown length; counting its batches once. Add "
+                "dataset.apply(tf.data.experimental.assert_cardinality(n)) or set "
+                "config.steps_per_epoch to skip this.", name,
+            )
+            dataset = info["hook"](info["context"])
+            cardinality = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        if cardinality == tf.data.INFINITE_CARDINALITY:
+            if not requested:
+                raise ValueError(
+                    f"{name} returned an infinite dataset: set config.steps_per_epoch."
+                )
+            return requested
+        available = math.ceil(cardinality / info["per_pipeline"])
+        if available == 0:
+            raise ValueError(f"{name} returned an empty dataset.")
+        if requested > available:
+            raise ValueError(
+                f"config.steps_per_epoch={requested} but {name} yields only {available} steps per "
+                "pass; use a smaller value or .repeat() the dataset."
+            )
+        return requested or available
+
+    # ---- compiled functions -------------------------------------------------------
+
+    def _make_train_fn(self):
+        return loop.make_step_function(
+            self.strategy, self.train_step, where="train_step",
+            on_step=lambda: self._step.assign_add(1),
+            should_stop=lambda: self._nonfinite_step >= 0,
+        )
+
+    def _make_eval_fn(self):
+        return loop.make_step_function(self.strategy, self.eval_step, where="eval_step")
+
+    def _steps_per_call(self) -> int:
+        return self.config.steps_per_execution or self._auto_steps
+
+    # ---- phases ------------------------------------------------------------------
+
+    def _prepare_train(self) -> None:
+        if self._train_fn is not None:
+            return
+        self._train_data, self._train_info = self._distribute(self.build_train_dataset, "build_train_dataset")
+        self._train_steps = self._steps_in(self._train_info, "build_train_dataset", self.config.steps_per_epoch)
+        self._persistent_iterator = self._train_info["cardinality"] == tf.data.INFINITE_CARDINALITY
+        self._iterator = None
+        self._build_state(self._train_info["element_spec"])
+        self._train_fn = self._make_train_fn()
+        self._run_log = logs.RunLog(self.workdir, enabled=self.is_chief)
+        if self.is_chief and self.workdir:
+            os.makedirs(self.workdir, exist_ok=True)
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+    def _build_state(self, element_spec) -> None:
+        """Creates model and optimizer variables before anything is traced or restored."""
+        with self.strategy.scope():
+            if not self.model.built:
+                x = keras.utils.unpack_x_y_sample_weight(element_spec)[0]
+                x = tf.nest.map_structure(lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), x)
+                self.model(x, training=False)
+            if not self.optimizer.built:
+                self.optimizer.build(self.model.trainable_variables)
+
+    def _train_iterator(self):
+        if self._persistent_iterator and self._iterator is not None:
+            return self._iterator
+        self._iterator = iter(self._train_data)
+        return self._iterator
+
+    def fit(self, *, validate: bool = True) -> list[dict[str, float]]:
+        """Trains for `config.epochs`; returns one log dict per epoch.
+
+        validate: evaluate every `config.eval_every_epochs` epochs when
+          `build_eval_dataset` returns a dataset.
+        """
+        self._prepare_train()
+        self._nonfinite_step.assign(-1)
+        has_eval = validate and self._has_eval()
+        progress = logs.Progress(enabled=self.is_chief)
+        history = []
+        while self.epoch < self.config.epochs:
+            epoch_logs = self._train_epoch(progress)
+            if has_eval and (self.epoch + 1) % self.config.eval_every_epochs == 0:
+                val = {f"val/{k}": v for k, v in self.evaluate().items()}
+                self._run_log.write("eval", self.step, self.epoch + 1, val)
+                epoch_logs.update(val)
+            self.epoch += 1
+            self._run_log.write("epoch", self.step, self.epoch, epoch_logs)
+            progress.end_epoch(epoch_logs)
+            history.append(epoch_logs)
+        return history
+
+    def _train_epoch(self, progress: logs.Progress) -> dict[str, float]:
+        self.reset_metrics()
+        iterator = self._train_iterator()
+        total = self._train_steps
+        progress.start_epoch(self.epoch + 1, self.config.epochs, total)
+        epoch_sums: dict[str, float] = {}
+        interval_sums: dict[str, float] = {}
+        done = interval_steps = 0
+        interval_start = time.perf_counter()
+        every = self.config.log_every_steps
+        while done < total:
+            step = self.step
+            n = min(self._steps_per_call(), total - done, every - step % every)
+            call_start = time.perf_counter()
+            sums, last = self._train_fn(iterator, tf.constant(n, tf.int64))
+            sums = {k: float(v) for k, v in sums.items()}
+            self._check_finite(last)
+            if not self.config.steps_per_execution:
+                self._tune_steps(n, time.perf_counter() - call_start)
+            for key, value in sums.items():
+                epoch_sums[key] = epoch_sums.get(key, 0.0) + value
+                interval_sums[key] = interval_sums.get(key, 0.0) + value
+            done += n
+            interval_steps += n
+            if (step + n) % every == 0 or done == total:
+                rate = interval_steps / max(time.perf_counter() - interval_start, 1e-9)
+                point = {k: v / interval_steps for k, v in interval_sums.items()}
+                point.update(self.metric_results())
+                self._run_log.write("train", self.step, self.epoch + 1, {**point, "steps_per_sec": rate})
+                progress.update(done, point, rate=rate)
+                interval_sums, interval_steps = {}, 0
+                interval_start = time.perf_counter()
+            else:
+                progress.update(done)
+        epoch_logs = {k: v / total for k, v in epoch_sums.items()}
+        epoch_logs.update(self.metric_results())
+        return epoch_logs
+
+    def _tune_steps(self, n: int, seconds: float) -> None:
+        """Auto steps_per_execution: aim for ~0.2 s per compiled call."""
+        if self._train_fn.experimental_get_tracing_count() and seconds > 0:
+            per_step = seconds / n
+            self._auto_steps = int(min(1000, max(1, 0.2 / per_step)))
+
+    def _check_finite(self, last: dict) -> None:
+        bad = int(self._nonfinite_step.numpy())
+        if bad < 0:
+            return
+        terms = [f"{k}={float(v)}" for k, v in last.items() if not math.isfinite(float(v))]
+        raise FloatingPointError(
+            f"Non-finite loss at step {bad}: {', '.join(terms) or 'the loss passed to apply_gradients'}. "
+            "The update was skipped; the weights hold the values before that step."
+        )
+
+    def _has_eval(self) -> bool:
+        if self._eval_data is None:
+            data, info = self._distribute(self.build_eval_dataset, "build_eval_dataset")
+            if info["cardinality"] is None:
+                return False
+            self._eval_data, self._eval_info = data, info
+            self._eval_steps = self._steps_in(info, "build_eval_dataset", 0)
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        """Runs `eval_step` over the whole eval dataset; returns loss and metric values."""
+        if not self._has_eval():
+            raise ValueError("evaluate() needs build_eval_dataset() to return a dataset.")
+        if self._eval_fn is None:
+            self._eval_fn = self._make_eval_fn()
+        self.reset_metrics()
+        iterator = iter(self._eval_data)
+        total, done, sums = self._eval_steps, 0, {}
+        while done < total:
+            n = min(self._steps_per_call(), total - done)
+            call_sums, _ = self._eval_fn(iterator, tf.constant(n, tf.int64))
+            for key, value in call_sums.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            done += n
+        result = {k: v / total for k, v in sums.items()}
+        result.update(self.metric_results())
+        return result
