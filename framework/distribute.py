@@ -59,6 +59,24 @@ def _tpu_strategy(address: str) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
+_strategies_made = 0
+
+
+def _fresh_collective_keys(cls):
+    """Gives each new collective strategy its own group keys.
+
+    TensorFlow numbers collective groups from the same base in every strategy
+    of a process, and its runtime caches each instance's shape by key: a
+    second mirrored strategy in one process (a notebook, a test suite) would
+    collide with the first. All workers create their strategies in the same
+    order, so they still agree on the keys.
+    """
+    global _strategies_made
+    cls._collective_key_base = 10_000 * _strategies_made
+    _strategies_made += 1
+    return cls
+
+
 def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
     """Builds the strategy named by `config.distribution`."""
     name = dist.strategy
@@ -69,16 +87,16 @@ def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
                 "config.distribution.strategy='multi_worker' needs the TF_CONFIG environment "
                 "variable describing the cluster and this worker's task."
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _fresh_collective_keys(tf.distribute.MultiWorkerMirroredStrategy)()
     if name == "tpu" or (name == "auto" and _tpu_present()):
         return _tpu_strategy(dist.tpu)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(gpus or cpus or None)
+        return _fresh_collective_keys(tf.distribute.MirroredStrategy)(gpus or cpus or None)
     if name == "auto" and len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(gpus)
+        return _fresh_collective_keys(tf.distribute.MirroredStrategy)(gpus)
     if name == "auto" and not gpus and cpus and len(cpus) > 1:
-        return tf.distribute.MirroredStrategy(cpus)
+        return _fresh_collective_keys(tf.distribute.MirroredStrategy)(cpus)
     return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
 
 
@@ -122,10 +140,12 @@ def all_reduce_sum(value):
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-def all_reduce_min(value):
+def all_true(flag):
+    """True on every replica iff `flag` (a boolean scalar) is true on all of them."""
     if num_replicas() == 1:
-        return value
-    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MIN, value)
+        return flag
+    failures = tf.cast(tf.logical_not(flag), tf.float32)
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, failures) == 0
 
 
 def log_strategy(strategy: tf.distribute.Strategy) -> None:

@@ -9,6 +9,8 @@ Modes: `train` (fit, no evaluation), `train_and_eval` (fit, evaluating every
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from typing import Sequence
 
@@ -35,11 +37,30 @@ def _define_flags() -> None:
 
 
 def _override_paths(argv: Sequence[str]) -> list[str]:
-    paths = []
-    for arg in argv[1:]:
-        if arg.startswith("--config.") and not arg.startswith("--config.="):
-            paths.append(arg[len("--config."):].split("=", 1)[0])
-    return paths
+    return [
+        arg[len("--config."):].split("=", 1)[0]
+        for arg in argv[1:]
+        if arg.startswith("--config.")
+    ]
+
+
+def _config_argument(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _load_config_file(spec: str) -> ml_collections.ConfigDict:
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_framework_config", path)
+    if module_spec is None or not os.path.exists(path):
+        raise config_lib.ConfigError(f"--config={spec}: no such config file {path!r}.")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
@@ -54,27 +75,42 @@ def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
         node, walked = node[part], walked + [part]
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's parser, with unknown config keys reported by name before any work."""
-    overrides = _override_paths(argv)
-    plain = [a for a in argv if not (a.startswith("--config.") and a.split("=", 1)[0][9:] in overrides)]
+def _explain(argv: Sequence[str], error: Exception) -> str:
+    """Turns a failed parse into a message naming the config key at fault."""
+    spec = _config_argument(argv)
+    if spec is None:
+        return "--config is required: --config=configs/<name>.py[:variant]"
     try:
-        FLAGS(plain)
-        base = FLAGS.config
-        if base is None:
-            raise config_lib.ConfigError("--config is required: --config=configs/<name>.py[:variant]")
-        for path in overrides:
+        base = _load_config_file(spec)
+        for path in _override_paths(argv):
             _check_override(base, path)
-        FLAGS.unparse_flags()
+    except config_lib.ConfigError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - the config file itself failed
+        return f"--config={spec} failed to load: {type(e).__name__}: {e}"
+    return str(error)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's parser, with config errors reported by key before any work starts."""
+    FLAGS.unparse_flags()
+    try:
         remaining = FLAGS(list(argv))
+        if FLAGS.config is None:
+            raise config_lib.ConfigError("--config is required: --config=configs/<name>.py[:variant]")
         config_lib.resolve(FLAGS.config)
-    except (flags.Error, config_lib.ConfigError) as e:
-        sys.stderr.write(f"FATAL {e}\n")
-        sys.exit(2)
+    except config_lib.ConfigError as e:
+        _fatal(str(e))
+    except Exception as e:  # noqa: BLE001 - absl and ml_collections raise many kinds
+        _fatal(_explain(argv, e))
     if not FLAGS.workdir:
-        sys.stderr.write("FATAL --workdir is required.\n")
-        sys.exit(2)
+        _fatal("--workdir is required.")
     return remaining
+
+
+def _fatal(message: str) -> None:
+    sys.stderr.write(f"FATAL {message}\n")
+    sys.exit(2)
 
 
 def run(trainer_cls, argv: Sequence[str] | None = None) -> None:

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 import keras
 import ml_collections
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -55,6 +56,12 @@ def _expect(value: Any, types: type | tuple[type, ...], hook: str, what: str) ->
     if not isinstance(value, types):
         raise TypeError(f"{hook}() must return {what}, got {type(value).__name__}: {value!r:.200}")
     return value
+
+
+def _all_finite(grads) -> tf.Tensor:
+    """One cheap reduction: a sum is finite iff every term is (barring overflow)."""
+    sums = [tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads if g is not None]
+    return tf.math.is_finite(tf.add_n(sums))
 
 
 class Trainer:
@@ -185,13 +192,12 @@ class Trainer:
                 "apply_gradients(): the loss does not depend on any of the "
                 f"{len(variables)} variables given."
             )
-        finite = tf.math.is_finite(loss)
         replicas = distribute.num_replicas()
-        if replicas > 1:
-            finite = distribute.all_reduce_min(tf.cast(finite, tf.float32)) > 0
-        if scale is not None:
+        if scale is not None:  # overflowing gradients are the loss scaler's business
+            finite = distribute.all_true(tf.math.is_finite(loss))
             self._apply_scaled(optimizer, grads, variables, finite, replicas)
         else:
+            finite = distribute.all_true(tf.logical_and(tf.math.is_finite(loss), _all_finite(grads)))
             self._apply_if(finite, optimizer, grads, variables)
         self._nonfinite_step.assign(
             tf.where(finite, self._nonfinite_step, self._step + 1)
@@ -217,8 +223,7 @@ class Trainer:
         # Keras' LossScaleOptimizer looks at replica 0's gradients only: agree
         # on finiteness over all replicas and make every replica see it.
         if replicas > 1:
-            local = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
-            everywhere = distribute.all_reduce_min(tf.cast(local, tf.float32)) > 0
+            everywhere = distribute.all_true(_all_finite(grads))
             poison = tf.where(tf.logical_and(everywhere, finite), 0.0, float("nan"))
             index = next(i for i, g in enumerate(grads) if g is not None)
             grads = list(grads)
@@ -299,7 +304,21 @@ class Trainer:
         return int(self._step.numpy())
 
     def metric_results(self) -> dict[str, float]:
-        return {self.metric_name(h, m): float(m.result()) for h, m in self.metrics}
+        """Current metric values (summed over replicas), read on the host."""
+        out = {}
+        with self.strategy.scope():
+            for head, metric in self.metrics:
+                name = self.metric_name(head, metric)
+                result = metric.result()
+                items = result.items() if isinstance(result, dict) else [(None, result)]
+                for key, value in items:
+                    value = np.asarray(tf.convert_to_tensor(value), dtype=np.float64)
+                    label = name if key is None else f"{name}/{key}"
+                    if value.ndim == 0:
+                        out[label] = float(value)
+                    else:
+                        out.update({f"{label}/{i}": float(v) for i, v in enumerate(value.ravel())})
+        return out
 
     def reset_metrics(self) -> None:
         for _, metric in self.metrics:
@@ -471,9 +490,9 @@ class Trainer:
         if bad < 0:
             return
         terms = [f"{k}={float(v)}" for k, v in last.items() if not math.isfinite(float(v))]
+        what = f"loss at step {bad}: {', '.join(terms)}" if terms else f"gradients at step {bad} (the loss was finite)"
         raise FloatingPointError(
-            f"Non-finite loss at step {bad}: {', '.join(terms) or 'the loss passed to apply_gradients'}. "
-            "The update was skipped; the weights hold the values before that step."
+            f"Non-finite {what}. The update was skipped; the weights hold the values before that step."
         )
 
     def _has_eval(self) -> bool:

@@ -348,6 +348,23 @@ def _per_example_parts(term, y_true, y_pred, weight):
     return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
 
 
+def _check_shapes(term: Term, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
+    """Rejects labels that would silently broadcast against predictions.
+
+    Same-rank labels and predictions must agree in every known non-batch
+    dimension, except a label dimension of 1 (sparse class ids).
+    """
+    if y_true.shape.rank is None or y_true.shape.rank != y_pred.shape.rank:
+        return
+    for got, expected in zip(y_true.shape[1:], y_pred.shape[1:]):
+        if got is not None and expected is not None and got != expected and got != 1:
+            head = f" on head {term.head!r}" if term.head else ""
+            raise ValueError(
+                f"Loss term {term.name!r}{head}: labels of shape {tuple(y_true.shape)} do not "
+                f"match predictions of shape {tuple(y_pred.shape)}."
+            )
+
+
 def _local_parts(term, y_true, y_pred, sample_weight, model):
     if term.kind == "regularizer":
         if model is None:
@@ -359,6 +376,7 @@ def _local_parts(term, y_true, y_pred, sample_weight, model):
         raise ValueError(f"Loss term {term.name!r} has no labels in the batch (head {term.head!r}).")
     weight = _select(sample_weight, term.head, "sample_weight", term) if sample_weight is not None else None
     y_p, y_t = _float32(y_p), _float32(y_t)
+    _check_shapes(term, y_t, y_p)
     if term.kind == "batch":
         if term.mask_nan:
             y_t, valid = _nan_mask(y_t)

@@ -1,0 +1,102 @@
+"""Config defaults, resolution and the errors unknown keys produce."""
+
+import subprocess
+import sys
+import textwrap
+
+import ml_collections
+import pytest
+
+from framework import config as config_lib
+from framework.config import ConfigError, defaults, resolve
+
+
+def test_defaults_have_the_documented_keys():
+    c = defaults()
+    for key in ["seed", "batch_size", "epochs", "steps_per_execution", "log_every_steps", "jit_compile",
+                "deterministic", "precision", "distribution.strategy", "distribution.cpu_devices",
+                "optimizer.name", "optimizer.learning_rate", "checkpoint.every_steps"]:
+        node = c
+        for part in key.split("."):
+            node = node[part]
+
+
+def test_defaults_reject_a_misspelt_key_at_assignment():
+    c = defaults()
+    with pytest.raises(AttributeError, match='Did you mean "batch_size"'):
+        c.batchsize = 32
+    c.model.anything = 3  # free-form sections accept new keys
+    assert resolve(c).model.anything == 3
+
+
+def test_resolve_fills_missing_keys_from_defaults():
+    c = resolve({"batch_size": 8, "optimizer": {"name": "sgd"}})
+    assert c.batch_size == 8 and c.optimizer.name == "sgd"
+    assert c.optimizer.learning_rate == defaults().optimizer.learning_rate
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ({"batchsize": 8}, r"Unknown config key 'batchsize'\. Did you mean 'batch_size'\?.*Valid keys here:.*epochs"),
+        ({"optimizer": {"learning_rat": 0.1}}, r"'optimizer\.learning_rat'.*'learning_rate'.*Valid keys here: learning_rate, name"),
+        ({"epochs": "ten"}, r"config\.epochs='ten' has the wrong type"),
+        ({"precision": "float64"}, r"config\.precision='float64' is not one of float32"),
+        ({"batch_size": 0}, r"config\.batch_size=0 must be an integer >= 1"),
+        ({"distribution": {"strategy": "mirror"}}, r"config\.distribution\.strategy='mirror'"),
+        ({"optimizer": 3}, r"config\.optimizer must be a section"),
+    ],
+)
+def test_resolve_errors_name_the_key(given, expected):
+    with pytest.raises(ConfigError, match=expected):
+        resolve(given)
+
+
+def test_resolve_accepts_a_plain_config_dict_not_built_from_defaults():
+    c = ml_collections.ConfigDict({"epochs": 2, "data": {"path": "x"}})
+    resolved = resolve(c)
+    assert resolved.epochs == 2 and resolved.data.path == "x"
+
+
+def _launch(tmp_path, *args):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""
+        import framework
+
+        class T(framework.Trainer):
+            def build_model(self):
+                raise AssertionError("no work may start before the config is checked")
+
+        framework.run(T)
+    """))
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_unknown_override_flag_fails_before_work(tmp_path):
+    result = _launch(tmp_path, "--config=configs/digits.py", f"--workdir={tmp_path}/w",
+                     "--config.optimizer.learning_rat=0.1")
+    assert result.returncode == 2, result.stderr
+    assert "config.optimizer has no key 'learning_rat'" in result.stderr
+    assert "Did you mean 'learning_rate'" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_key_in_config_file_fails_before_work(tmp_path):
+    cfg = tmp_path / "bad.py"
+    cfg.write_text(textwrap.dedent("""
+        from framework.config import defaults
+        def get_config():
+            c = defaults()
+            c.epoch = 3
+            return c
+    """))
+    result = _launch(tmp_path, f"--config={cfg}", f"--workdir={tmp_path}/w")
+    assert result.returncode != 0
+    assert 'Did you mean "epochs"' in result.stderr
+    assert "AssertionError" not in result.stderr
+
+
+def test_check_values_is_exposed_for_modules():
+    assert config_lib.PRECISIONS[0] == "float32"
