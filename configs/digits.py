@@ -1,7 +1,7 @@
 """Digits (scikit-learn's bundled 8x8 images): MLP, cross-entropy + L2.
 
-    python experiments/digits.py --config=configs/digits.py --workdir=runs/digits
-    python experiments/digits.py --config=configs/digits.py:smoke --workdir=/tmp/digits
+python experiments/digits.py --config=configs/digits.py --workdir=runs/digits
+python experiments/digits.py --config=configs/digits.py:smoke --workdir=/tmp/digits
 """
 
 from framework.config import defaults

@@ -1,6 +1,6 @@
 """Digit classification: the default experiment and the smallest full example.
 
-    python experiments/digits.py --config=configs/digits.py --workdir=runs/digits
+python experiments/digits.py --config=configs/digits.py --workdir=runs/digits
 """
 
 import keras

@@ -1,15 +1,15 @@
 """Custom training loops for TensorFlow 2 and Keras 3.
 
-    import framework
-    from framework import losses
+import framework
+from framework import losses
 
-    class MyTrainer(framework.Trainer):
-        def build_model(self): ...
-        def build_train_dataset(self, input_context): ...
-        def build_loss(self): ...
+class MyTrainer(framework.Trainer):
+    def build_model(self): ...
+    def build_train_dataset(self, input_context): ...
+    def build_loss(self): ...
 
-    if __name__ == "__main__":
-        framework.run(MyTrainer)
+if __name__ == "__main__":
+    framework.run(MyTrainer)
 """
 
 import os

@@ -17,7 +17,8 @@ unknown keys with the list of valid keys next to them, and checks values.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -155,6 +156,4 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _choice(config, "precision", PRECISIONS)
     _choice(config, "distribution.strategy", STRATEGIES)
     if not config.optimizer.learning_rate > 0:
-        raise ConfigError(
-            f"config.optimizer.learning_rate={config.optimizer.learning_rate!r} must be > 0."
-        )
+        raise ConfigError(f"config.optimizer.learning_rate={config.optimizer.learning_rate!r} must be > 0.")

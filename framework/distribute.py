@@ -8,6 +8,7 @@ for being distribution-exact.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -24,12 +25,10 @@ def configure_cpu_devices(count: int) -> list[str]:
     started with at least `count` logical CPUs, the first `count` are used.
     """
     cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
+    with contextlib.suppress(RuntimeError):  # runtime already initialized: use what exists
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
         )
-    except RuntimeError:
-        pass  # runtime already initialized: use what exists
     names = [d.name for d in tf.config.list_logical_devices("CPU")]
     if len(names) < count:
         raise RuntimeError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 from absl import app, flags, logging
@@ -29,7 +29,9 @@ def _define_flags() -> None:
     if "config" in FLAGS:
         return
     config_flags.DEFINE_config_file(
-        "config", None, "Config file: path.py or path.py:arg; override keys with --config.a.b=v.",
+        "config",
+        None,
+        "Config file: path.py or path.py:arg; override keys with --config.a.b=v.",
         lock_config=False,
     )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and summaries.")
@@ -37,11 +39,7 @@ def _define_flags() -> None:
 
 
 def _override_paths(argv: Sequence[str]) -> list[str]:
-    return [
-        arg[len("--config."):].split("=", 1)[0]
-        for arg in argv[1:]
-        if arg.startswith("--config.")
-    ]
+    return [arg[len("--config.") :].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
 
 
 def _config_argument(argv: Sequence[str]) -> str | None:

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import keras
 import tensorflow as tf
@@ -40,7 +40,7 @@ class RunLog:
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - closed in close()
 
     def _writer(self, split: str) -> tf.summary.SummaryWriter:
         if split not in self._writers:
@@ -58,7 +58,7 @@ class RunLog:
         if kind == "epoch":
             return  # its values were written at their own log points
         train = {k: v for k, v in logs.items() if not k.startswith("val/")}
-        evals = {k[len("val/"):]: v for k, v in logs.items() if k.startswith("val/")}
+        evals = {k[len("val/") :]: v for k, v in logs.items() if k.startswith("val/")}
         for split, values in (("train", train), ("eval", evals)):
             if not values:
                 continue
@@ -106,7 +106,13 @@ class Progress:
             eta = (self.steps - done) / rate if rate else float("nan")
             logging.info(
                 "epoch %d/%d step %d/%d | %s | %.1f steps/s, ETA %.0fs",
-                self.epoch, self.epochs, done, self.steps, _format(logs), rate or 0.0, eta,
+                self.epoch,
+                self.epochs,
+                done,
+                self.steps,
+                _format(logs),
+                rate or 0.0,
+                eta,
             )
 
     def end_epoch(self, logs: Mapping[str, float]) -> None:

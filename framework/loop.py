@@ -19,7 +19,7 @@ small dict per call and nothing per step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -35,9 +35,7 @@ def _scalar_logs(logs, where: str) -> dict[str, tf.Tensor]:
     for key, value in logs.items():
         value = tf.convert_to_tensor(value)
         if value.shape.rank != 0:
-            raise ValueError(
-                f"{where} returned log {key!r} with shape {value.shape}; logs must be scalars."
-            )
+            raise ValueError(f"{where} returned log {key!r} with shape {value.shape}; logs must be scalars.")
         out[key] = tf.cast(value, tf.float32)
     return out
 

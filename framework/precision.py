@@ -34,9 +34,7 @@ def dtype_policy(precision: str):
 
 def wrap_optimizer(optimizer: keras.optimizers.Optimizer, precision: str):
     """Adds dynamic loss scaling for float16; other precisions need none."""
-    if precision == "mixed_float16" and not isinstance(
-        optimizer, keras.optimizers.LossScaleOptimizer
-    ):
+    if precision == "mixed_float16" and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 

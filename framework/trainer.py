@@ -89,7 +89,9 @@ class Trainer:
             with precision.dtype_policy(self.config.precision):
                 self.model = _expect(self.build_model(), keras.Model, "build_model", "a keras.Model")
             optimizer = _expect(
-                self.build_optimizer(), keras.optimizers.Optimizer, "build_optimizer",
+                self.build_optimizer(),
+                keras.optimizers.Optimizer,
+                "build_optimizer",
                 "a keras.optimizers.Optimizer",
             )
             self.optimizer = precision.wrap_optimizer(optimizer, self.config.precision)
@@ -99,11 +101,17 @@ class Trainer:
                 self._check_heads(self.loss)
             self.metrics = self._collect_metrics(self.build_metrics())
             self._step = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name="step",
+                0,
+                dtype=tf.int64,
+                trainable=False,
+                name="step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
             self._nonfinite_step = tf.Variable(
-                -1, dtype=tf.int64, trainable=False, name="nonfinite_step",
+                -1,
+                dtype=tf.int64,
+                trainable=False,
+                name="nonfinite_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
 
@@ -159,7 +167,9 @@ class Trainer:
         self.update_metrics(y, y_pred, sample_weight)
         return step_logs
 
-    def compute_loss(self, y, y_pred, sample_weight=None, *, loss: Loss | None = None, prefix: str = "") -> StepLoss:
+    def compute_loss(
+        self, y, y_pred, sample_weight=None, *, loss: Loss | None = None, prefix: str = ""
+    ) -> StepLoss:
         """Evaluates `loss` (default: `self.loss`) with global reductions.
 
         Returns the total to differentiate (its value is the global loss; its
@@ -189,8 +199,7 @@ class Trainer:
         grads = tape.gradient(loss, variables, output_gradients=output_gradients)
         if all(g is None for g in grads):
             raise ValueError(
-                "apply_gradients(): the loss does not depend on any of the "
-                f"{len(variables)} variables given."
+                f"apply_gradients(): the loss does not depend on any of the {len(variables)} variables given."
             )
         replicas = distribute.num_replicas()
         if scale is not None:  # overflowing gradients are the loss scaler's business
@@ -199,9 +208,7 @@ class Trainer:
         else:
             finite = distribute.all_true(tf.logical_and(tf.math.is_finite(loss), _all_finite(grads)))
             self._apply_if(finite, optimizer, grads, variables)
-        self._nonfinite_step.assign(
-            tf.where(finite, self._nonfinite_step, self._step + 1)
-        )
+        self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
 
     def _apply_if(self, finite, optimizer, grads, variables) -> None:
         context = tf.distribute.get_replica_context()
@@ -232,8 +239,14 @@ class Trainer:
 
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
         for head, metric in self.metrics:
-            weight = _select(sample_weight, head, "sample_weight", metric) if sample_weight is not None else None
-            metric.update_state(_select(y, head, "batch labels", metric), _select(y_pred, head, "model output", metric), sample_weight=weight)
+            weight = (
+                _select(sample_weight, head, "sample_weight", metric) if sample_weight is not None else None
+            )
+            metric.update_state(
+                _select(y, head, "batch labels", metric),
+                _select(y_pred, head, "model output", metric),
+                sample_weight=weight,
+            )
 
     # ---- checks ------------------------------------------------------------
 
@@ -283,13 +296,20 @@ class Trainer:
 
     def _collect_metrics(self, built) -> list[tuple[str | None, keras.metrics.Metric]]:
         if isinstance(built, dict):
-            pairs = [(head, m) for head, ms in built.items() for m in (ms if isinstance(ms, (list, tuple)) else [ms])]
+            pairs = [
+                (head, m)
+                for head, ms in built.items()
+                for m in (ms if isinstance(ms, (list, tuple)) else [ms])
+            ]
             heads = self._model_heads()
             for head, _ in pairs:
                 if heads is not None and head not in heads:
                     raise KeyError(f"build_metrics() names head {head!r}, but the model's heads are {heads}.")
         else:
-            pairs = [(None, m) for m in _expect(built, (list, tuple), "build_metrics", "a list or a dict head -> list")]
+            pairs = [
+                (None, m)
+                for m in _expect(built, (list, tuple), "build_metrics", "a list or a dict head -> list")
+            ]
         for _, metric in pairs:
             _expect(metric, keras.metrics.Metric, "build_metrics", "keras.metrics.Metric objects")
         return pairs
@@ -350,15 +370,14 @@ class Trainer:
             logging.warning(
                 "%s returned a dataset of unknown length; counting its batches once. Add "
                 "dataset.apply(tf.data.experimental.assert_cardinality(n)) or set "
-                "config.steps_per_epoch to skip this.", name,
+                "config.steps_per_epoch to skip this.",
+                name,
             )
             dataset = info["hook"](info["context"])
             cardinality = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
         if cardinality == tf.data.INFINITE_CARDINALITY:
             if not requested:
-                raise ValueError(
-                    f"{name} returned an infinite dataset: set config.steps_per_epoch."
-                )
+                raise ValueError(f"{name} returned an infinite dataset: set config.steps_per_epoch.")
             return requested
         available = math.ceil(cardinality / info["per_pipeline"])
         if available == 0:
@@ -374,7 +393,9 @@ class Trainer:
 
     def _make_train_fn(self):
         return loop.make_step_function(
-            self.strategy, self.train_step, where="train_step",
+            self.strategy,
+            self.train_step,
+            where="train_step",
             on_step=lambda: self._step.assign_add(1),
             should_stop=lambda: self._nonfinite_step >= 0,
         )
@@ -391,7 +412,9 @@ class Trainer:
         if self._train_fn is not None:
             return
         self._train_data, self._train_info = self._distribute(self.build_train_dataset, "build_train_dataset")
-        self._train_steps = self._steps_in(self._train_info, "build_train_dataset", self.config.steps_per_epoch)
+        self._train_steps = self._steps_in(
+            self._train_info, "build_train_dataset", self.config.steps_per_epoch
+        )
         self._persistent_iterator = self._train_info["cardinality"] == tf.data.INFINITE_CARDINALITY
         self._iterator = None
         self._build_state(self._train_info["element_spec"])
@@ -490,7 +513,11 @@ class Trainer:
         if bad < 0:
             return
         terms = [f"{k}={float(v)}" for k, v in last.items() if not math.isfinite(float(v))]
-        what = f"loss at step {bad}: {', '.join(terms)}" if terms else f"gradients at step {bad} (the loss was finite)"
+        what = (
+            f"loss at step {bad}: {', '.join(terms)}"
+            if terms
+            else f"gradients at step {bad} (the loss was finite)"
+        )
         raise FloatingPointError(
             f"Non-finite {what}. The update was skipped; the weights hold the values before that step."
         )

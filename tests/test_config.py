@@ -13,9 +13,21 @@ from framework.config import ConfigError, defaults, resolve
 
 def test_defaults_have_the_documented_keys():
     c = defaults()
-    for key in ["seed", "batch_size", "epochs", "steps_per_execution", "log_every_steps", "jit_compile",
-                "deterministic", "precision", "distribution.strategy", "distribution.cpu_devices",
-                "optimizer.name", "optimizer.learning_rate", "checkpoint.every_steps"]:
+    for key in [
+        "seed",
+        "batch_size",
+        "epochs",
+        "steps_per_execution",
+        "log_every_steps",
+        "jit_compile",
+        "deterministic",
+        "precision",
+        "distribution.strategy",
+        "distribution.cpu_devices",
+        "optimizer.name",
+        "optimizer.learning_rate",
+        "checkpoint.every_steps",
+    ]:
         node = c
         for part in key.split("."):
             node = node[part]
@@ -38,8 +50,14 @@ def test_resolve_fills_missing_keys_from_defaults():
 @pytest.mark.parametrize(
     "given, expected",
     [
-        ({"batchsize": 8}, r"Unknown config key 'batchsize'\. Did you mean 'batch_size'\?.*Valid keys here:.*epochs"),
-        ({"optimizer": {"learning_rat": 0.1}}, r"'optimizer\.learning_rat'.*'learning_rate'.*Valid keys here: learning_rate, name"),
+        (
+            {"batchsize": 8},
+            r"Unknown config key 'batchsize'\. Did you mean 'batch_size'\?.*Valid keys here:.*epochs",
+        ),
+        (
+            {"optimizer": {"learning_rat": 0.1}},
+            r"'optimizer\.learning_rat'.*'learning_rate'.*Valid keys here: learning_rate, name",
+        ),
         ({"epochs": "ten"}, r"config\.epochs='ten' has the wrong type"),
         ({"precision": "float64"}, r"config\.precision='float64' is not one of float32"),
         ({"batch_size": 0}, r"config\.batch_size=0 must be an integer >= 1"),
@@ -60,7 +78,8 @@ def test_resolve_accepts_a_plain_config_dict_not_built_from_defaults():
 
 def _launch(tmp_path, *args):
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import framework
 
         class T(framework.Trainer):
@@ -68,15 +87,23 @@ def _launch(tmp_path, *args):
                 raise AssertionError("no work may start before the config is checked")
 
         framework.run(T)
-    """))
+    """)
+    )
     return subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_unknown_override_flag_fails_before_work(tmp_path):
-    result = _launch(tmp_path, "--config=configs/digits.py", f"--workdir={tmp_path}/w",
-                     "--config.optimizer.learning_rat=0.1")
+    result = _launch(
+        tmp_path,
+        "--config=configs/digits.py",
+        f"--workdir={tmp_path}/w",
+        "--config.optimizer.learning_rat=0.1",
+    )
     assert result.returncode == 2, result.stderr
     assert "config.optimizer has no key 'learning_rat'" in result.stderr
     assert "Did you mean 'learning_rate'" in result.stderr
@@ -85,13 +112,15 @@ def test_unknown_override_flag_fails_before_work(tmp_path):
 
 def test_unknown_key_in_config_file_fails_before_work(tmp_path):
     cfg = tmp_path / "bad.py"
-    cfg.write_text(textwrap.dedent("""
+    cfg.write_text(
+        textwrap.dedent("""
         from framework.config import defaults
         def get_config():
             c = defaults()
             c.epoch = 3
             return c
-    """))
+    """)
+    )
     result = _launch(tmp_path, f"--config={cfg}", f"--workdir={tmp_path}/w")
     assert result.returncode != 0
     assert 'Did you mean "epochs"' in result.stderr

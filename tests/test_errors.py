@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from framework import losses
+
 from toys import ArrayTrainer, blobs, config, mlp
 
 
@@ -78,7 +79,9 @@ def test_batch_with_an_unknown_head_names_it():
 def test_single_label_for_a_multi_head_model_names_the_heads():
     loss = losses.Term(CE).on("cls")
     trainer = ArrayTrainer(config(), data=blobs(), model_fn=two_head_model, loss=loss)
-    with pytest.raises(ValueError, match=r"model has heads \['cls', 'reg'\] but the batch labels are a single"):
+    with pytest.raises(
+        ValueError, match=r"model has heads \['cls', 'reg'\] but the batch labels are a single"
+    ):
         trainer.fit()
 
 
@@ -87,7 +90,10 @@ def test_shape_mismatch_names_term_and_head():
     data = (x, {"cls": y, "reg": np.ones((len(x), 3), "float32")})
     loss = losses.Term(CE).on("cls") + losses.Term(keras.losses.MeanSquaredError(), name="mse").on("reg")
     trainer = ArrayTrainer(config(), data=data, model_fn=two_head_model, loss=loss)
-    with pytest.raises(ValueError, match=r"Loss term .mse. on head .reg.: labels of shape \(None, 3\) do not match predictions of shape \(None, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Loss term .mse. on head .reg.: labels of shape \(None, 3\) do not match predictions of shape \(None, 1\)",
+    ):
         trainer.fit()
 
 
@@ -113,7 +119,8 @@ def test_non_finite_loss_under_two_replicas_skips_everywhere():
     x[24, 0] = np.inf  # second global batch, second replica's half
     trainer = ArrayTrainer(
         config(**{"distribution.strategy": "mirrored", "distribution.cpu_devices": 2}),
-        data=(x, y), model_fn=mlp,
+        data=(x, y),
+        model_fn=mlp,
     )
     with pytest.raises(FloatingPointError, match=r"Non-finite gradients at step 2 \(the loss was finite\)"):
         trainer.fit()

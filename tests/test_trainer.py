@@ -29,7 +29,13 @@ def test_fit_matches_keras_fit_with_sgd():
     trainer = ArrayTrainer(config(epochs=3), data=(x, y), model_fn=model_fn)
     trainer.fit()
     assert trainer.step == 3 * 7
-    assert max_abs_diff(weights_of(trainer.model), weights_of(reference.model if hasattr(reference, "model") else reference)) <= 1e-4
+    assert (
+        max_abs_diff(
+            weights_of(trainer.model),
+            weights_of(reference.model if hasattr(reference, "model") else reference),
+        )
+        <= 1e-4
+    )
     # Training moved the weights: the comparison is not between two untouched copies.
     assert max_abs_diff(weights_of(reference), initial) > 1e-2
 
@@ -38,7 +44,8 @@ def _train_on(cpu_devices, strategy, **cfg):
     x, y = blobs(n=64)
     trainer = ArrayTrainer(
         config(**{"distribution.strategy": strategy, "distribution.cpu_devices": cpu_devices, **cfg}),
-        data=(x, y), model_fn=mlp,
+        data=(x, y),
+        model_fn=mlp,
     )
     history = trainer.fit()
     return trainer, history
@@ -72,8 +79,17 @@ def test_metrics_reset_every_epoch_and_every_evaluation(replicas):
     ex, ey = blobs(n=30, seed=1)
     strategy = "mirrored" if replicas > 1 else "one_device"
     trainer = ArrayTrainer(
-        config(epochs=3, **{"distribution.strategy": strategy, "distribution.cpu_devices": replicas if replicas > 1 else 0}),
-        data=(x, y), eval_data=(ex, ey), model_fn=mlp, metrics=lambda: [ExampleCount()],
+        config(
+            epochs=3,
+            **{
+                "distribution.strategy": strategy,
+                "distribution.cpu_devices": replicas if replicas > 1 else 0,
+            },
+        ),
+        data=(x, y),
+        eval_data=(ex, ey),
+        model_fn=mlp,
+        metrics=lambda: [ExampleCount()],
     )
     history = trainer.fit()
     assert [h["count"] for h in history] == [50.0] * 3
@@ -93,7 +109,10 @@ def test_accuracy_metric_matches_numpy_on_eval():
     x, y = blobs(n=64)
     ex, ey = blobs(n=40, seed=2)
     trainer = ArrayTrainer(
-        config(epochs=2), data=(x, y), eval_data=(ex, ey), model_fn=mlp,
+        config(epochs=2),
+        data=(x, y),
+        eval_data=(ex, ey),
+        model_fn=mlp,
         metrics=lambda: [keras.metrics.SparseCategoricalAccuracy(name="acc")],
     )
     trainer.fit()
@@ -101,7 +120,7 @@ def test_accuracy_metric_matches_numpy_on_eval():
     logits = trainer.model.predict(ex, verbose=0)
     assert logs["acc"] == pytest.approx(np.mean(np.argmax(logits, -1) == ey), abs=1e-6)
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)(ey, logits)
-    batches = [np.mean(ce[i:i + 16]) for i in range(0, 40, 16)]
+    batches = [np.mean(ce[i : i + 16]) for i in range(0, 40, 16)]
     assert logs["loss"] == pytest.approx(np.mean(batches), rel=1e-5)
 
 
@@ -110,7 +129,10 @@ def test_run_outputs(tmp_path):
     ex, ey = blobs(n=32, seed=3)
     workdir = str(tmp_path / "run")
     trainer = ArrayTrainer(
-        config(epochs=2, log_every_steps=2), data=(x, y), eval_data=(ex, ey), model_fn=mlp,
+        config(epochs=2, log_every_steps=2),
+        data=(x, y),
+        eval_data=(ex, ey),
+        model_fn=mlp,
         workdir=workdir,
     )
     history = trainer.fit()

@@ -43,8 +43,19 @@ def config(**overrides):
 class ArrayTrainer(framework.Trainer):
     """A trainer over in-memory arrays; model, loss and metrics are injected."""
 
-    def __init__(self, cfg, *, data, model_fn, loss=None, metrics=None, eval_data=None,
-                 shuffle=False, workdir=None, **kwargs):
+    def __init__(
+        self,
+        cfg,
+        *,
+        data,
+        model_fn,
+        loss=None,
+        metrics=None,
+        eval_data=None,
+        shuffle=False,
+        workdir=None,
+        **kwargs,
+    ):
         self.data, self.eval_data = data, eval_data
         self.model_fn, self._loss, self._metrics = model_fn, loss, metrics
         self.shuffle = shuffle

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -273,9 +274,7 @@ def _unique_names(terms: list[Term]) -> None:
                 other._name = f"{other.head}/{other.base_name}"
                 seen[other.name] = other
             if term.name in seen:
-                raise ValueError(
-                    f"Two loss terms are named {term.name!r}; give one a name with .named(...)."
-                )
+                raise ValueError(f"Two loss terms are named {term.name!r}; give one a name with .named(...).")
         seen[term.name] = term
 
 
@@ -293,8 +292,7 @@ def _select(value: Any, head: str | None, what: str, term: Term) -> Any:
             )
         if head not in value:
             raise KeyError(
-                f"Loss term {term.name!r} reads head {head!r}, but the {what} has heads "
-                f"{sorted(value)}."
+                f"Loss term {term.name!r} reads head {head!r}, but the {what} has heads {sorted(value)}."
             )
         return value[head]
     if head is not None and value is not None and what == "model output":
@@ -441,4 +439,3 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
     weighted = {t.name: t.weight_at(step) * raw[t.name] for t in terms}
     total = tf.add_n(list(weighted.values())) if weighted else tf.constant(0.0)
     return LossResult(total=total, terms=weighted, raw=raw)
-
