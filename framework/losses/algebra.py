@@ -111,8 +111,7 @@ class Sum(Loss):
     """A sum of terms; build it with `+`."""
 
     def __init__(self, terms: list[Term]):
-        self.terms = list(terms)
-        _unique_names(self.terms)
+        self.terms = _unique_names(list(terms))
 
     def flat_terms(self) -> list[Term]:
         return list(self.terms)
@@ -262,20 +261,23 @@ class Regularizer(Term):
         return self.reg_fn(model)
 
 
-def _unique_names(terms: list[Term]) -> None:
-    seen: dict[str, Term] = {}
+def _unique_names(terms: list[Term]) -> list[Term]:
+    """Qualifies colliding default names as `head/loss`; rejects other duplicates."""
+    counts: dict[str, int] = {}
     for term in terms:
+        counts[term.name] = counts.get(term.name, 0) + 1
+    renamed = [
+        term.named(f"{term.head}/{term.base_name}")
+        if counts[term.name] > 1 and term._name is None and term.head is not None
+        else term
+        for term in terms
+    ]
+    seen: set[str] = set()
+    for term in renamed:
         if term.name in seen:
-            other = seen[term.name]
-            if term._name is None and term.head is not None:
-                term._name = f"{term.head}/{term.base_name}"
-            elif other._name is None and other.head is not None:
-                del seen[other.name]
-                other._name = f"{other.head}/{other.base_name}"
-                seen[other.name] = other
-            if term.name in seen:
-                raise ValueError(f"Two loss terms are named {term.name!r}; give one a name with .named(...).")
-        seen[term.name] = term
+            raise ValueError(f"Two loss terms are named {term.name!r}; give one a name with .named(...).")
+        seen.add(term.name)
+    return renamed
 
 
 # ---- evaluation --------------------------------------------------------------
