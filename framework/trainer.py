@@ -5,7 +5,7 @@
                    model, optimizer, loss, metrics <- build_* hooks
         fit():
             for epoch in epochs:
-                reset metrics; iterator = iter(train dataset)
+                reset metrics; iterator = train input's iterator for epoch
                 while the epoch has steps left:
                     n = steps to the next log point (<= steps_per_execution)
                     train_fn(iterator, n)          # n x strategy.run(train_step)
@@ -37,12 +37,11 @@ import keras
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from framework import config as config_lib
-from framework import distribute, logs, loop, precision
+from framework import distribute, heads, logs, loop, precision, updates
+from framework.data import DistributedInput
 from framework.losses import Loss
-from framework.losses.algebra import _select
 
 
 class StepLoss(NamedTuple):
@@ -58,10 +57,11 @@ def _expect(value: Any, types: type | tuple[type, ...], hook: str, what: str) ->
     return value
 
 
-def _all_finite(grads) -> tf.Tensor:
-    """One cheap reduction: a sum is finite iff every term is (barring overflow)."""
-    sums = [tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads if g is not None]
-    return tf.math.is_finite(tf.add_n(sums))
+def _counter(name: str, initial: int) -> tf.Variable:
+    return tf.Variable(
+        initial, dtype=tf.int64, trainable=False, name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )  # fmt: skip
 
 
 class Trainer:
@@ -81,9 +81,9 @@ class Trainer:
         keras.utils.set_random_seed(self.config.seed)
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()
-        self._train_fn = self._eval_fn = None
-        self._train_data = self._eval_data = None
         self.epoch = 0
+        self._train_input = self._eval_input = None
+        self._train_fn = self._eval_fn = None
         self._auto_steps = 32
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
@@ -98,22 +98,10 @@ class Trainer:
             self.loss = self.build_loss()
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
-                self._check_heads(self.loss)
-            self.metrics = self._collect_metrics(self.build_metrics())
-            self._step = tf.Variable(
-                0,
-                dtype=tf.int64,
-                trainable=False,
-                name="step",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-            self._nonfinite_step = tf.Variable(
-                -1,
-                dtype=tf.int64,
-                trainable=False,
-                name="nonfinite_step",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
+                heads.check_loss_heads(self.model, self.loss)
+            self.metrics = heads.collect_metrics(self.model, self.build_metrics())
+            self._step = _counter("step", 0)
+            self._nonfinite_step = _counter("nonfinite_step", -1)
 
     # ---- hooks -------------------------------------------------------------
 
@@ -180,17 +168,18 @@ class Trainer:
         loss = loss if loss is not None else self.loss
         if loss is None:
             raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
-        self._check_batch(y, y_pred)
+        heads.check_batch(y, y_pred, {t.head for t in loss.flat_terms()})
         result = loss(y, y_pred, sample_weight, model=self.model, step=self._step.read_value())
         return StepLoss(result.total, result.logs(prefix))
 
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
-        """Differentiates `loss`, then updates `variables` unless the loss is non-finite.
+        """Differentiates `loss`, then updates `variables` unless something is non-finite.
 
-        With float16 the loss is scaled before differentiation and the
-        optimizer unscales, skips steps whose gradients overflow on any
-        replica, and adapts the scale. A non-finite loss skips the update on
-        every replica and stops training with an error naming the step.
+        With float16 the loss is scaled before differentiation; the optimizer
+        unscales, skips steps whose gradients overflow on any replica, and
+        adapts the scale. A non-finite loss (or, without loss scaling, a
+        non-finite gradient) skips the update on every replica and stops
+        training with an error naming the step.
         """
         optimizer = optimizer if optimizer is not None else self.optimizer
         variables = list(variables) if variables is not None else self.model.trainable_variables
@@ -201,121 +190,20 @@ class Trainer:
             raise ValueError(
                 f"apply_gradients(): the loss does not depend on any of the {len(variables)} variables given."
             )
-        replicas = distribute.num_replicas()
-        if scale is not None:  # overflowing gradients are the loss scaler's business
-            finite = distribute.all_true(tf.math.is_finite(loss))
-            self._apply_scaled(optimizer, grads, variables, finite, replicas)
-        else:
-            finite = distribute.all_true(tf.logical_and(tf.math.is_finite(loss), _all_finite(grads)))
-            self._apply_if(finite, optimizer, grads, variables)
+        finite = updates.apply(optimizer, grads, variables, loss)
         self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
-
-    def _apply_if(self, finite, optimizer, grads, variables) -> None:
-        context = tf.distribute.get_replica_context()
-        if context.num_replicas_in_sync == 1 or tf.__internal__.distribute.strategy_supports_no_merge_call():
-            tf.cond(finite, lambda: optimizer.apply(grads, variables), lambda: None)
-            return
-
-        def cross_replica(strategy, grads, finite):
-            decided = strategy.experimental_local_results(finite)[0]
-
-            def update():
-                strategy.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
-
-            tf.cond(decided, update, lambda: None)
-
-        context.merge_call(cross_replica, args=(grads, finite))
-
-    def _apply_scaled(self, optimizer, grads, variables, finite, replicas) -> None:
-        # Keras' LossScaleOptimizer looks at replica 0's gradients only: agree
-        # on finiteness over all replicas and make every replica see it.
-        if replicas > 1:
-            everywhere = distribute.all_true(_all_finite(grads))
-            poison = tf.where(tf.logical_and(everywhere, finite), 0.0, float("nan"))
-            index = next(i for i, g in enumerate(grads) if g is not None)
-            grads = list(grads)
-            grads[index] = grads[index] + tf.cast(poison, grads[index].dtype)
-        optimizer.apply(grads, variables)
 
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
         for head, metric in self.metrics:
+            owner = f"Metric {metric.name!r}"
             weight = (
-                _select(sample_weight, head, "sample_weight", metric) if sample_weight is not None else None
+                None if sample_weight is None else heads.select(sample_weight, head, "sample_weight", owner)
             )
             metric.update_state(
-                _select(y, head, "batch labels", metric),
-                _select(y_pred, head, "model output", metric),
+                heads.select(y, head, "batch labels", owner),
+                heads.select(y_pred, head, "model output", owner),
                 sample_weight=weight,
             )
-
-    # ---- checks ------------------------------------------------------------
-
-    def _model_heads(self) -> list[str] | None:
-        try:
-            output = self.model.output
-        except (AttributeError, ValueError):
-            return None
-        return sorted(output) if isinstance(output, dict) else None
-
-    def _check_heads(self, loss: Loss) -> None:
-        heads = self._model_heads()
-        if heads is None:
-            return
-        for term in loss.flat_terms():
-            if term.kind != "regularizer" and term.head is not None and term.head not in heads:
-                raise KeyError(
-                    f"Loss term {term.name!r} reads head {term.head!r}, but the model's heads are {heads}."
-                )
-
-    def _check_batch(self, y, y_pred) -> None:
-        if isinstance(y_pred, dict):
-            if y is not None and not isinstance(y, dict):
-                raise ValueError(
-                    f"The model has heads {sorted(y_pred)} but the batch labels are a single "
-                    f"{type(y).__name__}; give labels as a dict keyed by head."
-                )
-            if isinstance(y, dict):
-                missing = sorted(set(y_pred) - set(y))
-                unknown = sorted(set(y) - set(y_pred))
-                if unknown:
-                    raise ValueError(
-                        f"The batch has labels for head {unknown[0]!r}, which the model does not "
-                        f"have; the model's heads are {sorted(y_pred)}."
-                    )
-                used = {t.head for t in (self.loss.flat_terms() if self.loss else [])}
-                absent = [h for h in missing if h in used]
-                if absent:
-                    raise ValueError(
-                        f"The batch has no labels for head {absent[0]!r}; the model's heads are "
-                        f"{sorted(y_pred)} and the batch's label keys are {sorted(y)}."
-                    )
-        elif isinstance(y, dict):
-            raise ValueError(
-                f"The batch labels are keyed by head {sorted(y)} but the model has a single output."
-            )
-
-    def _collect_metrics(self, built) -> list[tuple[str | None, keras.metrics.Metric]]:
-        if isinstance(built, dict):
-            pairs = [
-                (head, m)
-                for head, ms in built.items()
-                for m in (ms if isinstance(ms, (list, tuple)) else [ms])
-            ]
-            heads = self._model_heads()
-            for head, _ in pairs:
-                if heads is not None and head not in heads:
-                    raise KeyError(f"build_metrics() names head {head!r}, but the model's heads are {heads}.")
-        else:
-            pairs = [
-                (None, m)
-                for m in _expect(built, (list, tuple), "build_metrics", "a list or a dict head -> list")
-            ]
-        for _, metric in pairs:
-            _expect(metric, keras.metrics.Metric, "build_metrics", "keras.metrics.Metric objects")
-        return pairs
-
-    def metric_name(self, head: str | None, metric: keras.metrics.Metric) -> str:
-        return f"{head}/{metric.name}" if head else metric.name
 
     # ---- state ---------------------------------------------------------------
 
@@ -328,7 +216,7 @@ class Trainer:
         out = {}
         with self.strategy.scope():
             for head, metric in self.metrics:
-                name = self.metric_name(head, metric)
+                name = heads.metric_name(head, metric)
                 result = metric.result()
                 items = result.items() if isinstance(result, dict) else [(None, result)]
                 for key, value in items:
@@ -344,87 +232,6 @@ class Trainer:
         for _, metric in self.metrics:
             metric.reset_state()
 
-    # ---- datasets --------------------------------------------------------------
-
-    def _distribute(self, hook, name: str):
-        info: dict[str, Any] = {}
-
-        def dataset_fn(input_context):
-            dataset = hook(input_context)
-            if dataset is None and name == "build_eval_dataset":
-                info["cardinality"] = None
-                return tf.data.Dataset.range(0)
-            _expect(dataset, tf.data.Dataset, name, "a tf.data.Dataset")
-            info["cardinality"] = int(dataset.cardinality())
-            info["element_spec"] = dataset.element_spec
-            info["per_pipeline"] = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-            info["hook"], info["context"] = hook, input_context
-            return dataset
-
-        data = self.strategy.distribute_datasets_from_function(dataset_fn)
-        return data, info
-
-    def _steps_in(self, info: dict, name: str, requested: int) -> int:
-        cardinality = info["cardinality"]
-        if cardinality == tf.data.UNKNOWN_CARDINALITY:
-            logging.warning(
-                "%s returned a dataset of unknown length; counting its batches once. Add "
-                "dataset.apply(tf.data.experimental.assert_cardinality(n)) or set "
-                "config.steps_per_epoch to skip this.",
-                name,
-            )
-            dataset = info["hook"](info["context"])
-            cardinality = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-        if cardinality == tf.data.INFINITE_CARDINALITY:
-            if not requested:
-                raise ValueError(f"{name} returned an infinite dataset: set config.steps_per_epoch.")
-            return requested
-        available = math.ceil(cardinality / info["per_pipeline"])
-        if available == 0:
-            raise ValueError(f"{name} returned an empty dataset.")
-        if requested > available:
-            raise ValueError(
-                f"config.steps_per_epoch={requested} but {name} yields only {available} steps per "
-                "pass; use a smaller value or .repeat() the dataset."
-            )
-        return requested or available
-
-    # ---- compiled functions -------------------------------------------------------
-
-    def _make_train_fn(self):
-        return loop.make_step_function(
-            self.strategy,
-            self.train_step,
-            where="train_step",
-            on_step=lambda: self._step.assign_add(1),
-            should_stop=lambda: self._nonfinite_step >= 0,
-        )
-
-    def _make_eval_fn(self):
-        return loop.make_step_function(self.strategy, self.eval_step, where="eval_step")
-
-    def _steps_per_call(self) -> int:
-        return self.config.steps_per_execution or self._auto_steps
-
-    # ---- phases ------------------------------------------------------------------
-
-    def _prepare_train(self) -> None:
-        if self._train_fn is not None:
-            return
-        self._train_data, self._train_info = self._distribute(self.build_train_dataset, "build_train_dataset")
-        self._train_steps = self._steps_in(
-            self._train_info, "build_train_dataset", self.config.steps_per_epoch
-        )
-        self._persistent_iterator = self._train_info["cardinality"] == tf.data.INFINITE_CARDINALITY
-        self._iterator = None
-        self._build_state(self._train_info["element_spec"])
-        self._train_fn = self._make_train_fn()
-        self._run_log = logs.RunLog(self.workdir, enabled=self.is_chief)
-        if self.is_chief and self.workdir:
-            os.makedirs(self.workdir, exist_ok=True)
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
-
     def _build_state(self, element_spec) -> None:
         """Creates model and optimizer variables before anything is traced or restored."""
         with self.strategy.scope():
@@ -435,11 +242,29 @@ class Trainer:
             if not self.optimizer.built:
                 self.optimizer.build(self.model.trainable_variables)
 
-    def _train_iterator(self):
-        if self._persistent_iterator and self._iterator is not None:
-            return self._iterator
-        self._iterator = iter(self._train_data)
-        return self._iterator
+    # ---- phases ------------------------------------------------------------------
+
+    def _steps_per_call(self) -> int:
+        return self.config.steps_per_execution or self._auto_steps
+
+    def _prepare_train(self) -> None:
+        if self._train_fn is not None:
+            return
+        self._train_input = DistributedInput(
+            self.strategy, self.build_train_dataset, "build_train_dataset",
+            steps_per_epoch=self.config.steps_per_epoch,
+        )  # fmt: skip
+        self._build_state(self._train_input.element_spec)
+        self._train_fn = loop.make_step_function(
+            self.strategy, self.train_step, where="train_step",
+            on_step=lambda: self._step.assign_add(1),
+            should_stop=lambda: self._nonfinite_step >= 0,
+        )  # fmt: skip
+        self._run_log = logs.RunLog(self.workdir, enabled=self.is_chief)
+        if self.is_chief and self.workdir:
+            os.makedirs(self.workdir, exist_ok=True)
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
 
     def fit(self, *, validate: bool = True) -> list[dict[str, float]]:
         """Trains for `config.epochs`; returns one log dict per epoch.
@@ -466,8 +291,8 @@ class Trainer:
 
     def _train_epoch(self, progress: logs.Progress) -> dict[str, float]:
         self.reset_metrics()
-        iterator = self._train_iterator()
-        total = self._train_steps
+        iterator = self._train_input.iterator(self.epoch)
+        total = self._train_input.steps
         progress.start_epoch(self.epoch + 1, self.config.epochs, total)
         epoch_sums: dict[str, float] = {}
         interval_sums: dict[str, float] = {}
@@ -505,8 +330,7 @@ class Trainer:
     def _tune_steps(self, n: int, seconds: float) -> None:
         """Auto steps_per_execution: aim for ~0.2 s per compiled call."""
         if self._train_fn.experimental_get_tracing_count() and seconds > 0:
-            per_step = seconds / n
-            self._auto_steps = int(min(1000, max(1, 0.2 / per_step)))
+            self._auto_steps = int(min(1000, max(1, 0.2 / (seconds / n))))
 
     def _check_finite(self, last: dict) -> None:
         bad = int(self._nonfinite_step.numpy())
@@ -523,23 +347,22 @@ class Trainer:
         )
 
     def _has_eval(self) -> bool:
-        if self._eval_data is None:
-            data, info = self._distribute(self.build_eval_dataset, "build_eval_dataset")
-            if info["cardinality"] is None:
-                return False
-            self._eval_data, self._eval_info = data, info
-            self._eval_steps = self._steps_in(info, "build_eval_dataset", 0)
-        return True
+        if self._eval_input is None:
+            self._eval_input = DistributedInput(
+                self.strategy, self.build_eval_dataset, "build_eval_dataset", optional=True
+            )
+        return self._eval_input.present
 
     def evaluate(self) -> dict[str, float]:
         """Runs `eval_step` over the whole eval dataset; returns loss and metric values."""
         if not self._has_eval():
             raise ValueError("evaluate() needs build_eval_dataset() to return a dataset.")
         if self._eval_fn is None:
-            self._eval_fn = self._make_eval_fn()
+            self._build_state(self._eval_input.element_spec)
+            self._eval_fn = loop.make_step_function(self.strategy, self.eval_step, where="eval_step")
         self.reset_metrics()
-        iterator = iter(self._eval_data)
-        total, done, sums = self._eval_steps, 0, {}
+        iterator = self._eval_input.fresh_iterator()
+        total, done, sums = self._eval_input.steps, 0, {}
         while done < total:
             n = min(self._steps_per_call(), total - done)
             call_sums, _ = self._eval_fn(iterator, tf.constant(n, tf.int64))

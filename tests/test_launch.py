@@ -12,7 +12,11 @@ def run_script(script, *args, env=None, timeout=300):
     full_env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=full_env,
     )
 
 
@@ -32,8 +36,11 @@ def test_digits_smoke_trains_evaluates_and_prints_final_metrics(tmp_path):
 def test_train_mode_skips_evaluation(tmp_path):
     workdir = tmp_path / "digits"
     result = run_script(
-        "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}",
-        "--mode=train", "--config.epochs=1",
+        "experiments/digits.py",
+        "--config=configs/digits.py:smoke",
+        f"--workdir={workdir}",
+        "--mode=train",
+        "--config.epochs=1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(workdir / "metrics.jsonl") as f:

@@ -8,7 +8,8 @@
 See `framework.losses.algebra` for the reduction semantics.
 """
 
-from framework.losses.algebra import BatchTerm, Loss, LossResult, Regularizer, Sum, Term, evaluate
+from framework.losses.algebra import BatchTerm, Loss, LossResult, Regularizer, Sum, Term
+from framework.losses.reduction import evaluate
 from framework.losses.regularizers import L1, L2, ModelLosses, kernels
 
 __all__ = [

@@ -1,30 +1,12 @@
-"""Loss expressions: named, weighted terms whose reductions are global.
+"""Loss expressions: named, weighted terms combined with `+` and scalar `*`.
 
-A loss is a sum of terms. Each term has a kind that fixes how it reduces over
-the global batch when the batch is split across replicas:
+    loss = 1.5 * Dice().on("seg") + Term(keras.losses.Huber(), head="depth") + L2(1e-4)
+    result = loss(y_true, y_pred, sample_weight, model=model, step=step)
+    result.total, result.terms, result.raw
 
-* per-example (`Term`): the wrapped function returns one value per example
-  (or per element). The term is ``sum(w * l) / sum(w)`` over the *global*
-  batch, where ``w`` is the sample weight broadcast to the values (1 without
-  weights). The denominator is all-reduced, so a replica holding few weighted
-  examples is not over-counted, and a head whose labels are masked out
-  (weight 0) neither contributes nor dilutes the mean. A function that
-  returns a scalar is taken to be the mean over its replica's examples.
-* batch-level (`BatchTerm`): the term is a function of sums over the batch
-  (Dice: sum(y*p), sum(y), sum(p)). The sums are all-reduced before the
-  ratio, so every replica sees the statistics of the whole global batch.
-* regularizer (`Regularizer`): a function of the model, counted once per
-  step whatever the number of replicas.
-
-Inside `strategy.run` each replica differentiates its *share* of the total;
-the optimizer sums gradients over replicas, which yields the gradient of the
-global loss exactly. Because the gradient of an all-reduce sums the upstream
-gradients of all replicas, a batch-level term's share is its value divided by
-the replica count. The values a `LossResult` exposes are the global ones
-(equal on every replica); `total` and `terms` still carry the share's
-gradient. With one replica none of this costs anything.
-
-Terms compute in float32 whatever the dtype policy.
+A term's *kind* fixes how it reduces over the global batch: `Term`
+(per-example), `BatchTerm` (sums over the batch), `Regularizer` (a function
+of the model). See `framework.losses.reduction` for the exact semantics.
 """
 
 from __future__ import annotations
@@ -36,8 +18,6 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-
-from framework import distribute
 
 Weight = float | Callable[[tf.Tensor], Any]
 
@@ -104,6 +84,8 @@ class Loss:
     def __call__(
         self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, model=None, step=None
     ) -> LossResult:
+        from framework.losses.reduction import evaluate
+
         return evaluate(self.flat_terms(), y_true, y_pred, sample_weight, model=model, step=step)
 
 
@@ -278,166 +260,3 @@ def _unique_names(terms: list[Term]) -> list[Term]:
             raise ValueError(f"Two loss terms are named {term.name!r}; give one a name with .named(...).")
         seen.add(term.name)
     return renamed
-
-
-# ---- evaluation --------------------------------------------------------------
-
-
-def _select(value: Any, head: str | None, what: str, term: Term) -> Any:
-    if isinstance(value, dict):
-        if head is None:
-            if len(value) == 1:
-                return next(iter(value.values()))
-            raise ValueError(
-                f"Loss term {term.name!r} has no head, but the {what} has heads "
-                f"{sorted(value)}; attach it with .on(<head>)."
-            )
-        if head not in value:
-            raise KeyError(
-                f"Loss term {term.name!r} reads head {head!r}, but the {what} has heads {sorted(value)}."
-            )
-        return value[head]
-    if head is not None and value is not None and what == "model output":
-        raise KeyError(
-            f"Loss term {term.name!r} reads head {head!r}, but the model has a single "
-            "unnamed output; drop .on(...) or give the model named outputs."
-        )
-    return value
-
-
-def _float32(x: Any) -> tf.Tensor:
-    x = tf.convert_to_tensor(x)
-    return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
-
-
-def _match_rank(weight: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-    while weight.shape.rank > values.shape.rank and weight.shape[-1] == 1:
-        weight = tf.squeeze(weight, -1)
-    while weight.shape.rank < values.shape.rank:
-        weight = tf.expand_dims(weight, -1)
-    return tf.broadcast_to(weight, tf.shape(values))
-
-
-def _nan_mask(y_true: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(labels with NaN replaced by 0, per-example weight 0 where any NaN)."""
-    finite = tf.math.is_finite(y_true)
-    if y_true.shape.rank > 1:
-        valid = tf.reduce_all(finite, axis=list(range(1, y_true.shape.rank)))
-    else:
-        valid = finite
-    return tf.where(finite, y_true, tf.zeros_like(y_true)), tf.cast(valid, tf.float32)
-
-
-def _per_example_parts(term, y_true, y_pred, weight):
-    """(local weighted sum, local weight sum) of a per-example term."""
-    if term.mask_nan:
-        y_true, valid = _nan_mask(y_true)
-        weight = valid if weight is None else _float32(weight) * _match_rank(valid, _float32(weight))
-    values = _float32(term.compute(y_true, y_pred))
-    if values.shape.rank == 0:  # a mean over this replica's examples
-        count = tf.cast(tf.shape(y_pred)[0], tf.float32)
-        if weight is not None:
-            raise ValueError(
-                f"Loss term {term.name!r} returns a scalar, so sample weights or masks cannot "
-                "be applied; return per-example values instead."
-            )
-        return tf.where(count > 0, values * count, 0.0), count
-    if weight is None:
-        return tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)
-    weight = _match_rank(_float32(weight), values)
-    return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
-
-
-def _check_shapes(term: Term, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
-    """Rejects labels that would silently broadcast against predictions.
-
-    Same-rank labels and predictions must agree in every known non-batch
-    dimension, except a label dimension of 1 (sparse class ids).
-    """
-    if y_true.shape.rank is None or y_true.shape.rank != y_pred.shape.rank:
-        return
-    for got, expected in zip(y_true.shape[1:], y_pred.shape[1:]):
-        if got is not None and expected is not None and got != expected and got != 1:
-            head = f" on head {term.head!r}" if term.head else ""
-            raise ValueError(
-                f"Loss term {term.name!r}{head}: labels of shape {tuple(y_true.shape)} do not "
-                f"match predictions of shape {tuple(y_pred.shape)}."
-            )
-
-
-def _local_parts(term, y_true, y_pred, sample_weight, model):
-    if term.kind == "regularizer":
-        if model is None:
-            raise ValueError(f"Loss term {term.name!r} is a regularizer: pass model=.")
-        return _float32(term.regularization(model)), None
-    y_p = _select(y_pred, term.head, "model output", term)
-    y_t = _select(y_true, term.head, "batch labels", term)
-    if y_t is None:
-        raise ValueError(f"Loss term {term.name!r} has no labels in the batch (head {term.head!r}).")
-    weight = _select(sample_weight, term.head, "sample_weight", term) if sample_weight is not None else None
-    y_p, y_t = _float32(y_p), _float32(y_t)
-    _check_shapes(term, y_t, y_p)
-    if term.kind == "batch":
-        if term.mask_nan:
-            y_t, valid = _nan_mask(y_t)
-            weight = valid if weight is None else _float32(weight) * valid
-        return term.statistics(y_t, y_p, weight), None
-    return _per_example_parts(term, y_t, y_p, weight)
-
-
-def _describe_error(term: Term, y_true, y_pred, error: Exception) -> Exception:
-    def shape(v):
-        try:
-            return tuple(_select(v, term.head, "x", term).shape)
-        except Exception:  # noqa: BLE001 - only used to build a message
-            return "?"
-
-    head = f" on head {term.head!r}" if term.head else ""
-    return type(error)(
-        f"Loss term {term.name!r}{head} failed with labels of shape {shape(y_true)} and "
-        f"predictions of shape {shape(y_pred)}: {error}"
-    )
-
-
-def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None) -> LossResult:
-    """Computes every term once, with global reductions; see module docstring."""
-    replicas = distribute.num_replicas()
-    step = tf.constant(0, tf.int64) if step is None else step
-    local = {}
-    for term in terms:
-        try:
-            local[term.name] = _local_parts(term, y_true, y_pred, sample_weight, model)
-        except (KeyError, ValueError, TypeError) as e:
-            if str(e).startswith("Loss term"):
-                raise
-            raise _describe_error(term, y_true, y_pred, e) from e
-        except tf.errors.InvalidArgumentError as e:
-            raise _describe_error(term, y_true, y_pred, e) from e
-
-    # One all-reduce for every denominator and batch statistic.
-    to_reduce = {}
-    for term in terms:
-        first, second = local[term.name]
-        if term.kind == "per_example":
-            to_reduce[term.name] = tf.stop_gradient(second)
-        elif term.kind == "batch":
-            to_reduce[term.name] = first
-    reduced = distribute.all_reduce_sum(to_reduce)
-
-    shares = {}
-    for term in terms:
-        first, _ = local[term.name]
-        if term.kind == "per_example":
-            shares[term.name] = tf.math.divide_no_nan(first, reduced[term.name])
-        elif term.kind == "batch":
-            shares[term.name] = _float32(term.from_statistics(reduced[term.name])) / replicas
-        else:
-            shares[term.name] = first / replicas
-
-    raw = dict(shares)
-    if replicas > 1:
-        globals_ = distribute.all_reduce_sum({k: tf.stop_gradient(v) for k, v in shares.items()})
-        raw = {k: shares[k] + tf.stop_gradient(globals_[k] - shares[k]) for k in shares}
-    weighted = {t.name: t.weight_at(step) * raw[t.name] for t in terms}
-    total = tf.add_n(list(weighted.values())) if weighted else tf.constant(0.0)
-    return LossResult(total=total, terms=weighted, raw=raw)

@@ -1,0 +1,133 @@
+"""Distributed input: a dataset hook, its length in steps, and its iterators.
+
+`DistributedInput` wraps a `build_*_dataset(input_context)` hook with
+`strategy.distribute_datasets_from_function`. It knows how many global steps
+one pass yields (from the dataset's cardinality), and it hands out one
+iterator per epoch, or one for the whole run when the dataset is infinite.
+
+Iterators cannot be checkpointed (a `DistributedIterator` is not trackable),
+so a run resumes by replaying: on a fresh distributed dataset the k-th
+`iter()` yields epoch k's `reshuffle_each_iteration` order, so
+`iterator(epoch, skip=n)` creates and drops the iterators of the epochs
+before, then draws and discards the `n` batches already trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+Hook = Callable[[tf.distribute.InputContext], Any]
+
+
+class DistributedInput:
+    """One dataset hook distributed over `strategy`."""
+
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        hook: Hook,
+        name: str,
+        *,
+        steps_per_epoch: int = 0,
+        optional: bool = False,
+    ):
+        self.strategy, self.name = strategy, name
+        self.present = True
+        info: dict[str, Any] = {}
+
+        def dataset_fn(input_context):
+            dataset = hook(input_context)
+            if dataset is None and optional:
+                info["absent"] = True
+                return tf.data.Dataset.range(0)
+            if not isinstance(dataset, tf.data.Dataset):
+                raise TypeError(
+                    f"{name}() must return a tf.data.Dataset, got {type(dataset).__name__}: {dataset!r:.200}"
+                )
+            info.update(
+                cardinality=int(dataset.cardinality()),
+                element_spec=dataset.element_spec,
+                per_pipeline=input_context.num_replicas_in_sync // input_context.num_input_pipelines,
+                context=input_context,
+            )
+            return dataset
+
+        self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        if info.get("absent"):
+            self.present = False
+            return
+        self.element_spec = info["element_spec"]
+        self.cardinality = info["cardinality"]
+        self.infinite = self.cardinality == tf.data.INFINITE_CARDINALITY
+        self.steps = self._count_steps(info, hook, steps_per_epoch)
+        self._iterators_made = 0
+        self._persistent = None
+        self._skip_fn = None
+
+    def _count_steps(self, info: dict, hook: Hook, requested: int) -> int:
+        cardinality = self.cardinality
+        if cardinality == tf.data.UNKNOWN_CARDINALITY:
+            logging.warning(
+                "%s() returned a dataset of unknown length; counting its batches once. Add "
+                "dataset.apply(tf.data.experimental.assert_cardinality(n)) or set "
+                "config.steps_per_epoch to skip this.",
+                self.name,
+            )
+            dataset = hook(info["context"])
+            cardinality = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        if cardinality == tf.data.INFINITE_CARDINALITY:
+            if not requested:
+                raise ValueError(f"{self.name}() returned an infinite dataset: set config.steps_per_epoch.")
+            return requested
+        available = math.ceil(cardinality / info["per_pipeline"])
+        if available == 0:
+            raise ValueError(f"{self.name}() returned an empty dataset.")
+        if requested > available:
+            raise ValueError(
+                f"config.steps_per_epoch={requested} but {self.name}() yields only {available} steps "
+                "per pass; use a smaller value or .repeat() the dataset."
+            )
+        return requested or available
+
+    def iterator(self, epoch: int = 0, *, skip: int = 0):
+        """The iterator for `epoch` (0-based), positioned `skip` batches in.
+
+        Finite datasets get a fresh iterator per epoch; an infinite one is
+        shared by all epochs, so `skip` then counts from the run's start.
+        """
+        if self.infinite:
+            if self._persistent is None:
+                self._persistent = iter(self.dataset)
+                self._skip(self._persistent, epoch * self.steps + skip)
+            return self._persistent
+        if epoch < self._iterators_made:
+            raise ValueError(f"{self.name}: iterator for epoch {epoch} was already handed out.")
+        while self._iterators_made < epoch:
+            iter(self.dataset)  # replay the reshuffle of an epoch already trained
+            self._iterators_made += 1
+        self._iterators_made += 1
+        iterator = iter(self.dataset)
+        self._skip(iterator, skip)
+        return iterator
+
+    def _skip(self, iterator, count: int) -> None:
+        if count <= 0:
+            return
+        if self._skip_fn is None:
+
+            @tf.function
+            def skip(iterator, count):
+                for _ in tf.range(count):
+                    next(iterator)
+
+            self._skip_fn = skip
+        self._skip_fn(iterator, tf.constant(count, tf.int64))
+
+    def fresh_iterator(self):
+        """An iterator outside the epoch sequence (evaluation)."""
+        return iter(self.dataset)

@@ -1,0 +1,107 @@
+"""Model heads: matching labels, predictions, weights, losses and metrics by name.
+
+A single-output model has no head names; a model whose outputs are a dict
+has one head per key, and batches carry labels (and sample weights) as dicts
+keyed the same way. These checks run at trace time, so a mismatch fails
+before the first step with the head named.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+
+def select(value: Any, head: str | None, what: str, owner: str) -> Any:
+    """`value[head]` for dict values; `value` itself for single-output ones."""
+    if isinstance(value, dict):
+        if head is None:
+            if len(value) == 1:
+                return next(iter(value.values()))
+            raise ValueError(
+                f"{owner} has no head, but the {what} has heads {sorted(value)}; attach it with .on(<head>)."
+            )
+        if head not in value:
+            raise KeyError(f"{owner} reads head {head!r}, but the {what} has heads {sorted(value)}.")
+        return value[head]
+    if head is not None and value is not None and what == "model output":
+        raise KeyError(
+            f"{owner} reads head {head!r}, but the model has a single unnamed output; drop .on(...) "
+            "or give the model named outputs."
+        )
+    return value
+
+
+def model_heads(model: keras.Model) -> list[str] | None:
+    """Sorted head names of a functional model with dict outputs, else None."""
+    try:
+        output = model.output
+    except (AttributeError, ValueError):
+        return None
+    return sorted(output) if isinstance(output, dict) else None
+
+
+def check_loss_heads(model: keras.Model, loss) -> None:
+    heads = model_heads(model)
+    if heads is None:
+        return
+    for term in loss.flat_terms():
+        if term.kind != "regularizer" and term.head is not None and term.head not in heads:
+            raise KeyError(
+                f"Loss term {term.name!r} reads head {term.head!r}, but the model's heads are {heads}."
+            )
+
+
+def check_batch(y: Any, y_pred: Any, used_heads: set) -> None:
+    """Labels must be keyed like the model's outputs; missing labels for used heads fail."""
+    if isinstance(y_pred, dict):
+        if y is not None and not isinstance(y, dict):
+            raise ValueError(
+                f"The model has heads {sorted(y_pred)} but the batch labels are a single "
+                f"{type(y).__name__}; give labels as a dict keyed by head."
+            )
+        if isinstance(y, dict):
+            unknown = sorted(set(y) - set(y_pred))
+            if unknown:
+                raise ValueError(
+                    f"The batch has labels for head {unknown[0]!r}, which the model does not have; "
+                    f"the model's heads are {sorted(y_pred)}."
+                )
+            absent = sorted(h for h in set(y_pred) - set(y) if h in used_heads)
+            if absent:
+                raise ValueError(
+                    f"The batch has no labels for head {absent[0]!r}; the model's heads are "
+                    f"{sorted(y_pred)} and the batch's label keys are {sorted(y)}."
+                )
+    elif isinstance(y, dict):
+        raise ValueError(f"The batch labels are keyed by head {sorted(y)} but the model has a single output.")
+
+
+def collect_metrics(model: keras.Model, built: Any) -> list[tuple[str | None, keras.metrics.Metric]]:
+    """`build_metrics()` output as (head, metric) pairs, checked."""
+    if isinstance(built, dict):
+        pairs = [
+            (head, m) for head, ms in built.items() for m in (ms if isinstance(ms, (list, tuple)) else [ms])
+        ]
+        heads = model_heads(model)
+        for head, _ in pairs:
+            if heads is not None and head not in heads:
+                raise KeyError(f"build_metrics() names head {head!r}, but the model's heads are {heads}.")
+    elif isinstance(built, (list, tuple)):
+        pairs = [(None, m) for m in built]
+    else:
+        raise TypeError(
+            f"build_metrics() must return a list or a dict head -> list, got {type(built).__name__}."
+        )
+    for _, metric in pairs:
+        if not isinstance(metric, keras.metrics.Metric):
+            raise TypeError(
+                f"build_metrics() must return keras.metrics.Metric objects, got {type(metric).__name__}: "
+                f"{metric!r:.100}"
+            )
+    return pairs
+
+
+def metric_name(head: str | None, metric: keras.metrics.Metric) -> str:
+    return f"{head}/{metric.name}" if head else metric.name
