@@ -56,7 +56,13 @@ def defaults() -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 1e-3
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 0  # 0: at the end of every epoch only
+    c.checkpoint.every_steps = 0  # 0: no mid-epoch checkpoints
+    c.checkpoint.every_epochs = 1  # 0: only the final state (and on SIGTERM)
+    c.checkpoint.max_to_keep = 3  # the newest N are kept ...
+    c.checkpoint.best_metric = ""  # ... plus the best `keep_best` by this logged key, e.g. "val/accuracy"
+    c.checkpoint.best_mode = "max"
+    c.checkpoint.keep_best = 1
+    c.checkpoint.async_save = True
 
     for section in FREE_SECTIONS:
         c[section] = ml_collections.ConfigDict()
@@ -153,6 +159,10 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _positive(config, "eval_every_epochs")
     _positive(config, "distribution.cpu_devices", allow_zero=True)
     _positive(config, "checkpoint.every_steps", allow_zero=True)
+    _positive(config, "checkpoint.every_epochs", allow_zero=True)
+    _positive(config, "checkpoint.max_to_keep")
+    _positive(config, "checkpoint.keep_best")
+    _choice(config, "checkpoint.best_mode", ("max", "min"))
     _choice(config, "precision", PRECISIONS)
     _choice(config, "distribution.strategy", STRATEGIES)
     if not config.optimizer.learning_rate > 0:

@@ -76,32 +76,3 @@ def check_batch(y: Any, y_pred: Any, used_heads: set) -> None:
                 )
     elif isinstance(y, dict):
         raise ValueError(f"The batch labels are keyed by head {sorted(y)} but the model has a single output.")
-
-
-def collect_metrics(model: keras.Model, built: Any) -> list[tuple[str | None, keras.metrics.Metric]]:
-    """`build_metrics()` output as (head, metric) pairs, checked."""
-    if isinstance(built, dict):
-        pairs = [
-            (head, m) for head, ms in built.items() for m in (ms if isinstance(ms, (list, tuple)) else [ms])
-        ]
-        heads = model_heads(model)
-        for head, _ in pairs:
-            if heads is not None and head not in heads:
-                raise KeyError(f"build_metrics() names head {head!r}, but the model's heads are {heads}.")
-    elif isinstance(built, (list, tuple)):
-        pairs = [(None, m) for m in built]
-    else:
-        raise TypeError(
-            f"build_metrics() must return a list or a dict head -> list, got {type(built).__name__}."
-        )
-    for _, metric in pairs:
-        if not isinstance(metric, keras.metrics.Metric):
-            raise TypeError(
-                f"build_metrics() must return keras.metrics.Metric objects, got {type(metric).__name__}: "
-                f"{metric!r:.100}"
-            )
-    return pairs
-
-
-def metric_name(head: str | None, metric: keras.metrics.Metric) -> str:
-    return f"{head}/{metric.name}" if head else metric.name

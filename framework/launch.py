@@ -4,7 +4,10 @@
         --config.batch_size=128 --workdir=runs/digits --mode=train_and_eval
 
 Modes: `train` (fit, no evaluation), `train_and_eval` (fit, evaluating every
-`config.eval_every_epochs`), `eval` (evaluate once).
+`config.eval_every_epochs`), `eval` (evaluate `--checkpoint`: latest, best or
+a step), `continuous_eval` (evaluate each new checkpoint once, until the final
+one), `export` (a SavedModel of `--checkpoint` under workdir/export/<step>).
+Training resumes from the workdir's latest checkpoint.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from framework import config as config_lib
-from framework import logs
+from framework import logs, modes
 
 FLAGS = flags.FLAGS
-RUN_MODES = ("train", "eval", "train_and_eval")
 
 
 def _define_flags() -> None:
@@ -35,7 +37,11 @@ def _define_flags() -> None:
         lock_config=False,
     )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and summaries.")
-    flags.DEFINE_enum("mode", "train_and_eval", list(RUN_MODES), "What to run.")
+    flags.DEFINE_enum("mode", "train_and_eval", list(config_lib.MODES), "What to run.")
+    flags.DEFINE_string("checkpoint", "latest", "For eval/export: 'latest', 'best' or a step number.")
+    flags.DEFINE_float(
+        "eval_timeout_secs", 600.0, "continuous_eval stops after this long without a new checkpoint."
+    )
 
 
 def _override_paths(argv: Sequence[str]) -> list[str]:
@@ -117,11 +123,19 @@ def run(trainer_cls, argv: Sequence[str] | None = None) -> None:
 
     def main(_argv):
         trainer = trainer_cls(FLAGS.config, workdir=FLAGS.workdir)
+        which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
         if FLAGS.mode == "eval":
-            results = trainer.evaluate()
+            results = modes.evaluate_checkpoint(trainer, which)
+        elif FLAGS.mode == "continuous_eval":
+            results = modes.continuous_eval(trainer, timeout_secs=FLAGS.eval_timeout_secs)
+        elif FLAGS.mode == "export":
+            print(f"Exported to {modes.export(trainer, which)}")
+            return
         else:
             history = trainer.fit(validate=FLAGS.mode == "train_and_eval")
             results = history[-1] if history else {}
+            if not history and FLAGS.mode == "train_and_eval" and trainer._has_eval():
+                results = {f"val/{k}": v for k, v in trainer.evaluate().items()}  # a finished run
         if trainer.is_chief:
             logging.info("final metrics: %s", logs.to_floats(results))
             print("Final metrics:")

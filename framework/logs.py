@@ -22,6 +22,21 @@ def to_floats(logs: Mapping) -> dict[str, float]:
     return {k: float(v) for k, v in logs.items()}
 
 
+class Sums:
+    """Host-side running sums of per-step logs over some steps; `means()` divides."""
+
+    def __init__(self, sums: Mapping[str, float] | None = None, steps: int = 0):
+        self.sums, self.steps = dict(sums or {}), steps
+
+    def add(self, sums: Mapping[str, float], steps: int) -> None:
+        for key, value in sums.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.steps += steps
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.steps for k, v in self.sums.items()} if self.steps else {}
+
+
 def _json_value(value: float):
     return value if math.isfinite(value) else str(value)
 

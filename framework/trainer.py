@@ -35,11 +35,11 @@ from typing import Any, NamedTuple
 
 import keras
 import ml_collections
-import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from framework import checkpoint, distribute, heads, logs, loop, metrics, precision, state, updates
 from framework import config as config_lib
-from framework import distribute, heads, logs, loop, precision, updates
 from framework.data import DistributedInput
 from framework.losses import Loss
 
@@ -84,6 +84,7 @@ class Trainer:
         self.epoch = 0
         self._train_input = self._eval_input = None
         self._train_fn = self._eval_fn = None
+        self._checkpoints: checkpoint.Checkpoints | None = None
         self._auto_steps = 32
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
@@ -99,7 +100,7 @@ class Trainer:
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
                 heads.check_loss_heads(self.model, self.loss)
-            self.metrics = heads.collect_metrics(self.model, self.build_metrics())
+            self.metrics = metrics.collect(self.model, self.build_metrics())
             self._step = _counter("step", 0)
             self._nonfinite_step = _counter("nonfinite_step", -1)
 
@@ -194,16 +195,7 @@ class Trainer:
         self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
 
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
-        for head, metric in self.metrics:
-            owner = f"Metric {metric.name!r}"
-            weight = (
-                None if sample_weight is None else heads.select(sample_weight, head, "sample_weight", owner)
-            )
-            metric.update_state(
-                heads.select(y, head, "batch labels", owner),
-                heads.select(y_pred, head, "model output", owner),
-                sample_weight=weight,
-            )
+        metrics.update(self.metrics, y, y_pred, sample_weight)
 
     # ---- state ---------------------------------------------------------------
 
@@ -213,24 +205,10 @@ class Trainer:
 
     def metric_results(self) -> dict[str, float]:
         """Current metric values (summed over replicas), read on the host."""
-        out = {}
-        with self.strategy.scope():
-            for head, metric in self.metrics:
-                name = heads.metric_name(head, metric)
-                result = metric.result()
-                items = result.items() if isinstance(result, dict) else [(None, result)]
-                for key, value in items:
-                    value = np.asarray(tf.convert_to_tensor(value), dtype=np.float64)
-                    label = name if key is None else f"{name}/{key}"
-                    if value.ndim == 0:
-                        out[label] = float(value)
-                    else:
-                        out.update({f"{label}/{i}": float(v) for i, v in enumerate(value.ravel())})
-        return out
+        return metrics.read(self.metrics, self.strategy)
 
     def reset_metrics(self) -> None:
-        for _, metric in self.metrics:
-            metric.reset_state()
+        metrics.reset(self.metrics)
 
     def _build_state(self, element_spec) -> None:
         """Creates model and optimizer variables before anything is traced or restored."""
@@ -247,6 +225,56 @@ class Trainer:
     def _steps_per_call(self) -> int:
         return self.config.steps_per_execution or self._auto_steps
 
+    # ---- checkpoints -------------------------------------------------------------
+
+    def _open_checkpoints(self, *, writer: bool) -> checkpoint.Checkpoints | None:
+        if self._checkpoints is None and self.workdir:
+            self._checkpoints = checkpoint.Checkpoints(
+                os.path.join(self.workdir, "checkpoints"),
+                self.config.checkpoint,
+                writer=writer and self.is_chief,
+            )
+        return self._checkpoints
+
+    def restore(self, which: str | int = "latest") -> int | None:
+        """Loads a checkpoint of this workdir: "latest", "best" or a step. Returns its step."""
+        if self._train_input is None and not self._has_eval():
+            raise ValueError("restore() before fit() needs build_eval_dataset() to return a dataset.")
+        self._build_state((self._train_input or self._eval_input).element_spec)
+        ckpts = self._open_checkpoints(writer=self._train_input is not None)
+        if ckpts is None:
+            raise ValueError("restore() needs a workdir.")
+        groups = state.collect(self)
+        if which == "latest":
+            meta = ckpts.restore_latest(groups)
+        else:
+            step = ckpts.best_step() if which == "best" else int(which)
+            if step is None or step not in ckpts.steps():
+                raise ValueError(
+                    f"No checkpoint {which!r} in {ckpts.directory}; it holds steps {ckpts.steps()}."
+                )
+            meta = ckpts.restore(groups, step)
+        if meta is None:
+            return None
+        self.epoch = meta["epoch"]
+        self._resume = meta
+        return meta["step"]
+
+    def _save(
+        self, *, step_in_epoch: int = 0, sums: logs.Sums | None = None, metrics=None, final=False
+    ) -> None:
+        if self._checkpoints is None:
+            return
+        meta = {
+            "step": self.step, "epoch": self.epoch, "step_in_epoch": step_in_epoch, "final": final,
+            "epoch_sums": dict(sums.sums) if sums else {}, "trainer": type(self).__name__,
+        }  # fmt: skip
+        if self._checkpoints.save(self.step, state.collect(self), meta, metrics):
+            logging.info("Checkpoint at step %d (epoch %d%s).", self.step, self.epoch,
+                         f", {step_in_epoch} steps in" if step_in_epoch else "")  # fmt: skip
+
+    # ---- phases ------------------------------------------------------------------
+
     def _prepare_train(self) -> None:
         if self._train_fn is not None:
             return
@@ -261,71 +289,88 @@ class Trainer:
             should_stop=lambda: self._nonfinite_step >= 0,
         )  # fmt: skip
         self._run_log = logs.RunLog(self.workdir, enabled=self.is_chief)
+        if self._open_checkpoints(writer=True) is not None:
+            self.restore("latest")
         if self.is_chief and self.workdir:
-            os.makedirs(self.workdir, exist_ok=True)
             with open(os.path.join(self.workdir, "config.json"), "w") as f:
                 json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
 
     def fit(self, *, validate: bool = True) -> list[dict[str, float]]:
-        """Trains for `config.epochs`; returns one log dict per epoch.
+        """Trains for `config.epochs`, resuming from the workdir's checkpoints; one log dict per epoch.
 
         validate: evaluate every `config.eval_every_epochs` epochs when
           `build_eval_dataset` returns a dataset.
         """
+        self._resume = None
         self._prepare_train()
+        if self._resume:
+            logging.info("Resumed from the checkpoint at step %d (epoch %d).", self.step, self.epoch)
         self._nonfinite_step.assign(-1)
         has_eval = validate and self._has_eval()
         progress = logs.Progress(enabled=self.is_chief)
         history = []
-        while self.epoch < self.config.epochs:
-            epoch_logs = self._train_epoch(progress)
-            if has_eval and (self.epoch + 1) % self.config.eval_every_epochs == 0:
-                val = {f"val/{k}": v for k, v in self.evaluate().items()}
-                self._run_log.write("eval", self.step, self.epoch + 1, val)
-                epoch_logs.update(val)
-            self.epoch += 1
-            self._run_log.write("epoch", self.step, self.epoch, epoch_logs)
-            progress.end_epoch(epoch_logs)
-            history.append(epoch_logs)
+        cfg = self.config.checkpoint
+        with checkpoint.Preemption() as preemption:
+            while self.epoch < self.config.epochs:
+                epoch_logs = self._train_epoch(progress, preemption)
+                if has_eval and (self.epoch + 1) % self.config.eval_every_epochs == 0:
+                    val = {f"val/{k}": v for k, v in self.evaluate().items()}
+                    self._run_log.write("eval", self.step, self.epoch + 1, val)
+                    epoch_logs.update(val)
+                self.epoch += 1
+                self._run_log.write("epoch", self.step, self.epoch, epoch_logs)
+                progress.end_epoch(epoch_logs)
+                history.append(epoch_logs)
+                final = self.epoch == self.config.epochs
+                due = cfg.every_epochs and self.epoch % cfg.every_epochs == 0
+                if final or due or (cfg.every_steps and self.step % cfg.every_steps == 0):
+                    self._save(metrics=epoch_logs, final=final)
+        if self._checkpoints is not None:
+            self._checkpoints.wait()
         return history
 
-    def _train_epoch(self, progress: logs.Progress) -> dict[str, float]:
-        self.reset_metrics()
-        iterator = self._train_input.iterator(self.epoch)
+    def _train_epoch(self, progress: logs.Progress, preemption: checkpoint.Preemption) -> dict[str, float]:
+        resume, self._resume = self._resume or {}, None
+        done = resume.get("step_in_epoch", 0)
+        if not done:
+            self.reset_metrics()
+        iterator = self._train_input.iterator(self.epoch, skip=done)
         total = self._train_input.steps
         progress.start_epoch(self.epoch + 1, self.config.epochs, total)
-        epoch_sums: dict[str, float] = {}
-        interval_sums: dict[str, float] = {}
-        done = interval_steps = 0
+        epoch, interval = logs.Sums(resume.get("epoch_sums"), done), logs.Sums()
         interval_start = time.perf_counter()
-        every = self.config.log_every_steps
+        every, save_every = self.config.log_every_steps, self.config.checkpoint.every_steps
         while done < total:
             step = self.step
             n = min(self._steps_per_call(), total - done, every - step % every)
+            if save_every:
+                n = min(n, save_every - step % save_every)
             call_start = time.perf_counter()
             sums, last = self._train_fn(iterator, tf.constant(n, tf.int64))
-            sums = {k: float(v) for k, v in sums.items()}
             self._check_finite(last)
             if not self.config.steps_per_execution:
                 self._tune_steps(n, time.perf_counter() - call_start)
-            for key, value in sums.items():
-                epoch_sums[key] = epoch_sums.get(key, 0.0) + value
-                interval_sums[key] = interval_sums.get(key, 0.0) + value
+            epoch.add(sums, n)
+            interval.add(sums, n)
             done += n
-            interval_steps += n
+            point = None
             if (step + n) % every == 0 or done == total:
-                rate = interval_steps / max(time.perf_counter() - interval_start, 1e-9)
-                point = {k: v / interval_steps for k, v in interval_sums.items()}
-                point.update(self.metric_results())
+                rate = interval.steps / max(time.perf_counter() - interval_start, 1e-9)
+                point = {**interval.means(), **self.metric_results()}
                 self._run_log.write("train", self.step, self.epoch + 1, {**point, "steps_per_sec": rate})
                 progress.update(done, point, rate=rate)
-                interval_sums, interval_steps = {}, 0
-                interval_start = time.perf_counter()
+                interval, interval_start = logs.Sums(), time.perf_counter()
             else:
                 progress.update(done)
-        epoch_logs = {k: v / total for k, v in epoch_sums.items()}
-        epoch_logs.update(self.metric_results())
-        return epoch_logs
+            if preemption.requested:
+                self._save(step_in_epoch=done, sums=epoch)
+                if self._checkpoints is not None:
+                    self._checkpoints.wait()
+                logging.warning("Preempted: saved step %d; rerun the same command to resume.", self.step)
+                raise SystemExit(0)
+            if save_every and self.step % save_every == 0 and done < total:
+                self._save(step_in_epoch=done, sums=epoch, metrics=point)
+        return {**epoch.means(), **self.metric_results()}
 
     def _tune_steps(self, n: int, seconds: float) -> None:
         """Auto steps_per_execution: aim for ~0.2 s per compiled call."""
@@ -362,13 +407,10 @@ class Trainer:
             self._eval_fn = loop.make_step_function(self.strategy, self.eval_step, where="eval_step")
         self.reset_metrics()
         iterator = self._eval_input.fresh_iterator()
-        total, done, sums = self._eval_input.steps, 0, {}
+        total, done, sums = self._eval_input.steps, 0, logs.Sums()
         while done < total:
             n = min(self._steps_per_call(), total - done)
             call_sums, _ = self._eval_fn(iterator, tf.constant(n, tf.int64))
-            for key, value in call_sums.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+            sums.add(call_sums, n)
             done += n
-        result = {k: v / total for k, v in sums.items()}
-        result.update(self.metric_results())
-        return result
+        return {**sums.means(), **self.metric_results()}

@@ -1,0 +1,185 @@
+"""Checkpoints with orbax-checkpoint: save, resume exactly, survive preemption.
+
+Under `workdir/checkpoints/<step>/` each checkpoint holds two items:
+`state`, every variable of the run as numpy (see `framework.state`), and
+`meta`, JSON with the step, the epoch, how far into the epoch the input had
+got, the host-side loss sums of the unfinished epoch, and the variables'
+names and shapes.
+
+* Saving is asynchronous (orbax writes in the background while training
+  continues); `wait()` blocks until the writes are on disk. A save that is
+  interrupted leaves only a temporary directory, which orbax ignores and
+  cleans up on the next start.
+* Only the chief writes. Every process reads the chief's directory: without
+  `jax.distributed` each TF worker would believe it is orbax's process 0.
+* Restoring tries the newest checkpoint first; one that fails to read is
+  renamed `<step>.unreadable-<time>` (kept, never deleted) with a warning,
+  and the next older one is tried.
+* Kept: the newest `max_to_keep`, plus the `keep_best` best by
+  `best_metric` (a logged key such as `val/accuracy`) in `best_mode`.
+* `Preemption` turns SIGTERM into a flag the training loop polls between
+  compiled calls: the loop saves at the current step, waits, and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # orbax imports JAX: keep it off accelerators
+
+import ml_collections  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from absl import logging  # noqa: E402
+from orbax.checkpoint import checkpoint_managers as policies  # noqa: E402
+
+from framework import state  # noqa: E402
+
+
+def _quiet_orbax(record) -> bool:
+    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+logging.get_absl_logger().addFilter(_quiet_orbax)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that does not fit this run's variables."""
+
+
+class Checkpoints:
+    """The checkpoints of one workdir."""
+
+    def __init__(self, directory: str, cfg: ml_collections.ConfigDict, *, writer: bool):
+        self.directory = os.path.abspath(directory)
+        self.writer = writer
+        self.best_metric, self.best_mode = cfg.best_metric, cfg.best_mode
+        keep = [policies.LatestN(n=cfg.max_to_keep)]
+        if cfg.best_metric:
+            keep.append(
+                policies.BestN(
+                    get_metric_fn=lambda metrics: metrics[cfg.best_metric],
+                    reverse=cfg.best_mode == "min",
+                    n=cfg.keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=cfg.async_save,
+            cleanup_tmp_directories=writer,
+            read_only=not writer,
+            create=writer,
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    # ---- reading ----------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def metrics(self, step: int) -> dict | None:
+        return self._manager.metrics(step)
+
+    def best_step(self) -> int | None:
+        scored = [
+            (m[self.best_metric], s) for s in self.steps() if (m := self.metrics(s)) and self.best_metric in m
+        ]
+        if not scored:
+            return None
+        return (max(scored) if self.best_mode == "max" else min(scored))[1]
+
+    def read_meta(self, step: int) -> dict:
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def restore(self, groups: dict[str, list], step: int) -> dict:
+        """Loads checkpoint `step` into `groups`; returns its meta."""
+        meta = self.read_meta(step)
+        problems = state.mismatches(groups, meta["layout"])
+        if problems:
+            raise CheckpointMismatch(
+                f"Checkpoint {self.directory}/{step} does not match this run's variables:\n  "
+                + "\n  ".join(problems[:20])
+                + "\nUse another --workdir, or the configuration that wrote it."
+            )
+        target, _ = state.snapshot(groups)
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        ).state
+        state.assign(groups, restored)
+        return meta
+
+    def restore_latest(self, groups: dict[str, list]) -> dict | None:
+        """Restores the newest readable checkpoint; None when there is none."""
+        for step in reversed(self.steps()):
+            try:
+                return self.restore(groups, step)
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001 - orbax, tensorstore and JSON all raise their own
+                self._set_aside(step, e)
+        return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        path = os.path.join(self.directory, str(step))
+        if self.writer:
+            moved = f"{path}.unreadable-{int(time.time())}"
+            os.rename(path, moved)
+            logging.warning("Checkpoint %s is unreadable (%s: %.200s); kept as %s, trying the previous one.",
+                            path, type(error).__name__, error, moved)  # fmt: skip
+        else:
+            logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, error)
+        self._manager.reload()
+
+    # ---- writing -----------------------------------------------------------
+
+    def save(
+        self, step: int, groups: dict[str, list], meta: dict[str, Any], metrics: dict | None = None
+    ) -> bool:
+        """Starts writing checkpoint `step` (asynchronously); False if not the writer or already saved."""
+        if not self.writer or step in self._manager.all_steps():
+            return False
+        arrays, layout = state.snapshot(groups)
+        if metrics is not None and self.best_metric not in metrics:
+            metrics = None
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave({**meta, "layout": layout})
+            ),
+            metrics=metrics,
+            force=True,
+        )
+        return True
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+class Preemption:
+    """Context manager: SIGTERM sets `requested` instead of killing the process."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        logging.warning("SIGTERM received: finishing the current step group, then saving and exiting.")
+        self.requested = True
+
+    def __enter__(self) -> Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
