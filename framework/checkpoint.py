@@ -57,7 +57,9 @@ class Checkpoints:
         self.writer = writer
         self.best_metric, self.best_mode = cfg.best_metric, cfg.best_mode
         keep = [policies.LatestN(n=cfg.max_to_keep)]
+        best_fn = None
         if cfg.best_metric:
+            best_fn = lambda metrics: metrics[cfg.best_metric]  # noqa: E731 - makes orbax record metrics
             keep.append(
                 policies.BestN(
                     get_metric_fn=lambda metrics: metrics[cfg.best_metric],
@@ -72,6 +74,8 @@ class Checkpoints:
             read_only=not writer,
             create=writer,
             preservation_policy=policies.AnyPreservationPolicy(keep),
+            best_fn=best_fn,
+            best_mode=cfg.best_mode,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 

@@ -326,7 +326,8 @@ class Trainer:
                 if final or due or (cfg.every_steps and self.step % cfg.every_steps == 0):
                     self._save(metrics=epoch_logs, final=final)
         if self._checkpoints is not None:
-            self._checkpoints.wait()
+            self._checkpoints.close()  # waits for pending writes; reopened on demand
+            self._checkpoints = None
         return history
 
     def _train_epoch(self, progress: logs.Progress, preemption: checkpoint.Preemption) -> dict[str, float]:
