@@ -34,7 +34,12 @@ from framework.data import DistributedInput  # noqa: E402
 class Big(framework.Trainer):
     def build_model(self):
         return keras.Sequential(
-            [keras.Input((1000,)), keras.layers.Dense(2500), keras.layers.Dense(2500), keras.layers.Dense(500)]
+            [
+                keras.Input((1000,)),
+                keras.layers.Dense(2500),
+                keras.layers.Dense(2500),
+                keras.layers.Dense(500),
+            ]
         )
 
     def build_loss(self):
@@ -67,7 +72,9 @@ def bench_save_restore(rounds: int) -> dict:
             start = time.perf_counter()
             ckpts.restore(groups, step)
             restored.append(time.perf_counter() - start)
-        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(tmp, "1")) for f in fs)
+        size = sum(
+            os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(tmp, "1")) for f in fs
+        )
         ckpts.close()
     return {
         "parameters": params, "values saved": total, "MB on disk": size / 2**20,
@@ -128,7 +135,9 @@ def main() -> None:
         if args.markdown:
             print("| " + " | ".join(row) + " |")
             print("|" + "---|" * len(row))
-            print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+            print(
+                "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |"
+            )
         else:
             for key, value in row.items():
                 print(f"  {key:<32} {value:.3g}" if isinstance(value, float) else f"  {key:<32} {value}")

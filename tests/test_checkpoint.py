@@ -11,8 +11,10 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from framework import checkpoint, modes
+
 from toys import ArrayTrainer, blobs, config, mlp, weights_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,8 +167,13 @@ def test_checkpoint_of_another_model_is_refused_and_left_untouched(tmp_path):
     _trainer(tmp_path).fit()
     before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(tmp_path) for p in fs}
     x, y = blobs(n=96)
-    other = ArrayTrainer(config(epochs=3), data=(x, y), model_fn=lambda: mlp(hidden=32), workdir=str(tmp_path))
-    with pytest.raises(checkpoint.CheckpointMismatch, match=r"model\[0\] .*kernel: checkpoint .* has shape \(6, 16\), this run's has \(6, 32\)"):
+    other = ArrayTrainer(
+        config(epochs=3), data=(x, y), model_fn=lambda: mlp(hidden=32), workdir=str(tmp_path)
+    )
+    with pytest.raises(
+        checkpoint.CheckpointMismatch,
+        match=r"model\[0\] .*kernel: checkpoint .* has shape \(6, 16\), this run's has \(6, 32\)",
+    ):
         other.fit()
     after = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(tmp_path) for p in fs}
     assert {k: v for k, v in after.items() if k != "metrics.jsonl"} == {
@@ -183,7 +190,9 @@ def test_keep_best_keeps_the_newest_and_the_best(tmp_path):
     worst_epoch = int(np.argmax([h["val/loss"] for h in history]))
     best_step = (worst_epoch + 1) * 6
     assert set(_steps(tmp_path)) == {best_step, 30}
-    again = _trainer(tmp_path, epochs=5, **{"checkpoint.best_metric": "val/loss", "checkpoint.best_mode": "max"})
+    again = _trainer(
+        tmp_path, epochs=5, **{"checkpoint.best_metric": "val/loss", "checkpoint.best_mode": "max"}
+    )
     assert again.restore("best") == best_step
 
 
@@ -191,7 +200,9 @@ def test_export_round_trips_and_eval_mode_reads_a_step(tmp_path):
     trainer = _trainer(tmp_path)
     trainer.fit()
     path = modes.export(_trainer(tmp_path))
-    assert path.endswith(os.path.join("export", "18")) and os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert path.endswith(os.path.join("export", "18")) and os.path.exists(
+        os.path.join(path, "saved_model.pb")
+    )
     evaluator = _trainer(tmp_path)
     results = modes.evaluate_checkpoint(evaluator, 12)
     assert evaluator.step == 12
@@ -209,3 +220,31 @@ def test_continuous_eval_sees_every_checkpoint_once(tmp_path):
         evaluated = [json.loads(line)["step"] for line in f if '"kind": "eval"' in line]
     assert evaluated == _steps(workdir) == sorted(set(evaluated))
     assert evaluated[-1] == 2 * 250
+
+
+class NoisyTrainer(ArrayTrainer):
+    """Adds noise from its own tf.random.Generator in the step: its state must be checkpointed."""
+
+    def __init__(self, *args, **kwargs):
+        self.noise = tf.random.Generator.from_seed(3)
+        super().__init__(*args, **kwargs)
+
+    def train_step(self, batch):
+        x, y = batch
+        return super().train_step((x + self.noise.normal(tf.shape(x)), y))
+
+
+def test_a_trainers_own_random_generator_resumes_exactly(tmp_path):
+    def make(workdir, epochs):
+        x, y = blobs(n=96)
+        return NoisyTrainer(config(epochs=epochs), data=(x, y), model_fn=mlp, workdir=str(workdir))
+
+    straight = make(tmp_path / "straight", 4)
+    straight.fit()
+    make(tmp_path / "split", 2).fit()
+    resumed = make(tmp_path / "split", 4)
+    resumed.fit()
+    assert all(np.array_equal(a, b) for a, b in zip(weights_of(straight.model), weights_of(resumed.model)))
+    fresh = make(tmp_path / "fresh", 2)
+    fresh.fit()  # without the generator's state, the resumed run would redraw these numbers
+    assert not np.array_equal(fresh.noise.state.numpy(), make(tmp_path / "other", 2).noise.state.numpy())
