@@ -1,0 +1,11 @@
+"""Metrics: Keras metric objects, plus what Keras lacks for retrieval and ranking.
+
+Keras' own metrics (`F1Score`, `AUC`, `BinaryIoU`, `Precision`, `Recall`, ...)
+are used as they are. This package adds `RecallAtK` and `NDCG`, and the
+helpers the trainer uses to collect, update, read and reset metrics.
+"""
+
+from framework.metrics.handling import Pairs, collect, name, read, reset, update
+from framework.metrics.library import NDCG, RecallAtK
+
+__all__ = ["NDCG", "Pairs", "RecallAtK", "collect", "name", "read", "reset", "update"]
