@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import ml_collections
@@ -117,6 +118,26 @@ def _fatal(message: str) -> None:
     sys.exit(2)
 
 
+def summary(trainer, results: dict, seconds: float, start_step: int | None) -> str:
+    """The one screen a run ends with: final metrics, best checkpoint, time, speed."""
+    lines = [f"Run summary ({FLAGS.mode}, {trainer.workdir})"]
+    if start_step is not None:
+        trained = trainer.step - start_step
+        rate = f", {trained / seconds:.1f} steps/s" if trained else " (nothing left to train)"
+        lines.append(
+            f"  steps: {trainer.step} ({trained} this run), epoch {trainer.epoch}{rate}, wall {seconds:.1f}s"
+        )
+    best = trainer.config.checkpoint.best_metric
+    if best and trainer.workdir:
+        ckpts = trainer._open_checkpoints(writer=False)
+        step = ckpts.best_step() if ckpts else None
+        if step is not None:
+            lines.append(f"  best checkpoint: step {step} ({best}={ckpts.metrics(step)[best]:.6g})")
+    lines.append("Final metrics:")
+    lines += [f"  {key:<32} {value:.6g}" for key, value in sorted(results.items())]
+    return "\n".join(lines)
+
+
 def run(trainer_cls, argv: Sequence[str] | None = None) -> None:
     """Parses flags, builds `trainer_cls(config, workdir)` and runs `--mode`."""
     _define_flags()
@@ -124,6 +145,7 @@ def run(trainer_cls, argv: Sequence[str] | None = None) -> None:
     def main(_argv):
         trainer = trainer_cls(FLAGS.config, workdir=FLAGS.workdir)
         which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
+        start_time, start_step = time.perf_counter(), None
         if FLAGS.mode == "eval":
             results = modes.evaluate_checkpoint(trainer, which)
         elif FLAGS.mode == "continuous_eval":
@@ -133,13 +155,12 @@ def run(trainer_cls, argv: Sequence[str] | None = None) -> None:
             return
         else:
             history = trainer.fit(validate=FLAGS.mode == "train_and_eval")
+            start_step = trainer.resumed_at_step
             results = history[-1] if history else {}
             if not history and FLAGS.mode == "train_and_eval" and trainer._has_eval():
                 results = {f"val/{k}": v for k, v in trainer.evaluate().items()}  # a finished run
         if trainer.is_chief:
             logging.info("final metrics: %s", logs.to_floats(results))
-            print("Final metrics:")
-            for key, value in sorted(results.items()):
-                print(f"  {key:<32} {value:.6g}")
+            print(summary(trainer, results, time.perf_counter() - start_time, start_step))
 
     app.run(main, argv=list(argv) if argv is not None else None, flags_parser=_parse_flags)

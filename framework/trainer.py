@@ -303,6 +303,7 @@ class Trainer:
         """
         self._resume = None
         self._prepare_train()
+        self.resumed_at_step = self.step
         if self._resume:
             logging.info("Resumed from the checkpoint at step %d (epoch %d).", self.step, self.epoch)
         self._nonfinite_step.assign(-1)

@@ -28,7 +28,7 @@ def get_config(arg=None):
     config.optimizer.learning_rate = 3e-3
     config.checkpoint.every_steps = 20
     config.checkpoint.max_to_keep = 50
-    config.data.examples = 4000
+    config.data.examples = 8000
     return config
 
 
@@ -37,9 +37,9 @@ class ResumeTrainer(framework.Trainer):
         return keras.Sequential(
             [
                 keras.Input((16,)),
-                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(256, activation="relu"),
                 keras.layers.Dropout(0.3),
-                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(256, activation="relu"),
                 keras.layers.Dropout(0.3),
                 keras.layers.Dense(4),
             ]

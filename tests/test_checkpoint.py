@@ -75,7 +75,7 @@ def test_killed_and_preempted_runs_resume_to_bitwise_identical_weights(tmp_path)
         proc = _start(interrupted)
         seen = _train_records(interrupted)
         if _wait_for(lambda s=seen: _train_records(interrupted) > s, proc):
-            time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(rng.uniform(0.0, 0.25))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills.append("random")
@@ -219,7 +219,7 @@ def test_continuous_eval_sees_every_checkpoint_once(tmp_path):
     with open(workdir / "metrics.jsonl") as f:
         evaluated = [json.loads(line)["step"] for line in f if '"kind": "eval"' in line]
     assert evaluated == _steps(workdir) == sorted(set(evaluated))
-    assert evaluated[-1] == 2 * 250
+    assert evaluated[-1] == 2 * 500
 
 
 class NoisyTrainer(ArrayTrainer):

@@ -46,3 +46,34 @@ def test_train_mode_skips_evaluation(tmp_path):
     with open(workdir / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     assert not any(k.startswith("val/") for r in records for k in r)
+
+
+def test_summaries_are_readable_by_tensorboard_and_the_plot_script_renders(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    workdir = tmp_path / "digits"
+    result = run_script(
+        "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}",
+        "--config.log_every_steps=5", "--config.checkpoint.best_metric=val/accuracy",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Run summary" in result.stdout and "best checkpoint: step" in result.stdout
+    tags = {}
+    for split in ("train", "eval"):
+        acc = event_accumulator.EventAccumulator(str(workdir / split), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags[split] = set(acc.Tags()["tensors"])
+    assert {"loss", "loss/ce", "loss/ce/raw", "loss/l2", "accuracy", "steps_per_sec"} <= tags["train"]
+    assert {"loss", "loss/ce", "accuracy"} <= tags["eval"]
+    acc = event_accumulator.EventAccumulator(str(workdir / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Tensors("loss")]
+    assert steps[:3] == [5, 10, 15]
+
+    png = tmp_path / "plot.png"
+    plotted = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "plot_run.py"), str(workdir), str(workdir), "--out", str(png)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plotted.returncode == 0, plotted.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
