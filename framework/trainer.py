@@ -85,16 +85,20 @@ class Trainer:
         self._train_input = self._eval_input = None
         self._train_fn = self._eval_fn = None
         self._auto_steps = 32
+        self._updater = updates.Updater.from_config(self.strategy, self.config)
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
                 self.model = _expect(self.build_model(), keras.Model, "build_model", "a keras.Model")
+            self._forward = self.model
             optimizer = _expect(
                 self.build_optimizer(),
                 keras.optimizers.Optimizer,
                 "build_optimizer",
                 "a keras.optimizers.Optimizer",
             )
-            self.optimizer = precision.wrap_optimizer(optimizer, self.config.precision)
+            self.optimizer = self._updater.add(
+                optimizer, self.model, primary=True, clipping=updates.Clipping.from_config(self.config.optimizer)
+            )
             self.loss = self.build_loss()
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
@@ -135,12 +139,22 @@ class Trainer:
                 f"config.optimizer.name={cfg.name!r} is not a Keras optimizer ({e})."
             ) from None
 
+    def add_optimizer(self, optimizer: keras.optimizers.Optimizer, variables, *, name: str | None = None):
+        """Registers another optimizer (a GAN's second one) for `apply_gradients(optimizer=...)`.
+
+        Call it in a build hook (they run under the strategy scope), e.g. in build_optimizer:
+        `self.d_opt = self.add_optimizer(keras.optimizers.Adam(), self.disc)`. `variables`: a
+        keras Layer/Model, a list, or a callable returning one, resolved (and the optimizer
+        built) before tracing. Returns the optimizer to use (loss-scaled under mixed_float16).
+        """
+        return self._updater.add(optimizer, variables, name=name)
+
     # ---- the step ----------------------------------------------------------
 
     def train_step(self, batch) -> dict:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
+            y_pred = self._forward(x, training=True)  # XLA-compiled under config.jit_compile
             loss, step_logs = self.compute_loss(y, y_pred, sample_weight)
         self.apply_gradients(tape, loss)
         self.update_metrics(y, y_pred, sample_weight)
@@ -148,7 +162,7 @@ class Trainer:
 
     def eval_step(self, batch) -> dict:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        y_pred = self.model(x, training=False)
+        y_pred = self._forward(x, training=False)
         step_logs = {}
         if self.loss is not None:
             step_logs = self.compute_loss(y, y_pred, sample_weight).logs
@@ -175,14 +189,16 @@ class Trainer:
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
         """Differentiates `loss`, then updates `variables` unless something is non-finite.
 
-        With float16 the loss is scaled before differentiation; the optimizer
-        unscales, skips steps whose gradients overflow on any replica, and
-        adapts the scale. A non-finite loss (or, without loss scaling, a
-        non-finite gradient) skips the update on every replica and stops
+        `optimizer`: `self.optimizer` or one from `add_optimizer`; `variables`
+        default to those it was registered for. With float16 the loss is
+        scaled here; `framework.updates` does the rest on every replica alike
+        (all-reduce, unscale, clip, accumulate, skip overflowing steps). A
+        non-finite loss (or, unscaled, gradient) skips the update and stops
         training with an error naming the step.
         """
-        optimizer = optimizer if optimizer is not None else self.optimizer
-        variables = list(variables) if variables is not None else self.model.trainable_variables
+        entry = self._updater.entry(optimizer)
+        optimizer = entry.optimizer
+        variables = list(variables) if variables is not None else list(entry.variables())
         scale = precision.loss_scale(optimizer)
         output_gradients = None if scale is None else tf.cast(scale, loss.dtype)
         grads = tape.gradient(loss, variables, output_gradients=output_gradients)
@@ -190,7 +206,7 @@ class Trainer:
             raise ValueError(
                 f"apply_gradients(): the loss does not depend on any of the {len(variables)} variables given."
             )
-        finite = updates.apply(optimizer, grads, variables, loss)
+        finite = self._updater.apply(optimizer, grads, variables, loss)
         self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
 
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
@@ -239,8 +255,7 @@ class Trainer:
                 x = keras.utils.unpack_x_y_sample_weight(element_spec)[0]
                 x = tf.nest.map_structure(lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), x)
                 self.model(x, training=False)
-            if not self.optimizer.built:
-                self.optimizer.build(self.model.trainable_variables)
+            self._updater.build()
 
     # ---- phases ------------------------------------------------------------------
 
@@ -255,16 +270,29 @@ class Trainer:
             steps_per_epoch=self.config.steps_per_epoch,
         )  # fmt: skip
         self._build_state(self._train_input.element_spec)
+
+        def train_step(batch):
+            with self._updater.micro_batch(batch):
+                return self.train_step(batch)
+
+        xla = self._xla_plan("train_step")
         self._train_fn = loop.make_step_function(
-            self.strategy, self.train_step, where="train_step",
+            self.strategy, train_step, where="train_step",
             on_step=lambda: self._step.assign_add(1),
-            should_stop=lambda: self._nonfinite_step >= 0,
+            should_stop=lambda: self._nonfinite_step >= 0, jit_compile=xla == "step",
         )  # fmt: skip
         self._run_log = logs.RunLog(self.workdir, enabled=self.is_chief)
         if self.is_chief and self.workdir:
             os.makedirs(self.workdir, exist_ok=True)
             with open(os.path.join(self.workdir, "config.json"), "w") as f:
                 json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+    def _xla_plan(self, step: str) -> str | None:
+        custom = getattr(type(self), step) is not getattr(Trainer, step)
+        plan = loop.xla_plan(self.strategy, self.config.jit_compile, custom_step=custom, where=step)
+        if plan == "forward" and self._forward is self.model:
+            self._forward = loop.compile_forward(self.model)
+        return plan
 
     def fit(self, *, validate: bool = True) -> list[dict[str, float]]:
         """Trains for `config.epochs`; returns one log dict per epoch.
@@ -317,6 +345,7 @@ class Trainer:
                 rate = interval_steps / max(time.perf_counter() - interval_start, 1e-9)
                 point = {k: v / interval_steps for k, v in interval_sums.items()}
                 point.update(self.metric_results())
+                point.update(self._updater.logs())
                 self._run_log.write("train", self.step, self.epoch + 1, {**point, "steps_per_sec": rate})
                 progress.update(done, point, rate=rate)
                 interval_sums, interval_steps = {}, 0
@@ -325,6 +354,7 @@ class Trainer:
                 progress.update(done)
         epoch_logs = {k: v / total for k, v in epoch_sums.items()}
         epoch_logs.update(self.metric_results())
+        epoch_logs.update(self._updater.logs())
         return epoch_logs
 
     def _tune_steps(self, n: int, seconds: float) -> None:
@@ -359,7 +389,9 @@ class Trainer:
             raise ValueError("evaluate() needs build_eval_dataset() to return a dataset.")
         if self._eval_fn is None:
             self._build_state(self._eval_input.element_spec)
-            self._eval_fn = loop.make_step_function(self.strategy, self.eval_step, where="eval_step")
+            self._eval_fn = loop.make_step_function(
+                self.strategy, self.eval_step, where="eval_step", jit_compile=self._xla_plan("eval_step") == "step"
+            )
         self.reset_metrics()
         iterator = self._eval_input.fresh_iterator()
         total, done, sums = self._eval_input.steps, 0, {}
