@@ -108,7 +108,11 @@ def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
 
 
 def global_batches(
-    dataset: tf.data.Dataset, input_context: tf.distribute.InputContext, global_batch_size: int
+    dataset: tf.data.Dataset,
+    input_context: tf.distribute.InputContext,
+    global_batch_size: int,
+    *,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Per-replica batches whose global batch j holds the same examples on any layout.
 
@@ -119,11 +123,12 @@ def global_batches(
     mirrored replicas and N workers therefore train on identical global
     batches, so they reach the same weights. Every worker reads all the data:
     right for data that fits in memory; shard files for large datasets.
+    drop_remainder: drop a short last global batch (TPUs need static shapes).
     """
     replicas = input_context.num_replicas_in_sync
     local = replicas // input_context.num_input_pipelines
     first = input_context.input_pipeline_id * local
-    batches = dataset.batch(global_batch_size)
+    batches = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
 
     def rows(replica, element):
         def cut(t):

@@ -107,7 +107,9 @@ def make_skip_function(strategy: tf.distribute.Strategy) -> Callable:
     return skip
 
 
-def xla_plan(strategy: tf.distribute.Strategy, jit_compile: bool, *, custom_step: bool, where: str) -> str | None:
+def xla_plan(
+    strategy: tf.distribute.Strategy, jit_compile: bool, *, custom_step: bool, where: str
+) -> str | None:
     """What `config.jit_compile` compiles: "step", "forward" (the model's call) or None."""
     if not jit_compile:
         return None

@@ -96,9 +96,7 @@ class Trainer:
                 "build_optimizer",
                 "a keras.optimizers.Optimizer",
             )
-            self.optimizer = self._updater.add(
-                optimizer, self.model, primary=True, clipping=updates.Clipping.from_config(self.config.optimizer)
-            )
+            self.optimizer = self._updater.add(optimizer, self.model, primary=True)
             self.loss = self.build_loss()
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
@@ -140,12 +138,11 @@ class Trainer:
             ) from None
 
     def add_optimizer(self, optimizer: keras.optimizers.Optimizer, variables, *, name: str | None = None):
-        """Registers another optimizer (a GAN's second one) for `apply_gradients(optimizer=...)`.
+        """Registers a second optimizer (a GAN's) for `apply_gradients(optimizer=...)`.
 
-        Call it in a build hook (they run under the strategy scope), e.g. in build_optimizer:
-        `self.d_opt = self.add_optimizer(keras.optimizers.Adam(), self.disc)`. `variables`: a
-        keras Layer/Model, a list, or a callable returning one, resolved (and the optimizer
-        built) before tracing. Returns the optimizer to use (loss-scaled under mixed_float16).
+        Call it in a build hook (under the strategy scope): `self.d_opt = self.add_optimizer(
+        keras.optimizers.Adam(), self.disc)`. `variables`: a keras Layer, a list or a callable,
+        resolved before tracing. Returns the optimizer to use (loss-scaled under mixed_float16).
         """
         return self._updater.add(optimizer, variables, name=name)
 
@@ -169,6 +166,9 @@ class Trainer:
         self.update_metrics(y, y_pred, sample_weight)
         return step_logs
 
+    # The step helpers need no autograph (converting them cost seconds per trace);
+    # a custom train_step calling them is still converted.
+    @tf.autograph.experimental.do_not_convert
     def compute_loss(
         self, y, y_pred, sample_weight=None, *, loss: Loss | None = None, prefix: str = ""
     ) -> StepLoss:
@@ -186,6 +186,7 @@ class Trainer:
         result = loss(y, y_pred, sample_weight, model=self.model, step=self._step.read_value())
         return StepLoss(result.total, result.logs(prefix))
 
+    @tf.autograph.experimental.do_not_convert
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
         """Differentiates `loss`, then updates `variables` unless something is non-finite.
 
@@ -209,6 +210,7 @@ class Trainer:
         finite = self._updater.apply(optimizer, grads, variables, loss)
         self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
 
+    @tf.autograph.experimental.do_not_convert
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
         for head, metric in self.metrics:
             owner = f"Metric {metric.name!r}"
@@ -270,21 +272,16 @@ class Trainer:
             steps_per_epoch=self.config.steps_per_epoch,
         )  # fmt: skip
         self._build_state(self._train_input.element_spec)
-
-        def train_step(batch):
-            with self._updater.micro_batch(batch):
-                return self.train_step(batch)
-
         xla = self._xla_plan("train_step")
         self._train_fn = loop.make_step_function(
-            self.strategy, train_step, where="train_step",
+            self.strategy, self._updater.counting_examples(self.train_step), where="train_step",
             on_step=lambda: self._step.assign_add(1),
             should_stop=lambda: self._nonfinite_step >= 0, jit_compile=xla == "step",
         )  # fmt: skip
         self._run_log = logs.RunLog(self.workdir, enabled=self.is_chief)
         if self.is_chief and self.workdir:
-            os.makedirs(self.workdir, exist_ok=True)
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            tf.io.gfile.makedirs(self.workdir)
+            with tf.io.gfile.GFile(os.path.join(self.workdir, "config.json"), "w") as f:
                 json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
 
     def _xla_plan(self, step: str) -> str | None:
@@ -389,8 +386,9 @@ class Trainer:
             raise ValueError("evaluate() needs build_eval_dataset() to return a dataset.")
         if self._eval_fn is None:
             self._build_state(self._eval_input.element_spec)
+            xla = self._xla_plan("eval_step")
             self._eval_fn = loop.make_step_function(
-                self.strategy, self.eval_step, where="eval_step", jit_compile=self._xla_plan("eval_step") == "step"
+                self.strategy, self.eval_step, where="eval_step", jit_compile=xla == "step"
             )
         self.reset_metrics()
         iterator = self._eval_input.fresh_iterator()

@@ -16,19 +16,8 @@ most one optimizer update. In replica context, per `apply_gradients` call:
         clipping: S * clip(G / S), i.e. on the unscaled, all-reduced gradient
     optimizer.apply(G), with Keras' own all-reduce switched off (G is already reduced)
 
-Why not Keras' built-ins (Keras 3.15, TensorFlow backend):
-
-* `LossScaleOptimizer` under MirroredStrategy decides finiteness from replica
-  0's un-reduced gradients: an overflow on replica 1 alone is applied and
-  writes inf into every replica's weights.
-* `clipnorm` / `global_clipnorm` / `clipvalue` run in `_backend_apply_gradients`
-  before `TFOptimizer._backend_update_step` all-reduces, so every replica clips
-  its own share and the result depends on the replica count. Clipping set on
-  an optimizer is therefore taken over here (read, cleared on the optimizer,
-  applied to the reduced gradient).
-* `gradient_accumulation_steps` all-reduces inside an `ops.cond` in replica
-  context, which MirroredStrategy rejects ("merge_call called while defining
-  a new graph"); it is refused here in favour of `config.grad_accum_steps`.
+Keras' own clipping, accumulation and float16 finiteness check are wrong or
+fail under distribution; `framework.optimizers` says why and what we take over.
 
 Counting: `Trainer.step` counts micro-batches (`train_step` calls);
 `optimizer.iterations` counts applied updates, so learning-rate schedules see
@@ -47,7 +36,6 @@ boundary need nothing extra; mid-window ones need `Updater.variables`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
@@ -56,113 +44,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from framework import distribute, precision
-
-
-@dataclasses.dataclass(frozen=True)
-class Clipping:
-    """Keras' clipping options, applied to the unscaled all-reduced gradient (0: off)."""
-
-    clipnorm: float = 0.0
-    global_clipnorm: float = 0.0
-    clipvalue: float = 0.0
-
-    @classmethod
-    def from_config(cls, optimizer_config) -> Clipping:
-        return cls(clipnorm=optimizer_config.clipnorm, global_clipnorm=optimizer_config.global_clipnorm)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.clipnorm or self.global_clipnorm or self.clipvalue)
-
-    def __call__(self, grads: list) -> list:
-        if not self.active:
-            return grads
-        dense = [None if g is None else tf.convert_to_tensor(g) for g in grads]  # sums duplicate indices
-        present = [g for g in dense if g is not None]
-        if self.global_clipnorm:
-            present, _ = tf.clip_by_global_norm(present, self.global_clipnorm)
-        elif self.clipnorm:
-            present = [tf.clip_by_norm(g, self.clipnorm) for g in present]
-        else:
-            present = [tf.clip_by_value(g, -self.clipvalue, self.clipvalue) for g in present]
-        return _refill(dense, present)
-
-
-def _refill(template: list, present: list) -> list:
-    it = iter(present)
-    return [None if g is None else next(it) for g in template]
-
-
-def _inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return optimizer.inner_optimizer
-    return optimizer
-
-
-def _take_clipping(optimizer: keras.optimizers.Optimizer) -> Clipping:
-    inner = _inner(optimizer)
-    clipping = Clipping(
-        float(inner.clipnorm or 0.0), float(inner.global_clipnorm or 0.0), float(inner.clipvalue or 0.0)
-    )
-    inner.clipnorm = inner.global_clipnorm = inner.clipvalue = None
-    return clipping
-
-
-# ---- applying gradients that are already all-reduced ---------------------------
-#
-# Keras' TensorFlow optimizer all-reduces whatever it is given, in
-# `TFOptimizer._all_reduce_sum_gradients`. While `_PASSTHROUGH.depth > 0` (we
-# are inside `Updater.apply`) the override below returns them unchanged.
-# MirroredStrategy traces replicas in several threads, and LossScaleOptimizer
-# applies from threads of its own, so this is a process-wide depth rather than
-# a thread-local flag; the replica threads are serialized while tracing. If a
-# future Keras stops calling the method, `_applied_pre_reduced` raises instead
-# of summing the gradient twice.
-
-
-class _Passthrough:
-    depth = 0
-    calls = 0
-
-
-_PASSTHROUGH = _Passthrough()
-
-
-def _install_passthrough(optimizer: keras.optimizers.Optimizer) -> None:
-    inner = _inner(optimizer)
-    if getattr(inner, "_framework_passthrough", False):
-        return
-    original = getattr(inner, "_all_reduce_sum_gradients", None)
-    if original is None:
-        raise RuntimeError(
-            f"Keras {keras.__version__}: {type(inner).__name__} has no _all_reduce_sum_gradients; "
-            "framework.updates cannot hand it all-reduced gradients."
-        )
-
-    def all_reduce_sum_gradients(grads_and_vars):
-        if _PASSTHROUGH.depth > 0:
-            _PASSTHROUGH.calls += 1
-            return list(grads_and_vars)
-        return original(grads_and_vars)
-
-    inner._all_reduce_sum_gradients = all_reduce_sum_gradients
-    inner._framework_passthrough = True
-
-
-@contextlib.contextmanager
-def _applied_pre_reduced():
-    calls = _PASSTHROUGH.calls
-    _PASSTHROUGH.depth += 1
-    try:
-        yield
-    finally:
-        _PASSTHROUGH.depth -= 1
-    if _PASSTHROUGH.calls == calls:
-        raise RuntimeError(
-            f"Keras {keras.__version__} no longer all-reduces through "
-            "TFOptimizer._all_reduce_sum_gradients; framework.updates must be updated."
-        )
+from framework import distribute, optimizers, precision
+from framework.optimizers import Clipping, refill
 
 
 def _run_if(pred: tf.Tensor, fn: Callable[[], None]) -> None:
@@ -248,10 +131,18 @@ class Updater:
     """The optimizers of one Trainer and the way gradients reach them."""
 
     def __init__(
-        self, strategy: tf.distribute.Strategy, *, precision: str, accum_steps: int = 1, batch_size: int = 1
+        self,
+        strategy: tf.distribute.Strategy,
+        *,
+        precision: str,
+        accum_steps: int = 1,
+        batch_size: int = 1,
+        clipping: Clipping | None = None,
     ):
+        """clipping: the primary optimizer's, when it sets none itself (config.optimizer)."""
         self.strategy, self.precision = strategy, precision
         self.accum_steps, self.batch_size = accum_steps, batch_size
+        self.clipping = clipping or Clipping()
         self._entries: list[_Entry] = []
         self._local = threading.local()
 
@@ -260,6 +151,7 @@ class Updater:
         return cls(
             strategy, precision=config.precision,
             accum_steps=config.grad_accum_steps, batch_size=config.batch_size,
+            clipping=Clipping.from_config(config.optimizer),
         )  # fmt: skip
 
     def add(
@@ -268,43 +160,32 @@ class Updater:
         variables: Any,
         *,
         name: str | None = None,
-        clipping: Clipping | None = None,
         primary: bool = False,
     ) -> keras.optimizers.Optimizer:
         """Registers `optimizer` for `variables`; returns it wrapped for the precision.
 
-        `clipping` (from config) applies when the optimizer sets none itself.
-        `primary`: the trainer's own optimizer, the default of `entry(None)`.
+        `primary`: the trainer's own optimizer: the default of `entry(None)`,
+        clipped by `self.clipping` (config) unless it sets clipping itself.
         """
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"Expected a keras.optimizers.Optimizer, got {type(optimizer).__name__}.")
-        inner = _inner(optimizer)
-        if getattr(inner, "_distribution_strategy", self.strategy) is not self.strategy:
-            raise ValueError(
-                f"Optimizer {inner.name!r} was created outside the trainer's strategy scope, so its "
-                "variables are not distributed. Create it inside build_optimizer() (build hooks run "
-                "under the scope) or under `with trainer.strategy.scope():`."
-            )
-        if inner.gradient_accumulation_steps:
-            raise ValueError(
-                f"Optimizer {inner.name!r} sets gradient_accumulation_steps, which Keras applies per "
-                "replica and which fails under MirroredStrategy; set config.grad_accum_steps instead."
-            )
-        if any(e.optimizer is optimizer or _inner(e.optimizer) is inner for e in self._entries):
+        inner = optimizers.check_usable(optimizer, self.strategy)
+        if any(e.optimizer is optimizer or optimizers.inner(e.optimizer) is inner for e in self._entries):
             raise ValueError(f"Optimizer {inner.name!r} is already registered.")
-        own = _take_clipping(optimizer)
-        if own.active and clipping is not None and clipping.active and own != clipping:
+        own = optimizers.take_clipping(optimizer)
+        clipping = self.clipping if primary else Clipping()
+        if own.active and clipping.active and own != clipping:
             raise ValueError(
                 f"Optimizer {inner.name!r} sets clipping {own} and config.optimizer sets {clipping}; "
                 "use one of them."
             )
         optimizer = precision.wrap_optimizer(optimizer, self.precision)
-        _install_passthrough(optimizer)
+        optimizers.install_passthrough(optimizer)
         names = {e.name for e in self._entries}
         name = name or inner.name
         while name in names:
             name += "_"
-        entry = _Entry(optimizer, _variables_source(variables), name, own if own.active else clipping or own)
+        entry = _Entry(optimizer, _variables_source(variables), name, own if own.active else clipping)
         self._entries.insert(0 if primary else len(self._entries), entry)
         return optimizer
 
@@ -338,7 +219,7 @@ class Updater:
         if optimizer is None:
             return self._entries[0]
         for e in self._entries:
-            if e.optimizer is optimizer or _inner(e.optimizer) is optimizer:
+            if e.optimizer is optimizer or optimizers.inner(e.optimizer) is optimizer:
                 return e
         raise ValueError(
             f"apply_gradients(optimizer={getattr(optimizer, 'name', optimizer)!r}): the trainer does not "
@@ -354,15 +235,23 @@ class Updater:
                 out["loss_scale" if i == 0 else f"loss_scale/{e.name}"] = float(scale.numpy())
         return out
 
-    @contextlib.contextmanager
-    def micro_batch(self, batch):
-        """Marks the replica step that trains on `batch` (its leading dimension is counted)."""
-        leaves = [t for t in tf.nest.flatten(batch) if getattr(t, "shape", None) is not None and t.shape.rank]
-        self._local.examples = tf.cast(tf.shape(leaves[0])[0], tf.float32) if leaves else None
-        try:
-            yield
-        finally:
-            self._local.examples = None
+    def counting_examples(self, step: Callable) -> Callable:
+        """Wraps a replica step so that accumulation can weigh its batch by its examples.
+
+        The count is the leading dimension of the batch's first tensor. A
+        thread-local: MirroredStrategy traces each replica in its own thread.
+        """
+
+        def counted(batch):
+            leaves = [t for t in tf.nest.flatten(batch) if getattr(t, "shape", None) is not None]
+            leaves = [t for t in leaves if t.shape.rank]
+            self._local.examples = tf.cast(tf.shape(leaves[0])[0], tf.float32) if leaves else None
+            try:
+                return step(batch)
+            finally:
+                self._local.examples = None
+
+        return counted
 
     # ---- replica context -----------------------------------------------------------
 
@@ -374,11 +263,11 @@ class Updater:
         entry = self.entry(optimizer)
         grads, variables = list(grads), list(variables)
         bad_loss = _flag(tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.cast(loss, tf.float32)))))
-        with _applied_pre_reduced():
+        with optimizers.pre_reduced():
             if self.accum_steps == 1:
                 present = [g for g in grads if g is not None]
                 reduced = distribute.all_reduce_sum([bad_loss, *present])
-                return self._update(entry, _refill(grads, reduced[1:]), variables, reduced[0] == 0)
+                return self._update(entry, refill(grads, reduced[1:]), variables, reduced[0] == 0)
             return self._accumulate(entry, grads, variables, bad_loss)
 
     def _update(self, entry: _Entry, grads: list, variables: list, finite_loss: tf.Tensor) -> tf.Tensor:
@@ -400,7 +289,9 @@ class Updater:
 
     def _accumulate(self, entry: _Entry, grads: list, variables: list, bad_loss: tf.Tensor) -> tf.Tensor:
         if entry.count is None:
-            raise RuntimeError(f"Optimizer {entry.name!r} has no accumulators: Updater.build() was not called.")
+            raise RuntimeError(
+                f"Optimizer {entry.name!r} has no accumulators: Updater.build() was not called."
+            )
         scaled = precision.loss_scale(entry.optimizer) is not None
         bad_grads = tf.constant(0.0) if scaled else _flag(tf.logical_not(all_finite(grads)))
         examples = getattr(self._local, "examples", None)
@@ -425,7 +316,7 @@ class Updater:
             local = [None if a is None else a.read_value() for a in accumulated]
             present = distribute.all_reduce_sum([a for a in local if a is not None])
             total = entry.weight.read_value()
-            mean = _refill(local, [g / total for g in present])
+            mean = refill(local, [g / total for g in present])
             mean = [None if g is None else tf.cast(g, v.dtype) for g, v in zip(mean, variables)]
             self._update(entry, mean, variables, tf.constant(True))
             for a in entry.accumulators.values():

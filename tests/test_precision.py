@@ -72,7 +72,9 @@ def test_keras_loss_scale_optimizer_alone_writes_inf_when_only_replica_1_overflo
     If this starts failing, Keras has fixed LossScaleOptimizer under MirroredStrategy.
     """
     x, y = overflow_batches()
-    strategy = framework.distribute._fresh_collective_keys(tf.distribute.MirroredStrategy)(["/cpu:0", "/cpu:1"])
+    strategy = framework.distribute._fresh_collective_keys(tf.distribute.MirroredStrategy)(
+        ["/cpu:0", "/cpu:1"]
+    )
     keras.config.set_dtype_policy("mixed_float16")
     try:
         with strategy.scope():
@@ -90,7 +92,9 @@ def test_keras_loss_scale_optimizer_alone_writes_inf_when_only_replica_1_overflo
         optimizer.apply(grads, model.trainable_variables)
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]), loss
 
-    batch = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(16))))
+    batch = next(
+        iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(16)))
+    )
     finite, loss = tf.function(lambda b: strategy.run(step, args=b))(batch)
     assert [bool(f) for f in strategy.experimental_local_results(finite)] == [True, False]
     assert all(np.isfinite(float(v)) for v in strategy.experimental_local_results(loss))
@@ -114,7 +118,9 @@ def test_overflow_on_replica_1_only_skips_the_step_and_halves_the_scale_on_every
     optimizer, strategy = trainer.optimizer, trainer.strategy
     assert np.isfinite(history[-1]["loss"])
     assert int(optimizer.iterations.numpy()) == 0
-    assert [float(s) for s in strategy.experimental_local_results(optimizer.dynamic_scale.value)] == [2.0**14] * 2
+    assert [float(s) for s in strategy.experimental_local_results(optimizer.dynamic_scale.value)] == [
+        2.0**14
+    ] * 2
     for variable, start in zip(trainer.model.trainable_variables, initial):
         for local in strategy.experimental_local_results(variable.value):
             np.testing.assert_array_equal(np.asarray(local), start)  # untouched on both replicas

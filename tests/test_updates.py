@@ -31,8 +31,9 @@ def _train(data, replicas=1, **cfg):
     [(1, "float32", 1e-6), (2, "float32", 1e-6), (2, "mixed_float16", 2e-4)],
 )
 def test_accumulating_4_micro_batches_equals_one_step_on_their_concatenation(replicas, precision, atol):
-    data = blobs(n=64)
-    # 8 micro-batches of 8 = 2 updates, against 2 steps on batches of 32.
+    data = blobs(n=60)
+    # Micro-batches of 8 (4 per replica) = 2 updates, against 2 steps on batches of 32. The second
+    # window ends with a short micro-batch (8, 8, 8, 4), weighed by its examples: still exact.
     accumulated, history = _train(data, replicas, batch_size=8, grad_accum_steps=4, precision=precision)
     concatenated, _ = _train(data, replicas, batch_size=32, precision=precision)
     assert accumulated.step == 8 and int(accumulated.optimizer.iterations.numpy()) == 2
@@ -42,15 +43,6 @@ def test_accumulating_4_micro_batches_equals_one_step_on_their_concatenation(rep
     assert max_abs_diff(weights_of(accumulated.model), weights_of(concatenated.model)) <= atol
     if precision == "mixed_float16":
         assert history[-1]["loss_scale"] == 2.0**15
-
-
-@pytest.mark.parametrize("replicas", [1, 2])
-def test_accumulation_weighs_a_short_last_micro_batch_by_its_examples(replicas):
-    data = blobs(n=28)  # micro-batches of 8, 8, 8, 4: one update, on all 28 examples
-    accumulated, _ = _train(data, replicas, batch_size=8, grad_accum_steps=4)
-    concatenated, _ = _train(data, replicas, batch_size=28)
-    assert int(accumulated.optimizer.iterations.numpy()) == 1
-    assert max_abs_diff(weights_of(accumulated.model), weights_of(concatenated.model)) <= 1e-6
 
 
 def test_keras_gradient_accumulation_is_refused():
@@ -106,12 +98,11 @@ def test_clipnorm_bounds_each_variables_update():
     assert all(n <= lr * bound * (1 + 1e-4) for n in norms)
 
 
-@pytest.mark.parametrize("key", ["optimizer.global_clipnorm", "optimizer.clipnorm"])
-def test_clipping_gives_the_same_weights_on_one_and_two_replicas(key):
+def test_clipping_gives_the_same_weights_on_one_and_two_replicas():
     x, y = blobs(n=64)
     data = (4 * x, y)
-    one, _ = _train(data, 1, epochs=2, **{key: 0.2})
-    two, _ = _train(data, 2, epochs=2, **{key: 0.2})
+    one, _ = _train(data, 1, epochs=2, **{"optimizer.global_clipnorm": 0.2})
+    two, _ = _train(data, 2, epochs=2, **{"optimizer.global_clipnorm": 0.2})
     unclipped, _ = _train(data, 1, epochs=2)
     assert max_abs_diff(weights_of(one.model), weights_of(unclipped.model)) > 1e-2  # clipping was active
     assert max_abs_diff(weights_of(one.model), weights_of(two.model)) <= 2e-6
@@ -143,7 +134,7 @@ def test_keras_own_clipping_depends_on_the_replica_count():
             optimizer.build(model.trainable_variables)
         ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
-        def step(x, y, model=model, optimizer=optimizer):
+        def step(x, y, model=model, optimizer=optimizer, ce=ce):
             with tf.GradientTape() as tape:
                 loss = ce(y, model(x)) / 16.0
             optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
@@ -177,10 +168,18 @@ class TinyGan(framework.Trainer):
     def build_model(self):
         keras.utils.set_random_seed(0)
         self.generator = keras.Sequential(
-            [keras.Input((2,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2, dtype="float32")]
+            [
+                keras.Input((2,)),
+                keras.layers.Dense(8, activation="tanh"),
+                keras.layers.Dense(2, dtype="float32"),
+            ]
         )
         self.discriminator = keras.Sequential(
-            [keras.Input((2,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1, dtype="float32")]
+            [
+                keras.Input((2,)),
+                keras.layers.Dense(8, activation="tanh"),
+                keras.layers.Dense(1, dtype="float32"),
+            ]
         )
         noise = keras.Input((2,))
         return keras.Model(noise, self.discriminator(self.generator(noise)))
@@ -214,22 +213,26 @@ def _gan(replicas, precision="float32"):
     return trainer, history
 
 
-def test_two_optimizers_in_one_step_match_on_one_and_two_replicas():
-    one, _ = _gan(1)
-    two, _ = _gan(2)
+@pytest.fixture(scope="module")
+def gan_on_one_device():
+    return _gan(1)[0]
+
+
+def test_two_optimizers_in_one_step_match_on_one_and_two_replicas(gan_on_one_device):
+    one, (two, _) = gan_on_one_device, _gan(2)
     assert int(one.d_optimizer.iterations.numpy()) == int(one.optimizer.iterations.numpy()) == 8
     assert max_abs_diff(weights_of(one.model), weights_of(two.model)) <= 2e-6
     assert max_abs_diff(weights_of(one.model), weights_of(TinyGan(config()).model)) > 1e-3
 
 
-def test_two_optimizers_in_float16_scale_separately_and_train():
+def test_two_optimizers_in_float16_scale_separately_and_train(gan_on_one_device):
     two, history = _gan(2, "mixed_float16")
-    one, _ = _gan(1)
     assert isinstance(two.d_optimizer, keras.optimizers.LossScaleOptimizer)
     assert history[-1]["loss_scale"] == history[-1]["loss_scale/d"] == 2.0**15
     assert int(two.d_optimizer.iterations.numpy()) == int(two.optimizer.iterations.numpy()) == 8
     assert all(np.all(np.isfinite(w)) for w in weights_of(two.model))
-    assert max_abs_diff(weights_of(one.model), weights_of(two.model)) <= 5e-3  # float16 vs float32
+    # float16 on 2 replicas follows float32 on one device closely.
+    assert max_abs_diff(weights_of(gan_on_one_device.model), weights_of(two.model)) <= 5e-3
 
 
 def test_an_unregistered_optimizer_is_named():
