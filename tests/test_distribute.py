@@ -78,6 +78,7 @@ def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
     assert train_steps == [2, 4, 5, 6, 8, 10]  # every 2 steps and at the end of each 5-step epoch
     assert json.loads((workdir / "config.json").read_text())["distribution"]["strategy"] == "multi_worker"
+    assert len(os.listdir(workdir / "train")) == 1  # one TensorBoard event file: the chief's
 
 
 def test_global_batches_are_the_same_on_any_layout():
