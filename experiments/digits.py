@@ -34,7 +34,7 @@ class DigitsTrainer(framework.Trainer):
                 keras.Input((64,)),
                 keras.layers.Dense(cfg.hidden, activation="relu"),
                 keras.layers.Dropout(cfg.dropout),
-                keras.layers.Dense(10),
+                keras.layers.Dense(10, dtype="float32"),  # logits in float32 under mixed precision
             ],
             name="digits_mlp",
         )

@@ -42,9 +42,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.steps_per_execution = 0  # train steps per compiled call; 0: auto
     c.log_every_steps = 100
     c.eval_every_epochs = 1
-    c.jit_compile = False
+    c.jit_compile = False  # XLA; see framework.loop.xla_plan for what is compiled where
     c.deterministic = False
     c.precision = "float32"
+    c.grad_accum_steps = 1  # micro-batches per optimizer update; see framework.updates
 
     c.distribution = ml_collections.ConfigDict()
     c.distribution.strategy = "auto"
@@ -54,6 +55,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
+    # Clipping of the all-reduced, unscaled gradient (framework.updates); 0: off.
+    c.optimizer.clipnorm = 0.0  # per variable
+    c.optimizer.global_clipnorm = 0.0  # over all variables
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0: no mid-epoch checkpoints
@@ -163,7 +167,15 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _positive(config, "checkpoint.max_to_keep")
     _positive(config, "checkpoint.keep_best")
     _choice(config, "checkpoint.best_mode", ("max", "min"))
+    _positive(config, "grad_accum_steps")
     _choice(config, "precision", PRECISIONS)
     _choice(config, "distribution.strategy", STRATEGIES)
     if not config.optimizer.learning_rate > 0:
         raise ConfigError(f"config.optimizer.learning_rate={config.optimizer.learning_rate!r} must be > 0.")
+    for key in ("clipnorm", "global_clipnorm"):
+        if not config.optimizer[key] >= 0:
+            raise ConfigError(f"config.optimizer.{key}={config.optimizer[key]!r} must be >= 0 (0: off).")
+    if config.optimizer.clipnorm and config.optimizer.global_clipnorm:
+        raise ConfigError(
+            "config.optimizer.clipnorm and config.optimizer.global_clipnorm are both set; use one of them."
+        )

@@ -45,6 +45,14 @@ def _tpu_present() -> bool:
 
 
 def _tpu_strategy(address: str) -> tf.distribute.Strategy:
+    if address == "local" and not _tpu_present():
+        # Checked before TensorFlow is touched: connecting would reset its context.
+        raise RuntimeError(
+            "config.distribution.strategy='tpu' with config.distribution.tpu='local', but this machine "
+            "has no TPU (no /dev/accel* or /dev/vfio device, no TPU_NAME). Run on a TPU VM, set "
+            "config.distribution.tpu to the TPU's name or grpc:// address, or use strategy 'auto', "
+            "'one_device' or 'mirrored'."
+        )
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
         tf.config.experimental_connect_to_cluster(resolver)
@@ -97,6 +105,50 @@ def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
     if name == "auto" and not gpus and cpus and len(cpus) > 1:
         return _fresh_collective_keys(tf.distribute.MirroredStrategy)(cpus)
     return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+
+
+def global_batches(
+    dataset: tf.data.Dataset,
+    input_context: tf.distribute.InputContext,
+    global_batch_size: int,
+    *,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Per-replica batches whose global batch j holds the same examples on any layout.
+
+    `dataset` yields single examples, in the same order on every worker (give
+    shuffles a seed). Each input pipeline batches globally and keeps its own
+    replicas' slices: of the N replicas in sync, replica r gets rows
+    [n*r//N, n*(r+1)//N) of each global batch of n rows. One device, N
+    mirrored replicas and N workers therefore train on identical global
+    batches, so they reach the same weights. Every worker reads all the data:
+    right for data that fits in memory; shard files for large datasets.
+    drop_remainder: drop a short last global batch (TPUs need static shapes).
+    """
+    replicas = input_context.num_replicas_in_sync
+    local = replicas // input_context.num_input_pipelines
+    first = input_context.input_pipeline_id * local
+    batches = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
+
+    def rows(replica, element):
+        def cut(t):
+            n = tf.shape(t)[0]
+            return t[n * replica // replicas : n * (replica + 1) // replicas]
+
+        return tf.nest.map_structure(cut, element)
+
+    def pack(args):
+        return args[0] if len(args) == 1 else args
+
+    if local == 1:
+        return batches.map(lambda *e: rows(first, pack(e)))
+    count = tf.get_static_value(batches.cardinality())
+    sliced = batches.flat_map(
+        lambda *e: tf.data.Dataset.range(local).map(lambda i: rows(first + tf.cast(i, tf.int32), pack(e)))
+    )
+    if count is not None and count >= 0:
+        sliced = sliced.apply(tf.data.experimental.assert_cardinality(int(count) * local))
+    return sliced
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

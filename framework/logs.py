@@ -54,8 +54,8 @@ class RunLog:
         self.workdir = workdir
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - closed in close()
+            tf.io.gfile.makedirs(workdir)  # gfile: the workdir may be a gs:// bucket
+            self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
 
     def _writer(self, split: str) -> tf.summary.SummaryWriter:
         if split not in self._writers:

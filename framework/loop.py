@@ -15,13 +15,22 @@ group of steps costs no retrace.
 Per-step logs are scalars; they are averaged over replicas inside the step
 (one batched all-reduce) and summed over the call, so the host reads one
 small dict per call and nothing per step.
+
+`config.jit_compile` (`xla_plan`): with one replica the whole replica step is
+XLA-compiled. With several, all-reduces and distributed variable updates need
+`merge_call`, which an XLA function cannot contain (optimizer.apply under
+MirroredStrategy: keras#21366), so only the model's forward pass is compiled,
+and with it the backward pass (the gradient of a `jit_compile` function is
+compiled too); loss reductions, clipping and the update run outside XLA.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import keras
 import tensorflow as tf
+from absl import logging
 
 ReplicaStep = Callable[[object], dict]
 
@@ -54,11 +63,18 @@ def make_step_function(
     where: str,
     on_step: Callable[[], None] | None = None,
     should_stop: Callable[[], tf.Tensor] | None = None,
+    jit_compile: bool = False,
 ) -> Callable:
-    """Returns the tf.function `fn(iterator, num_steps) -> (sums, last)`."""
+    """Returns the tf.function `fn(iterator, num_steps) -> (sums, last)`.
+
+    jit_compile: XLA-compile the whole replica step (see `xla_plan`).
+    """
 
     def replica_fn(batch):
         return _mean_over_replicas(_scalar_logs(replica_step(batch), where))
+
+    if jit_compile:
+        replica_fn = tf.function(replica_fn, jit_compile=True)
 
     def one_step(iterator):
         per_replica = strategy.run(replica_fn, args=(next(iterator),))
@@ -89,3 +105,52 @@ def make_skip_function(strategy: tf.distribute.Strategy) -> Callable:
             strategy.run(lambda batch: None, args=(next(iterator),))
 
     return skip
+
+
+def xla_plan(
+    strategy: tf.distribute.Strategy, jit_compile: bool, *, custom_step: bool, where: str
+) -> str | None:
+    """What `config.jit_compile` compiles: "step", "forward" (the model's call) or None."""
+    if not jit_compile:
+        return None
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return None  # the TPU compiles the whole loop with XLA anyway
+    if strategy.num_replicas_in_sync == 1:
+        return "step"
+    if not custom_step:
+        return "forward"
+    logging.warning(
+        "config.jit_compile=True: %s is overridden and runs on %d replicas, where XLA cannot compile "
+        "the all-reduce and the optimizer update (keras#21366); it runs without XLA. The default step "
+        "compiles the model's forward and backward pass.",
+        where,
+        strategy.num_replicas_in_sync,
+    )
+    return None
+
+
+def compile_forward(model: keras.Model) -> Callable:
+    """`model(x, training=...)` compiled with XLA, falling back (with a warning) when it cannot be.
+
+    A layer that updates a distributed variable with a cross-replica
+    aggregation in its call needs `merge_call`, which fails while tracing.
+    """
+    compiled = tf.function(lambda x, training: model(x, training=training), jit_compile=True)
+    state = {"compile": True}
+
+    def forward(x, training=False):
+        if state["compile"]:
+            try:
+                return compiled(x, training=training)
+            except RuntimeError as e:
+                if "merge_call" not in str(e):
+                    raise
+                state["compile"] = False
+                logging.warning(
+                    "config.jit_compile=True: the forward pass of model %r synchronizes replicas "
+                    "(merge_call) and cannot be XLA-compiled; it runs without XLA.",
+                    model.name,
+                )
+        return model(x, training=training)
+
+    return forward

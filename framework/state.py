@@ -21,7 +21,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-_SKIP_ATTRS = {"model", "optimizer", "metrics", "strategy", "config", "loss", "_step", "_nonfinite_step"}
+_SKIP_ATTRS = {
+    "model",
+    "optimizer",
+    "metrics",
+    "strategy",
+    "config",
+    "loss",
+    "_step",
+    "_nonfinite_step",
+    "_updater",
+}
 _MAX_DEPTH, _MAX_ITEMS = 3, 64  # don't wander through a trainer's data arrays
 
 
@@ -61,6 +71,10 @@ def collect(trainer) -> dict[str, list]:
         "metrics": [v for _, m in trainer.metrics for v in m.variables],
         "trainer": [trainer._step],
     }
+    for name, optimizer in trainer._updater.named_optimizers()[1:]:
+        groups[f"optimizer.{name}"] = list(optimizer.variables)
+    if trainer._updater.variables:  # gradient accumulation: resume mid-window
+        groups["accumulation"] = list(trainer._updater.variables)
     extra: dict[str, list] = {}
     for name in sorted(vars(trainer)):
         if name in _SKIP_ATTRS:

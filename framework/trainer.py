@@ -86,16 +86,18 @@ class Trainer:
         self._train_fn = self._eval_fn = None
         self._checkpoints: checkpoint.Checkpoints | None = None
         self._auto_steps = 32
+        self._updater = updates.Updater.from_config(self.strategy, self.config)
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
                 self.model = _expect(self.build_model(), keras.Model, "build_model", "a keras.Model")
+            self._forward = self.model
             optimizer = _expect(
                 self.build_optimizer(),
                 keras.optimizers.Optimizer,
                 "build_optimizer",
                 "a keras.optimizers.Optimizer",
             )
-            self.optimizer = precision.wrap_optimizer(optimizer, self.config.precision)
+            self.optimizer = self._updater.add(optimizer, self.model, primary=True)
             self.loss = self.build_loss()
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
@@ -136,12 +138,21 @@ class Trainer:
                 f"config.optimizer.name={cfg.name!r} is not a Keras optimizer ({e})."
             ) from None
 
+    def add_optimizer(self, optimizer: keras.optimizers.Optimizer, variables, *, name: str | None = None):
+        """Registers a second optimizer (a GAN's) for `apply_gradients(optimizer=...)`.
+
+        Call it in a build hook (under the strategy scope): `self.d_opt = self.add_optimizer(
+        keras.optimizers.Adam(), self.disc)`. `variables`: a keras Layer, a list or a callable,
+        resolved before tracing. Returns the optimizer to use (loss-scaled under mixed_float16).
+        """
+        return self._updater.add(optimizer, variables, name=name)
+
     # ---- the step ----------------------------------------------------------
 
     def train_step(self, batch) -> dict:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
+            y_pred = self._forward(x, training=True)  # XLA-compiled under config.jit_compile
             loss, step_logs = self.compute_loss(y, y_pred, sample_weight)
         self.apply_gradients(tape, loss)
         self.update_metrics(y, y_pred, sample_weight)
@@ -149,13 +160,16 @@ class Trainer:
 
     def eval_step(self, batch) -> dict:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        y_pred = self.model(x, training=False)
+        y_pred = self._forward(x, training=False)
         step_logs = {}
         if self.loss is not None:
             step_logs = self.compute_loss(y, y_pred, sample_weight).logs
         self.update_metrics(y, y_pred, sample_weight)
         return step_logs
 
+    # The step helpers need no autograph (converting them cost seconds per trace);
+    # a custom train_step calling them is still converted.
+    @tf.autograph.experimental.do_not_convert
     def compute_loss(
         self, y, y_pred, sample_weight=None, *, loss: Loss | None = None, prefix: str = ""
     ) -> StepLoss:
@@ -173,17 +187,20 @@ class Trainer:
         result = loss(y, y_pred, sample_weight, model=self.model, step=self._step.read_value())
         return StepLoss(result.total, result.logs(prefix))
 
+    @tf.autograph.experimental.do_not_convert
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
         """Differentiates `loss`, then updates `variables` unless something is non-finite.
 
-        With float16 the loss is scaled before differentiation; the optimizer
-        unscales, skips steps whose gradients overflow on any replica, and
-        adapts the scale. A non-finite loss (or, without loss scaling, a
-        non-finite gradient) skips the update on every replica and stops
+        `optimizer`: `self.optimizer` or one from `add_optimizer`; `variables`
+        default to those it was registered for. With float16 the loss is
+        scaled here; `framework.updates` does the rest on every replica alike
+        (all-reduce, unscale, clip, accumulate, skip overflowing steps). A
+        non-finite loss (or, unscaled, gradient) skips the update and stops
         training with an error naming the step.
         """
-        optimizer = optimizer if optimizer is not None else self.optimizer
-        variables = list(variables) if variables is not None else self.model.trainable_variables
+        entry = self._updater.entry(optimizer)
+        optimizer = entry.optimizer
+        variables = list(variables) if variables is not None else list(entry.variables())
         scale = precision.loss_scale(optimizer)
         output_gradients = None if scale is None else tf.cast(scale, loss.dtype)
         grads = tape.gradient(loss, variables, output_gradients=output_gradients)
@@ -191,9 +208,10 @@ class Trainer:
             raise ValueError(
                 f"apply_gradients(): the loss does not depend on any of the {len(variables)} variables given."
             )
-        finite = updates.apply(optimizer, grads, variables, loss)
+        finite = self._updater.apply(optimizer, grads, variables, loss)
         self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
 
+    @tf.autograph.experimental.do_not_convert
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
         metrics.update(self.metrics, y, y_pred, sample_weight)
 
@@ -217,8 +235,7 @@ class Trainer:
                 x = keras.utils.unpack_x_y_sample_weight(element_spec)[0]
                 x = tf.nest.map_structure(lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), x)
                 self.model(x, training=False)
-            if not self.optimizer.built:
-                self.optimizer.build(self.model.trainable_variables)
+            self._updater.build()
 
     # ---- phases ------------------------------------------------------------------
 
@@ -283,17 +300,26 @@ class Trainer:
             steps_per_epoch=self.config.steps_per_epoch,
         )  # fmt: skip
         self._build_state(self._train_input.element_spec)
+        xla = self._xla_plan("train_step")
         self._train_fn = loop.make_step_function(
-            self.strategy, self.train_step, where="train_step",
+            self.strategy, self._updater.counting_examples(self.train_step), where="train_step",
             on_step=lambda: self._step.assign_add(1),
-            should_stop=lambda: self._nonfinite_step >= 0,
+            should_stop=lambda: self._nonfinite_step >= 0, jit_compile=xla == "step",
         )  # fmt: skip
         self._run_log = logs.RunLog(self.workdir, enabled=self.is_chief)
         if self._open_checkpoints(writer=True) is not None:
             self.restore("latest")
         if self.is_chief and self.workdir:
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            tf.io.gfile.makedirs(self.workdir)
+            with tf.io.gfile.GFile(os.path.join(self.workdir, "config.json"), "w") as f:
                 json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+    def _xla_plan(self, step: str) -> str | None:
+        custom = getattr(type(self), step) is not getattr(Trainer, step)
+        plan = loop.xla_plan(self.strategy, self.config.jit_compile, custom_step=custom, where=step)
+        if plan == "forward" and self._forward is self.model:
+            self._forward = loop.compile_forward(self.model)
+        return plan
 
     def fit(self, *, validate: bool = True) -> list[dict[str, float]]:
         """Trains for `config.epochs`, resuming from the workdir's checkpoints; one log dict per epoch.
@@ -358,7 +384,7 @@ class Trainer:
             point = None
             if (step + n) % every == 0 or done == total:
                 rate = interval.steps / max(time.perf_counter() - interval_start, 1e-9)
-                point = {**interval.means(), **self.metric_results()}
+                point = {**interval.means(), **self.metric_results(), **self._updater.logs()}
                 self._run_log.write("train", self.step, self.epoch + 1, {**point, "steps_per_sec": rate})
                 progress.update(done, point, rate=rate)
                 interval, interval_start = logs.Sums(), time.perf_counter()
@@ -372,7 +398,7 @@ class Trainer:
                 raise SystemExit(0)
             if save_every and self.step % save_every == 0 and done < total:
                 self._save(step_in_epoch=done, sums=epoch, metrics=point)
-        return {**epoch.means(), **self.metric_results()}
+        return {**epoch.means(), **self.metric_results(), **self._updater.logs()}
 
     def _tune_steps(self, n: int, seconds: float) -> None:
         """Auto steps_per_execution: aim for ~0.2 s per compiled call."""
@@ -406,7 +432,10 @@ class Trainer:
             raise ValueError("evaluate() needs build_eval_dataset() to return a dataset.")
         if self._eval_fn is None:
             self._build_state(self._eval_input.element_spec)
-            self._eval_fn = loop.make_step_function(self.strategy, self.eval_step, where="eval_step")
+            xla = self._xla_plan("eval_step")
+            self._eval_fn = loop.make_step_function(
+                self.strategy, self.eval_step, where="eval_step", jit_compile=xla == "step"
+            )
         self.reset_metrics()
         iterator = self._eval_input.fresh_iterator()
         total, done, sums = self._eval_input.steps, 0, logs.Sums()

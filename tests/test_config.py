@@ -26,6 +26,9 @@ def test_defaults_have_the_documented_keys():
         "distribution.cpu_devices",
         "optimizer.name",
         "optimizer.learning_rate",
+        "optimizer.clipnorm",
+        "optimizer.global_clipnorm",
+        "grad_accum_steps",
         "checkpoint.every_steps",
     ]:
         node = c
@@ -56,13 +59,19 @@ def test_resolve_fills_missing_keys_from_defaults():
         ),
         (
             {"optimizer": {"learning_rat": 0.1}},
-            r"'optimizer\.learning_rat'.*'learning_rate'.*Valid keys here: learning_rate, name",
+            r"'optimizer\.learning_rat'.*'learning_rate'.*Valid keys here: clipnorm, global_clipnorm, learning_rate, name",
         ),
         ({"epochs": "ten"}, r"config\.epochs='ten' has the wrong type"),
         ({"precision": "float64"}, r"config\.precision='float64' is not one of float32"),
         ({"batch_size": 0}, r"config\.batch_size=0 must be an integer >= 1"),
         ({"distribution": {"strategy": "mirror"}}, r"config\.distribution\.strategy='mirror'"),
         ({"optimizer": 3}, r"config\.optimizer must be a section"),
+        ({"grad_accum_steps": 0}, r"config\.grad_accum_steps=0 must be an integer >= 1"),
+        ({"optimizer": {"clipnorm": -1.0}}, r"config\.optimizer\.clipnorm=-1\.0 must be >= 0"),
+        (
+            {"optimizer": {"clipnorm": 1.0, "global_clipnorm": 1.0}},
+            r"clipnorm and .*global_clipnorm are both set",
+        ),
     ],
 )
 def test_resolve_errors_name_the_key(given, expected):

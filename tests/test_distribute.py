@@ -1,0 +1,125 @@
+"""Strategies: two real worker processes on 127.0.0.1, auto, TPU fail-fast, global batch layout."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import multiworker_script
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import framework
+from framework import distribute
+
+from toys import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "multiworker_script.py")
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(tmp_path):
+    workdir = tmp_path / "run"
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = []
+    try:
+        for index in range(2):
+            env = {
+                **os.environ,
+                "PYTHONPATH": ROOT,
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            }
+            args = [
+                sys.executable, SCRIPT, f"--config={SCRIPT}", f"--workdir={workdir}", "--mode=train",
+                "--config.distribution.strategy=multi_worker", f"--weights_out={tmp_path}/w{index}.npz",
+            ]  # fmt: skip
+            workers.append(
+                subprocess.Popen(
+                    args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            )
+        # Meanwhile, the single-process reference in this process.
+        reference = multiworker_script.BlobsTrainer(multiworker_script.get_config())
+        reference.fit()
+        outputs = [w.communicate(timeout=240) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.communicate()
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    assert "Final metrics:" in outputs[0][0] and "Final metrics:" not in outputs[1][0]  # the chief reports
+
+    expected = reference.model.get_weights()
+    for index in range(2):
+        with np.load(tmp_path / f"w{index}.npz") as saved:
+            weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        assert len(weights) == len(expected)
+        for got, want in zip(weights, expected):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+    # Only the chief wrote to the shared workdir: one record per log point, one config.json.
+    with open(workdir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [2, 4, 5, 6, 8, 10]  # every 2 steps and at the end of each 5-step epoch
+    assert json.loads((workdir / "config.json").read_text())["distribution"]["strategy"] == "multi_worker"
+    assert len(os.listdir(workdir / "train")) == 1  # one TensorBoard event file: the chief's
+
+
+def test_global_batches_are_the_same_on_any_layout():
+    x = np.arange(40, dtype="float32").reshape(20, 2)
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(20)))
+
+    def global_steps(pipelines, replicas):
+        per_pipeline = []
+        for i in range(pipelines):
+            context = tf.distribute.InputContext(pipelines, i, replicas)
+            per_pipeline.append([b[1].numpy() for b in distribute.global_batches(dataset, context, 8)])
+        local = replicas // pipelines
+        steps = len(per_pipeline[0]) // local
+        assert all(len(p) == steps * local for p in per_pipeline)
+        return [
+            np.concatenate([per_pipeline[p][s * local + r] for p in range(pipelines) for r in range(local)])
+            for s in range(steps)
+        ]
+
+    single = global_steps(1, 1)
+    assert [list(b) for b in single] == [list(range(0, 8)), list(range(8, 16)), list(range(16, 20))]
+    for pipelines, replicas in [(1, 2), (2, 2), (2, 4), (4, 4)]:
+        got = global_steps(pipelines, replicas)
+        assert [list(b) for b in got] == [list(b) for b in single], (pipelines, replicas)
+
+
+def test_tpu_without_a_tpu_fails_fast_and_says_what_to_do():
+    with pytest.raises(RuntimeError, match=r"strategy='tpu'.*no TPU.*Run on a TPU VM.*'one_device'"):
+        framework.distribute.make_strategy(config(**{"distribution.strategy": "tpu"}).distribution)
+
+
+def test_auto_without_accelerators_is_one_cpu_device_or_mirrored_logical_cpus():
+    one = distribute.make_strategy(config(**{"distribution.strategy": "auto"}).distribution)
+    assert isinstance(one, tf.distribute.OneDeviceStrategy)
+    two = distribute.make_strategy(
+        config(**{"distribution.strategy": "auto", "distribution.cpu_devices": 2}).distribution
+    )
+    assert isinstance(two, tf.distribute.MirroredStrategy) and two.num_replicas_in_sync == 2
+
+
+def test_multi_worker_without_tf_config_names_it(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(RuntimeError, match="TF_CONFIG"):
+        distribute.make_strategy(config(**{"distribution.strategy": "multi_worker"}).distribution)
