@@ -129,7 +129,7 @@ def summary(trainer, results: dict, seconds: float, start_step: int | None) -> s
         )
     best = trainer.config.checkpoint.best_metric
     if best and trainer.workdir:
-        ckpts = trainer._open_checkpoints(writer=False)
+        ckpts = trainer.controller.open_checkpoints(writer=False)
         step = ckpts.best_step() if ckpts else None
         if step is not None:
             lines.append(f"  best checkpoint: step {step} ({best}={ckpts.metrics(step)[best]:.6g})")
@@ -157,7 +157,7 @@ def run(trainer_cls, argv: Sequence[str] | None = None) -> None:
             history = trainer.fit(validate=FLAGS.mode == "train_and_eval")
             start_step = trainer.resumed_at_step
             results = history[-1] if history else {}
-            if not history and FLAGS.mode == "train_and_eval" and trainer._has_eval():
+            if not history and FLAGS.mode == "train_and_eval" and trainer.controller.has_eval():
                 results = {f"val/{k}": v for k, v in trainer.evaluate().items()}  # a finished run
         if trainer.is_chief:
             logging.info("final metrics: %s", logs.to_floats(results))

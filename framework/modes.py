@@ -44,7 +44,7 @@ def continuous_eval(trainer, *, timeout_secs: float = 600.0, poll_secs: float = 
     results: dict[str, float] = {}
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
-        checkpoints = trainer._open_checkpoints(writer=False)
+        checkpoints = trainer.controller.open_checkpoints(writer=False)
         pending = [s for s in (checkpoints.steps() if checkpoints else []) if s not in seen]
         for step in pending:
             seen.add(step)

@@ -112,7 +112,7 @@ def _runner(contestant: str, model_kind: str, batch: int, xla: bool):
                 trainer.config.epochs += 1
             trainer.fit()
 
-        return epoch, lambda: trainer._train_fn.experimental_get_tracing_count()
+        return epoch, lambda: trainer.controller.train_fn.experimental_get_tracing_count()
 
     model = _model(model_kind)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

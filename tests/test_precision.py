@@ -129,7 +129,7 @@ def test_overflow_on_replica_1_only_skips_the_step_and_halves_the_scale_on_every
     # The second batch is harmless: it is applied, with the halved scale, on both replicas alike.
     trainer.config.unlock()
     trainer.config.epochs = 2
-    trainer._train_input.steps = 2
+    trainer.controller.train_input.steps = 2
     trainer.fit()
     assert int(optimizer.iterations.numpy()) == 1
     for variable in trainer.model.trainable_variables:

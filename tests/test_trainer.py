@@ -102,7 +102,7 @@ def test_train_function_traced_once_across_epochs_and_partial_groups():
     trainer = ArrayTrainer(config(epochs=3, steps_per_execution=4), data=(x, y), model_fn=mlp)
     trainer.fit()
     assert trainer.step == 21
-    assert trainer._train_fn.experimental_get_tracing_count() == 1
+    assert trainer.controller.train_fn.experimental_get_tracing_count() == 1
 
 
 def test_accuracy_metric_matches_numpy_on_eval():

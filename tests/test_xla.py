@@ -37,7 +37,7 @@ def test_xla_on_and_off_reach_the_same_weights(replicas, compiled):
         )
         history = trainer.fit()
         results[jit] = trainer, history
-        assert (xla_functions(trainer._train_fn) > 0) == jit
+        assert (xla_functions(trainer.controller.train_fn) > 0) == jit
         if jit and compiled == "forward":  # model forward and backward only: the update stays outside
             assert trainer._forward is not trainer.model
     (plain, h0), (xla, h1) = results[False], results[True]
@@ -62,7 +62,7 @@ def test_custom_step_on_two_replicas_runs_without_xla_and_warns(caplog):
         trainer = CustomStep(config(jit_compile=True, **dist), data=(x, y), model_fn=mlp)
         trainer.fit()
     assert "train_step is overridden and runs on 2 replicas" in caplog.text
-    assert xla_functions(trainer._train_fn) == 0
+    assert xla_functions(trainer.controller.train_fn) == 0
     assert trainer.step == 4 and int(trainer.optimizer.iterations.numpy()) == 4
 
 
