@@ -99,15 +99,25 @@ class Checkpoints:
     def read_meta(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
-    def restore(self, groups: dict[str, list], step: int) -> dict:
-        """Loads checkpoint `step` into `groups`; returns its meta."""
+    def restore(self, groups: dict[str, list], step: int, *, trainer: str | None = None) -> dict:
+        """Loads checkpoint `step` into `groups`; returns its meta.
+
+        trainer: this run's Trainer class name; a checkpoint another one wrote is refused.
+        """
         meta = self.read_meta(step)
+        if trainer and meta.get("trainer", trainer) != trainer:
+            raise CheckpointMismatch(
+                f"Checkpoint {self.directory}/{step} was written by {meta['trainer']}, not {trainer}: "
+                "the workdir holds another experiment's run. Use another --workdir, or set "
+                "--config.checkpoint.allow_mismatch=True to set those checkpoints aside and start fresh."
+            )
         problems = state.mismatches(groups, meta["layout"])
         if problems:
             raise CheckpointMismatch(
                 f"Checkpoint {self.directory}/{step} does not match this run's variables:\n  "
                 + "\n  ".join(problems[:20])
-                + "\nUse another --workdir, or the configuration that wrote it."
+                + "\nUse another --workdir or the configuration that wrote it, or set "
+                "--config.checkpoint.allow_mismatch=True to set them aside and start fresh."
             )
         target, _ = state.snapshot(groups)
         restored = self._manager.restore(
@@ -116,11 +126,11 @@ class Checkpoints:
         state.assign(groups, restored)
         return meta
 
-    def restore_latest(self, groups: dict[str, list]) -> dict | None:
+    def restore_latest(self, groups: dict[str, list], *, trainer: str | None = None) -> dict | None:
         """Restores the newest readable checkpoint; None when there is none."""
         for step in reversed(self.steps()):
             try:
-                return self.restore(groups, step)
+                return self.restore(groups, step, trainer=trainer)
             except CheckpointMismatch:
                 raise
             except Exception as e:  # noqa: BLE001 - orbax, tensorstore and JSON all raise their own
@@ -137,6 +147,13 @@ class Checkpoints:
         else:
             logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, error)
         self._manager.reload()
+
+    def set_all_aside(self) -> str:
+        """Renames the whole checkpoint directory (kept, not deleted); returns the new path."""
+        self._manager.close()
+        moved = f"{self.directory}.set-aside-{int(time.time())}"
+        os.rename(self.directory, moved)
+        return moved
 
     # ---- writing -----------------------------------------------------------
 

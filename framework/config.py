@@ -23,8 +23,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-# Sections the framework never reads: experiments put their own keys here.
-FREE_SECTIONS = ("model", "data", "task")
+# Sections whose keys are free: experiments put their own there.
+FREE_SECTIONS = ("model", "data", "task", "optimizer.options")
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
@@ -43,9 +43,18 @@ def defaults() -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_every_epochs = 1
     c.jit_compile = False  # XLA; see framework.loop.xla_plan for what is compiled where
-    c.deterministic = False
+    c.deterministic = False  # op determinism + seeds: two runs give bitwise-equal weights
     c.precision = "float32"
     c.grad_accum_steps = 1  # micro-batches per optimizer update; see framework.updates
+    c.nan_policy = "raise"  # non-finite step: raise | skip (drop the update) | restore (last checkpoint)
+    c.nan_max_retries = 3  # restore: give up after this many restores
+    c.profile_steps = ()  # (first, last): a tf.profiler trace of those steps in the workdir
+
+    c.debug = ml_collections.ConfigDict()
+    c.debug.fast_dev_run = 0  # N > 0: one epoch of N train steps and N eval steps, no checkpoints
+    c.debug.limit_train_steps = 0  # cap steps per epoch (0: no cap)
+    c.debug.limit_eval_steps = 0  # cap steps per evaluation
+    c.debug.overfit_batches = 0  # N > 0: train on the same N batches every epoch
 
     c.distribution = ml_collections.ConfigDict()
     c.distribution.strategy = "auto"
@@ -53,8 +62,17 @@ def defaults() -> ml_collections.ConfigDict:
     c.distribution.tpu = "local"  # TPUClusterResolver address; "local" on a TPU VM
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
+    c.optimizer.name = "adam"  # any Keras 3 optimizer (framework.schedules)
+    c.optimizer.learning_rate = 1e-3  # the peak rate of a schedule
+    c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine | piecewise
+    c.optimizer.warmup_steps = 0
+    c.optimizer.decay_steps = 0  # 0: the run's number of updates
+    c.optimizer.alpha = 0.0  # cosine: final rate as a fraction of the peak
+    c.optimizer.boundaries = ()  # piecewise: update counts where the rate changes ...
+    c.optimizer.rates = ()  # ... and the len(boundaries) + 1 rates
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.ema = 0.0  # moving-average momentum of the weights (evaluation, export); 0: off
+    c.optimizer.options = ml_collections.ConfigDict()  # other constructor arguments, e.g. momentum
     # Clipping of the all-reduced, unscaled gradient (framework.updates); 0: off.
     c.optimizer.clipnorm = 0.0  # per variable
     c.optimizer.global_clipnorm = 0.0  # over all variables
@@ -67,13 +85,22 @@ def defaults() -> ml_collections.ConfigDict:
     c.checkpoint.best_mode = "max"
     c.checkpoint.keep_best = 1
     c.checkpoint.async_save = True
+    c.checkpoint.allow_mismatch = (
+        False  # workdir holds another run's checkpoints: set them aside, start fresh
+    )
 
-    for section in FREE_SECTIONS:
+    for section in FREE_SECTIONS[:3]:
         c[section] = ml_collections.ConfigDict()
     c.lock()
     for section in FREE_SECTIONS:
-        c[section].unlock()
+        _section(c, section).unlock()
     return c
+
+
+def _section(config: ml_collections.ConfigDict, path: str) -> ml_collections.ConfigDict:
+    for part in path.split("."):
+        config = config[part]
+    return config
 
 
 class ConfigError(ValueError):
@@ -96,7 +123,7 @@ def _merge(target: ml_collections.ConfigDict, source: Any, path: str) -> None:
     valid = list(target.keys())
     for key, value in _items(source):
         full = f"{path}.{key}" if path else key
-        if path == "" and key in FREE_SECTIONS:
+        if full in FREE_SECTIONS:
             with target.unlocked():
                 target[key] = ml_collections.ConfigDict(_plain(value))
             target[key].unlock()
@@ -169,6 +196,20 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _choice(config, "checkpoint.best_mode", ("max", "min"))
     _positive(config, "grad_accum_steps")
     _choice(config, "precision", PRECISIONS)
+    _choice(config, "nan_policy", NAN_POLICIES)
+    _positive(config, "nan_max_retries")
+    for key in ("fast_dev_run", "limit_train_steps", "limit_eval_steps", "overfit_batches"):
+        _positive(config, f"debug.{key}", allow_zero=True)
+    profile = tuple(config.profile_steps)
+    if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+        raise ConfigError(
+            f"config.profile_steps={profile!r} must be () or (first, last) with 1 <= first <= last."
+        )
+    _choice(config, "optimizer.schedule", ("constant", "cosine", "warmup_cosine", "piecewise"))
+    _positive(config, "optimizer.warmup_steps", allow_zero=True)
+    _positive(config, "optimizer.decay_steps", allow_zero=True)
+    if not 0.0 <= config.optimizer.ema < 1.0:
+        raise ConfigError(f"config.optimizer.ema={config.optimizer.ema!r} must be in [0, 1).")
     _choice(config, "distribution.strategy", STRATEGIES)
     if not config.optimizer.learning_rate > 0:
         raise ConfigError(f"config.optimizer.learning_rate={config.optimizer.learning_rate!r} must be > 0.")

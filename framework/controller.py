@@ -1,13 +1,14 @@
 """Controller: the host side of a run, around a Trainer's compiled steps.
 
     fit():
-        inputs, compiled train function, restore the latest checkpoint
+        inputs; checks on the first batch; compiled train function; restore the latest checkpoint
         for epoch in remaining epochs:
             iterator = train input's iterator for the epoch (replayed when resuming)
             while the epoch has steps left:
-                n = steps to the next log point / checkpoint (<= steps_per_execution)
-                sums, last = train_fn(iterator, n)
-                stop on a non-finite step; at log points: logs, TensorBoard, progress
+                n = steps to the next boundary: log point, checkpoint, hook, profiler, epoch end
+                sums, last = train_fn(iterator, n)           # <= steps_per_execution steps
+                non-finite step: raise | skip | restore (config.nan_policy)
+                at log points: logs, TensorBoard, progress; callbacks and hooks
                 on SIGTERM: save and exit 0; every_steps: save
             evaluate; epoch record; save at epoch boundaries and at the end
 
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING
 import tensorflow as tf
 from absl import logging
 
-from framework import checkpoint, logs, loop, state
+from framework import callbacks, checkpoint, checks, logs, loop, optimizers, schedules, state
+from framework.config import ConfigError
 from framework.data import DistributedInput
 
 if TYPE_CHECKING:
@@ -37,22 +39,29 @@ class Controller:
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.config = trainer.config
+        self.debug = trainer.config.debug
         self.train_input: DistributedInput | None = None
         self.eval_input: DistributedInput | None = None
         self.train_fn = self.eval_fn = None
         self.checkpoints: checkpoint.Checkpoints | None = None
-        self.run_log: logs.RunLog | None = None
+        self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
         self.auto_steps = 32
+        self.nan_restores = 0
+        self.skipped_in_call = False
 
     # ---- inputs and compiled functions ----------------------------------------
+
+    def _limit(self, limit: int) -> int:
+        return self.debug.fast_dev_run or limit
 
     def has_eval(self) -> bool:
         t = self.trainer
         if self.eval_input is None:
             self.eval_input = DistributedInput(
-                t.strategy, t.build_eval_dataset, "build_eval_dataset", optional=True
-            )
+                t.strategy, t.build_eval_dataset, "build_eval_dataset", optional=True,
+                limit=self._limit(self.debug.limit_eval_steps),
+            )  # fmt: skip
         return self.eval_input.present
 
     def _xla_plan(self, step: str) -> str | None:
@@ -68,27 +77,38 @@ class Controller:
     def _prepare_train(self) -> None:
         if self.train_fn is not None:
             return
-        t = self.trainer
+        from framework.trainer import Trainer
+
+        t, cfg = self.trainer, self.config
         self.train_input = DistributedInput(
-            t.strategy,
-            t.build_train_dataset,
-            "build_train_dataset",
-            steps_per_epoch=self.config.steps_per_epoch,
+            t.strategy, t.build_train_dataset, "build_train_dataset", steps_per_epoch=cfg.steps_per_epoch,
+            limit=self._limit(self.debug.limit_train_steps), overfit_batches=self.debug.overfit_batches,
+        )  # fmt: skip
+        checks.element_spec(
+            self.train_input.element_spec, default_step=type(t).train_step is Trainer.train_step
         )
         t._build_state(self.train_input.element_spec)
+        checks.first_batch(t, self.train_input.host_dataset())
         xla = self._xla_plan("train_step")
         self.train_fn = loop.make_step_function(
             t.strategy, t._updater.counting_examples(t.train_step), where="train_step",
             on_step=lambda: t._step.assign_add(1),
-            should_stop=lambda: t._nonfinite_step >= 0, jit_compile=xla == "step",
+            should_stop=None if cfg.nan_policy == "skip" else lambda: t._nonfinite_step >= 0,
+            jit_compile=xla == "step", finite_sums=cfg.nan_policy == "skip",
         )  # fmt: skip
+        if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
+            self._restore_or_set_aside()
+        elif cfg.nan_policy == "restore":
+            raise ConfigError(
+                "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
+            )
+        epochs = 1 if self.debug.fast_dev_run else cfg.epochs
+        schedules.fit_schedule(t.optimizer, epochs * self.train_input.steps // cfg.grad_accum_steps)
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
-        if self.open_checkpoints(writer=True) is not None:
-            self.restore("latest")
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
             with tf.io.gfile.GFile(os.path.join(t.workdir, "config.json"), "w") as f:
-                json.dump(self.config.to_dict(), f, indent=2, sort_keys=True, default=str)
+                json.dump(cfg.to_dict(), f, indent=2, sort_keys=True, default=str)
 
     def steps_per_call(self) -> int:
         return self.config.steps_per_execution or self.auto_steps
@@ -108,6 +128,19 @@ class Controller:
             )
         return self.checkpoints
 
+    def _restore_or_set_aside(self) -> None:
+        try:
+            self.restore("latest")
+        except checkpoint.CheckpointMismatch:
+            if not self.config.checkpoint.allow_mismatch:
+                raise
+            moved = self.checkpoints.set_all_aside()
+            logging.warning("checkpoint.allow_mismatch: another run's checkpoints moved to %s.", moved)
+            self.checkpoints = None
+            self.open_checkpoints(writer=True)
+        if self.config.nan_policy == "restore" and self.checkpoints and not self.checkpoints.steps():
+            self.save()  # something to go back to
+
     def restore(self, which: str | int = "latest") -> int | None:
         t = self.trainer
         if self.train_input is None and not self.has_eval():
@@ -116,16 +149,16 @@ class Controller:
         ckpts = self.open_checkpoints(writer=self.train_input is not None)
         if ckpts is None:
             raise ValueError("restore() needs a workdir.")
-        groups = state.collect(t)
+        groups, name = state.collect(t), type(t).__name__
         if which == "latest":
-            meta = ckpts.restore_latest(groups)
+            meta = ckpts.restore_latest(groups, trainer=name)
         else:
             step = ckpts.best_step() if which == "best" else int(which)
             if step is None or step not in ckpts.steps():
                 raise ValueError(
                     f"No checkpoint {which!r} in {ckpts.directory}; it holds steps {ckpts.steps()}."
                 )
-            meta = ckpts.restore(groups, step)
+            meta = ckpts.restore(groups, step, trainer=name)
         if meta is None:
             return None
         t.epoch = meta["epoch"]
@@ -148,8 +181,8 @@ class Controller:
 
     # ---- phases -------------------------------------------------------------------
 
-    def fit(self, *, validate: bool = True) -> list[dict[str, float]]:
-        t = self.trainer
+    def fit(self, *, validate: bool = True, callbacks_: list | None = None) -> list[dict[str, float]]:
+        t, cfg = self.trainer, self.config
         self.resume = None
         self._prepare_train()
         t.resumed_at_step = t.step
@@ -157,13 +190,19 @@ class Controller:
             logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
         t._nonfinite_step.assign(-1)
         has_eval = validate and self.has_eval()
+        epochs = 1 if self.debug.fast_dev_run else cfg.epochs
+        hooks = callbacks.Hooks(
+            t, [*t.build_callbacks(), *(callbacks_ or [])], epochs=epochs, steps=self.train_input.steps
+        )
         progress = logs.Progress(enabled=t.is_chief)
-        history = []
-        cfg = self.config.checkpoint
+        history, epoch_logs = [], None
+        ckpt = cfg.checkpoint
+        hooks.train_begin()
         with checkpoint.Preemption() as preemption:
-            while t.epoch < self.config.epochs:
-                epoch_logs = self._train_epoch(progress, preemption)
-                if has_eval and (t.epoch + 1) % self.config.eval_every_epochs == 0:
+            while t.epoch < epochs and not hooks.stop:
+                hooks.epoch_begin(t.epoch)
+                epoch_logs = self._train_epoch(progress, preemption, hooks)
+                if has_eval and (t.epoch + 1) % cfg.eval_every_epochs == 0:
                     val = {f"val/{k}": v for k, v in self.evaluate().items()}
                     self.run_log.write("eval", t.step, t.epoch + 1, val)
                     epoch_logs.update(val)
@@ -171,16 +210,42 @@ class Controller:
                 self.run_log.write("epoch", t.step, t.epoch, epoch_logs)
                 progress.end_epoch(epoch_logs)
                 history.append(epoch_logs)
-                final = t.epoch == self.config.epochs
-                due = cfg.every_epochs and t.epoch % cfg.every_epochs == 0
-                if final or due or (cfg.every_steps and t.step % cfg.every_steps == 0):
+                hooks.epoch_end(t.epoch - 1, epoch_logs)
+                final = t.epoch == epochs or hooks.stop
+                due = ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0
+                if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
                     self.save(metrics=epoch_logs, final=final)
+        hooks.train_end(epoch_logs)
         if self.checkpoints is not None:
             self.checkpoints.close()  # waits for pending writes; reopened on demand
             self.checkpoints = None
         return history
 
-    def _train_epoch(self, progress: logs.Progress, preemption: checkpoint.Preemption) -> dict[str, float]:
+    def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:
+        """Steps until each boundary a compiled call must not cross."""
+        every, save_every = self.config.log_every_steps, self.config.checkpoint.every_steps
+        bounds = [self.steps_per_call(), every - step % every]
+        if save_every:
+            bounds.append(save_every - step % save_every)
+        if hooks.steps_to_next(step):
+            bounds.append(hooks.steps_to_next(step))
+        if self.config.profile_steps:
+            first, last = self.config.profile_steps
+            bounds += [b for b in (first - 1 - step, last - step) if b > 0]
+        return bounds
+
+    def _profile(self, step: int, *, before: bool) -> None:
+        if not self.config.profile_steps or not self.trainer.workdir:
+            return
+        first, last = self.config.profile_steps
+        if before and step == first - 1:
+            tf.profiler.experimental.start(self.trainer.workdir)
+        elif not before and first - 1 < step and step >= last and not getattr(self, "_profiled", False):
+            tf.profiler.experimental.stop()
+            self._profiled = True
+            logging.info("Profiled steps %d-%d into %s/plugins/profile.", first, last, self.trainer.workdir)
+
+    def _train_epoch(self, progress, preemption, hooks) -> dict[str, float]:
         t = self.trainer
         resume, self.resume = self.resume or {}, None
         done = resume.get("step_in_epoch", 0)
@@ -192,50 +257,84 @@ class Controller:
         epoch, interval = logs.Sums(resume.get("epoch_sums"), done), logs.Sums()
         interval_start = time.perf_counter()
         every, save_every = self.config.log_every_steps, self.config.checkpoint.every_steps
-        while done < total:
-            step = t.step
-            n = min(self.steps_per_call(), total - done, every - step % every)
-            if save_every:
-                n = min(n, save_every - step % save_every)
+        step = t.step
+        while done < total and not hooks.stop:
+            n = min(total - done, *self._bounds(step, hooks))
+            self._profile(step, before=True)
+            hooks.batch_begin(done)
             call_start = time.perf_counter()
             sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
-            self._check_finite(last)
+            ran = self._after_nonfinite(step, n, last)
+            sums = {k: float(v) for k, v in sums.items()}
             if not self.config.steps_per_execution:
                 self._tune_steps(n, time.perf_counter() - call_start)
-            epoch.add(sums, n)
-            interval.add(sums, n)
-            done += n
+            if ran == n:
+                epoch.add(sums, n)
+                interval.add(sums, n)
+            done, step = done + ran, step + ran
+            self._profile(step, before=False)
             point = None
-            if (step + n) % every == 0 or done == total:
+            if step % every == 0 or done == total:
                 rate = interval.steps / max(time.perf_counter() - interval_start, 1e-9)
-                point = {**interval.means(), **t.metric_results(), **t._updater.logs()}
-                self.run_log.write("train", t.step, t.epoch + 1, {**point, "steps_per_sec": rate})
+                point = {**interval.means(), **t.metric_results(), **self._optimizer_logs()}
+                self.run_log.write("train", step, t.epoch + 1, {**point, "steps_per_sec": rate})
                 progress.update(done, point, rate=rate)
                 interval, interval_start = logs.Sums(), time.perf_counter()
             else:
                 progress.update(done)
+            batch_logs = dict(point or logs.Sums.of(sums, n).means())
+            if self.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
+                batch_logs["loss"], self.skipped_in_call = float("nan"), False
+            hooks.batch_end(done - 1, step, batch_logs)
             if preemption.requested:
                 self.save(step_in_epoch=done, sums=epoch)
                 if self.checkpoints is not None:
                     self.checkpoints.wait()
-                logging.warning("Preempted: saved step %d; rerun the same command to resume.", t.step)
+                logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
                 raise SystemExit(0)
-            if save_every and t.step % save_every == 0 and done < total:
+            if save_every and step % save_every == 0 and done < total:
                 self.save(step_in_epoch=done, sums=epoch, metrics=point)
-        return {**epoch.means(), **t.metric_results(), **t._updater.logs()}
+        return {**epoch.means(), **t.metric_results(), **self._optimizer_logs()}
 
-    def _check_finite(self, last: dict) -> None:
-        bad = int(self.trainer._nonfinite_step.numpy())
+    def _optimizer_logs(self) -> dict[str, float]:
+        t = self.trainer
+        out = {"lr": schedules.current_learning_rate(t.optimizer), **t._updater.logs()}
+        if self.config.nan_policy == "skip":
+            out["nonfinite_steps"] = float(t._nonfinite_count.numpy())
+        return out
+
+    def _after_nonfinite(self, step: int, n: int, last: dict) -> int:
+        """Applies config.nan_policy after a call; returns how many steps it ran."""
+        t = self.trainer
+        bad = int(t._nonfinite_step.numpy())
         if bad < 0:
-            return
+            return n
         terms = [f"{k}={float(v)}" for k, v in last.items() if not math.isfinite(float(v))]
         what = (
             f"loss at step {bad}: {', '.join(terms)}"
             if terms
             else f"gradients at step {bad} (the loss was finite)"
         )
+        policy = self.config.nan_policy
+        if policy == "skip":
+            logging.warning("Non-finite %s; the update was skipped (nan_policy='skip').", what)
+            t._nonfinite_step.assign(-1)
+            self.skipped_in_call = True
+            return n
+        if policy == "restore" and self.nan_restores < self.config.nan_max_retries:
+            self.nan_restores += 1
+            ckpts = self.open_checkpoints(writer=True)
+            ckpts.wait()  # a save of the last good step may still be in flight
+            latest = ckpts.steps()[-1]
+            ckpts.restore(state.collect(t), latest)
+            t._step.assign(bad)  # go on from the batch after the offending one
+            t._nonfinite_step.assign(-1)
+            logging.warning("Non-finite %s; restored checkpoint %d and continued after that batch (%d/%d).",
+                            what, latest, self.nan_restores, self.config.nan_max_retries)  # fmt: skip
+            return bad - step
+        gave_up = f" Gave up after {self.nan_restores} restores." if policy == "restore" else ""
         raise FloatingPointError(
-            f"Non-finite {what}. The update was skipped; the weights hold the values before that step."
+            f"Non-finite {what}. The update was skipped; the weights hold the values before that step.{gave_up}"
         )
 
     def evaluate(self) -> dict[str, float]:
@@ -251,9 +350,10 @@ class Controller:
         t.reset_metrics()
         iterator = self.eval_input.fresh_iterator()
         total, done, sums = self.eval_input.steps, 0, logs.Sums()
-        while done < total:
-            n = min(self.steps_per_call(), total - done)
-            call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
-            sums.add(call_sums, n)
-            done += n
-        return {**sums.means(), **t.metric_results()}
+        with optimizers.ema_weights(t.optimizer):
+            while done < total:
+                n = min(self.steps_per_call(), total - done)
+                call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
+                sums.add(call_sums, n)
+                done += n
+            return {**sums.means(), **t.metric_results()}

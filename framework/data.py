@@ -24,6 +24,21 @@ from absl import logging
 Hook = Callable[[tf.distribute.InputContext], Any]
 
 
+def _fixed_batches(hook: Hook, count: int) -> Hook:
+    """The first `count` batches, cached on the first (eager) pass and replayed every epoch."""
+
+    def fixed(input_context):
+        dataset = hook(input_context)
+        if dataset is None:
+            return None
+        dataset = dataset.take(count).cache()
+        for _ in dataset:  # fill the cache now: an unfinished pass would not keep it
+            pass
+        return dataset
+
+    return fixed
+
+
 def _host_only(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.OneDeviceStrategy) and all(
         "CPU" in device.upper() for device in strategy.extended.worker_devices
@@ -41,10 +56,16 @@ class DistributedInput:
         *,
         steps_per_epoch: int = 0,
         optional: bool = False,
+        limit: int = 0,
+        overfit_batches: int = 0,
     ):
+        """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch."""
         self.strategy, self.name = strategy, name
         self.present = True
         info: dict[str, Any] = {}
+        if overfit_batches:
+            hook = _fixed_batches(hook, overfit_batches)
+        self._hook = hook
 
         def dataset_fn(input_context):
             dataset = hook(input_context)
@@ -79,6 +100,8 @@ class DistributedInput:
         self.cardinality = info["cardinality"]
         self.infinite = self.cardinality == tf.data.INFINITE_CARDINALITY
         self.steps = self._count_steps(info, hook, steps_per_epoch)
+        if limit:
+            self.steps = min(self.steps, limit)
         self._iterators_made = 0
         self._persistent = None
         self._skip_fn = None
@@ -141,6 +164,10 @@ class DistributedInput:
 
             self._skip_fn = skip
         self._skip_fn(iterator, tf.constant(count, tf.int64))
+
+    def host_dataset(self) -> tf.data.Dataset:
+        """The hook's dataset built anew for one replica (checks on a first batch)."""
+        return self._hook(tf.distribute.InputContext())
 
     def fresh_iterator(self):
         """An iterator outside the epoch sequence (evaluation)."""

@@ -29,12 +29,20 @@ class Sums:
         self.sums, self.steps = dict(sums or {}), steps
 
     def add(self, sums: Mapping[str, float], steps: int) -> None:
+        """`sums` over `steps` steps; a `_counted` entry says how many of them were summed."""
         for key, value in sums.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.steps += steps
+            if key != "_counted":
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.steps += int(float(sums["_counted"])) if "_counted" in sums else steps
 
     def means(self) -> dict[str, float]:
         return {k: v / self.steps for k, v in self.sums.items()} if self.steps else {}
+
+    @classmethod
+    def of(cls, sums: Mapping[str, float], steps: int) -> Sums:
+        out = cls()
+        out.add(sums, steps)
+        return out
 
 
 def _json_value(value: float):

@@ -64,11 +64,22 @@ def make_step_function(
     on_step: Callable[[], None] | None = None,
     should_stop: Callable[[], tf.Tensor] | None = None,
     jit_compile: bool = False,
+    finite_sums: bool = False,
 ) -> Callable:
     """Returns the tf.function `fn(iterator, num_steps) -> (sums, last)`.
 
     jit_compile: XLA-compile the whole replica step (see `xla_plan`).
+    finite_sums: leave steps with a non-finite log out of the sums, and count
+      the steps summed in `sums["_counted"]` (nan_policy="skip").
     """
+
+    def add(sums, logs):
+        if not finite_sums:
+            return logs if sums is None else {k: sums[k] + logs[k] for k in logs}
+        ok = tf.reduce_all(tf.math.is_finite(tf.stack(list(logs.values())))) if logs else tf.constant(True)
+        kept = {k: tf.where(ok, v, 0.0) for k, v in logs.items()}
+        kept["_counted"] = tf.cast(ok, tf.float32)
+        return kept if sums is None else {k: sums[k] + kept[k] for k in kept}
 
     def replica_fn(batch):
         return _mean_over_replicas(_scalar_logs(replica_step(batch), where))
@@ -85,12 +96,12 @@ def make_step_function(
     @tf.function(autograph=True)
     def multi_step(iterator, num_steps):
         logs = one_step(iterator)
-        sums = logs
+        sums = add(None, logs)
         for _ in tf.range(num_steps - 1):
             if should_stop is not None and should_stop():
                 break
             logs = one_step(iterator)
-            sums = {k: sums[k] + logs[k] for k in sums}
+            sums = add(sums, logs)
         return sums, logs
 
     return multi_step

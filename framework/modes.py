@@ -5,8 +5,9 @@
   step order, writing `val/` records; stop after the run's final checkpoint,
   or when no new checkpoint appears for `timeout_secs`.
 * `export`: restore, write a SavedModel for serving with Keras'
-  `model.export` under `workdir/export/<step>`, reload it and check that it
-  predicts what the model predicts.
+  `model.export` under `workdir/export/<step>` (the EMA weights when
+  `config.optimizer.ema` is set), reload it and check that it predicts what
+  the model predicts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import logs
+from framework import logs, optimizers
 
 
 def _restore(trainer, which: str | int) -> int:
@@ -78,10 +79,11 @@ def export(trainer, which: str | int = "latest") -> str:
     """Writes `workdir/export/<step>`; returns the path."""
     step = _restore(trainer, which)
     path = os.path.join(trainer.workdir, "export", str(step))
-    trainer.model.export(path, format="tf_saved_model", verbose=False)
-    reloaded = tf.saved_model.load(path)
     x = _sample_inputs(trainer)
-    expected = tf.nest.map_structure(np.asarray, trainer.model(x, training=False))
+    with optimizers.ema_weights(trainer.optimizer):  # serve the averaged weights when config.optimizer.ema
+        trainer.model.export(path, format="tf_saved_model", verbose=False)
+        expected = tf.nest.map_structure(np.asarray, trainer.model(x, training=False))
+    reloaded = tf.saved_model.load(path)
     served = tf.nest.map_structure(np.asarray, reloaded.serve(x))
     worst = max(
         float(np.max(np.abs(a - b))) for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(served))

@@ -155,3 +155,33 @@ def pre_reduced():
             f"Keras {keras.__version__} no longer all-reduces through "
             "TFOptimizer._all_reduce_sum_gradients; framework.updates must be updated."
         )
+
+
+# ---- exponential moving average of the weights (Keras' use_ema) -----------------
+
+
+def ema_enabled(optimizer: keras.optimizers.Optimizer) -> bool:
+    return bool(getattr(inner(optimizer), "use_ema", False))
+
+
+@contextlib.contextmanager
+def ema_weights(optimizer: keras.optimizers.Optimizer):
+    """Within: the variables hold the optimizer's moving averages; the raw values come back after.
+
+    Evaluation and export read the averaged weights while training continues
+    from the raw ones. A no-op for an optimizer without `use_ema` or not yet built.
+    """
+    unwrapped = inner(optimizer)
+    averages = getattr(unwrapped, "_model_variables_moving_average", None)
+    if not ema_enabled(optimizer) or not unwrapped.built or not averages:
+        yield
+        return
+    pairs = [(v, a) for v, a in zip(unwrapped._trainable_variables, averages) if a is not None]
+    raw = [tf.identity(tf.convert_to_tensor(v)) for v, _ in pairs]
+    for variable, average in pairs:
+        variable.assign(average)
+    try:
+        yield
+    finally:
+        for (variable, _), value in zip(pairs, raw):
+            variable.assign(value)

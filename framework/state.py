@@ -30,6 +30,7 @@ _SKIP_ATTRS = {
     "loss",
     "_step",
     "_nonfinite_step",
+    "_nonfinite_count",
     "_updater",
 }
 _MAX_DEPTH, _MAX_ITEMS = 3, 64  # don't wander through a trainer's data arrays

@@ -33,8 +33,8 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from framework import checks, distribute, heads, metrics, precision, schedules, updates
 from framework import config as config_lib
-from framework import distribute, heads, metrics, precision, updates
 from framework.controller import Controller
 from framework.losses import Loss
 
@@ -70,8 +70,10 @@ class Trainer:
         strategy: tf.distribute.Strategy | None = None,
     ):
         self.config = config_lib.resolve(config)
+        checks.workdir(workdir)
         self.workdir = workdir
         self.strategy = strategy or distribute.make_strategy(self.config.distribution)
+        checks.batch_size(self.config, self.strategy)
         self.is_chief = distribute.is_chief(self.strategy)
         keras.utils.set_random_seed(self.config.seed)
         if self.config.deterministic:
@@ -98,6 +100,7 @@ class Trainer:
             self.metrics = metrics.collect(self.model, self.build_metrics())
             self._step = _counter("step", 0)
             self._nonfinite_step = _counter("nonfinite_step", -1)
+            self._nonfinite_count = _counter("nonfinite_count", 0)
 
     # ---- hooks -------------------------------------------------------------
 
@@ -120,16 +123,13 @@ class Trainer:
     def build_metrics(self) -> list | dict:
         return []
 
+    def build_callbacks(self) -> list:
+        """Keras callbacks and `framework.Periodic` hooks for every `fit()`."""
+        return []
+
     def build_optimizer(self) -> keras.optimizers.Optimizer:
-        cfg = self.config.optimizer
-        try:
-            return keras.optimizers.deserialize(
-                {"class_name": cfg.name, "config": {"learning_rate": cfg.learning_rate}}
-            )
-        except (ValueError, TypeError) as e:
-            raise config_lib.ConfigError(
-                f"config.optimizer.name={cfg.name!r} is not a Keras optimizer ({e})."
-            ) from None
+        """Default: `config.optimizer` (name, schedule, weight decay, EMA); see framework.schedules."""
+        return schedules.build(self.config.optimizer)
 
     def add_optimizer(self, optimizer: keras.optimizers.Optimizer, variables, *, name: str | None = None):
         """Registers a second optimizer (a GAN's) for `apply_gradients(optimizer=...)`.
@@ -203,6 +203,8 @@ class Trainer:
             )
         finite = self._updater.apply(optimizer, grads, variables, loss)
         self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
+        if self.config.nan_policy == "skip":
+            self._nonfinite_count.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
 
     @tf.autograph.experimental.do_not_convert
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
@@ -232,13 +234,14 @@ class Trainer:
 
     # ---- phases (run by the Controller) --------------------------------------------
 
-    def fit(self, *, validate: bool = True) -> list[dict[str, float]]:
+    def fit(self, *, validate: bool = True, callbacks: list | None = None) -> list[dict[str, float]]:
         """Trains for `config.epochs`, resuming from the workdir's checkpoints; one log dict per epoch.
 
         validate: evaluate every `config.eval_every_epochs` epochs when
           `build_eval_dataset` returns a dataset.
+        callbacks: Keras callbacks and `framework.Periodic` hooks, after `build_callbacks()`'s.
         """
-        return self.controller.fit(validate=validate)
+        return self.controller.fit(validate=validate, callbacks_=callbacks)
 
     def evaluate(self) -> dict[str, float]:
         """Runs `eval_step` over the whole eval dataset; returns loss and metric values."""

@@ -59,7 +59,7 @@ def test_resolve_fills_missing_keys_from_defaults():
         ),
         (
             {"optimizer": {"learning_rat": 0.1}},
-            r"'optimizer\.learning_rat'.*'learning_rate'.*Valid keys here: clipnorm, global_clipnorm, learning_rate, name",
+            r"'optimizer\.learning_rat'.*'learning_rate'.*Valid keys here: alpha, boundaries, clipnorm, decay_steps, ema, global_clipnorm, learning_rate, name, options, rates",
         ),
         ({"epochs": "ten"}, r"config\.epochs='ten' has the wrong type"),
         ({"precision": "float64"}, r"config\.precision='float64' is not one of float32"),
