@@ -46,7 +46,8 @@ def _float32(x: Any) -> tf.Tensor:
     return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
 
 
-def _match_rank(weight: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+def broadcast_weight(weight: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """`weight` ([batch], [batch, 1], ...) broadcast to the shape of `values`."""
     while weight.shape.rank > values.shape.rank and weight.shape[-1] == 1:
         weight = tf.squeeze(weight, -1)
     while weight.shape.rank < values.shape.rank:
@@ -64,12 +65,18 @@ def _nan_mask(y_true: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(finite, y_true, tf.zeros_like(y_true)), tf.cast(valid, tf.float32)
 
 
+def _with_nan_mask(term, y_true, weight):
+    if not (term.mask_nan and y_true.dtype.is_floating):
+        return y_true, weight
+    y_true, valid = _nan_mask(y_true)
+    return y_true, valid if weight is None else weight * broadcast_weight(valid, weight)
+
+
 def _per_example_parts(term, y_true, y_pred, weight):
     """(local weighted sum, local weight sum) of a per-example term."""
-    if term.mask_nan:
-        y_true, valid = _nan_mask(y_true)
-        weight = valid if weight is None else _float32(weight) * _match_rank(valid, _float32(weight))
-    values = _float32(term.compute(y_true, y_pred))
+    y_true, weight = _with_nan_mask(term, y_true, weight)
+    values, weight = term.values_and_weights(y_true, y_pred, weight)
+    values = _float32(values)
     if values.shape.rank == 0:  # a mean over this replica's examples
         count = tf.cast(tf.shape(y_pred)[0], tf.float32)
         if weight is not None:
@@ -80,7 +87,7 @@ def _per_example_parts(term, y_true, y_pred, weight):
         return tf.where(count > 0, values * count, 0.0), count
     if weight is None:
         return tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)
-    weight = _match_rank(_float32(weight), values)
+    weight = broadcast_weight(tf.stop_gradient(_float32(weight)), values)
     return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
 
 
@@ -111,12 +118,14 @@ def _local_parts(term, y_true, y_pred, sample_weight, model):
     if y_t is None:
         raise ValueError(f"Loss term {term.name!r} has no labels in the batch (head {term.head!r}).")
     weight = _select(sample_weight, term.head, "sample_weight", term) if sample_weight is not None else None
-    y_p, y_t = _float32(y_p), _float32(y_t)
+    y_p, y_t = tf.convert_to_tensor(y_p), tf.convert_to_tensor(y_t)
+    term.validate(y_t, y_p)
+    y_p = _float32(y_p)
+    y_t = _float32(y_t) if term.cast_labels else y_t
+    weight = None if weight is None else _float32(weight)
     _check_shapes(term, y_t, y_p)
     if term.kind == "batch":
-        if term.mask_nan:
-            y_t, valid = _nan_mask(y_t)
-            weight = valid if weight is None else _float32(weight) * valid
+        y_t, weight = _with_nan_mask(term, y_t, weight)
         return term.statistics(y_t, y_p, weight), None
     return _per_example_parts(term, y_t, y_p, weight)
 
@@ -129,10 +138,13 @@ def _describe_error(term: Term, y_true, y_pred, error: Exception) -> Exception:
             return "?"
 
     head = f" on head {term.head!r}" if term.head else ""
-    return type(error)(
+    message = (
         f"Loss term {term.name!r}{head} failed with labels of shape {shape(y_true)} and "
         f"predictions of shape {shape(y_pred)}: {error}"
     )
+    if isinstance(error, tf.errors.OpError):  # eager op errors: same class, same node
+        return type(error)(error.node_def, error.op, message)
+    return type(error)(message)
 
 
 def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None) -> LossResult:
