@@ -11,12 +11,12 @@ and shown to differ, so these comparisons can fail.
 """
 
 import keras
+import losses_reference as ref
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import losses_reference as ref
 from framework import distribute, losses
 
 N = 16
@@ -54,7 +54,10 @@ def _data():
     y["dice_plain"], p["dice_plain"] = (rng.uniform(size=(N, 6)) > 0.5) * 1.0, rng.normal(size=(N, 6))
 
     def f32(d):
-        return {k: np.asarray(v, "int64" if k.startswith("triplet") and d is y else "float32") for k, v in d.items()}
+        return {
+            k: np.asarray(v, "int64" if k.startswith("triplet") and d is y else "float32")
+            for k, v in d.items()
+        }
 
     return f32(y), f32(p), f32(w)
 
@@ -70,7 +73,9 @@ WEIGHTED = (
     + losses.RankNet().on("ranknet")
     + losses.Term(keras.losses.MeanAbsoluteError(), mask_nan=True).on("masked")
 )
-PLAIN = losses.Term(keras.losses.MeanSquaredError()).on("mse") + losses.Dice(from_logits=True).on("dice_plain")
+PLAIN = losses.Term(keras.losses.MeanSquaredError()).on("mse") + losses.Dice(from_logits=True).on(
+    "dice_plain"
+)
 WEIGHTED_HEADS = [t.head for t in WEIGHTED.flat_terms()]
 PLAIN_HEADS = [t.head for t in PLAIN.flat_terms()]
 
@@ -109,7 +114,9 @@ def _run(replicas):
             total = weighted.total + plain.total
         grads = tape.gradient(total, p)
         naive = {  # Keras under a strategy: a per-replica reduction, scaled by 1/replicas
-            "mse_weighted": keras.losses.MeanSquaredError()(y["mse_weighted"], p["mse_weighted"], w["mse_weighted"]),
+            "mse_weighted": keras.losses.MeanSquaredError()(
+                y["mse_weighted"], p["mse_weighted"], w["mse_weighted"]
+            ),
             "dice": keras.losses.Dice()(y["dice"], tf.sigmoid(p["dice"])),
         }
         return {**weighted.terms, **plain.terms, "total": total}, grads, naive
@@ -153,12 +160,16 @@ def test_one_device_values_match_numpy(runs):
         / np.sum(w["mse_weighted"]),
         rel=1e-5,
     )
-    assert terms["dice"] == pytest.approx(ref.dice(y["dice"], p["dice"], smooth=1.0, from_logits=True, weight=w["dice"]))
+    assert terms["dice"] == pytest.approx(
+        ref.dice(y["dice"], p["dice"], smooth=1.0, from_logits=True, weight=w["dice"])
+    )
     for mining in ("batch_hard", "batch_all"):
         name = "triplet_" + mining.split("_")[1]
         expected = ref.triplet(y[name], p[name], margin=1.0, mining=mining, weight=w[name])
         assert terms[name] == pytest.approx(expected, rel=1e-5)
-    assert terms["ranknet"] == pytest.approx(ref.ranknet(y["ranknet"], p["ranknet"], weight=w["ranknet"]), rel=1e-5)
+    assert terms["ranknet"] == pytest.approx(
+        ref.ranknet(y["ranknet"], p["ranknet"], weight=w["ranknet"]), rel=1e-5
+    )
     valid = ~np.isnan(y["masked"]).any(-1)
     expected = np.mean(np.abs(y["masked"] - p["masked"])[valid])
     assert terms["masked"] == pytest.approx(expected, rel=1e-5)

@@ -1,11 +1,11 @@
 """The loss library on one device: values and gradients against independent numpy references."""
 
 import keras
+import losses_reference as ref
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import losses_reference as ref
 from framework import losses
 
 
@@ -154,7 +154,9 @@ def test_triplet_keeps_large_int64_ids_distinct():
     labels = np.array([2**40, 2**40 + 1, 2**40, 2**40 + 1], "int64")  # equal as float32
     emb = np.array([[0.0], [0.1], [1.0], [1.2]], "float32")
     loss = losses.Triplet(margin=1.0)
-    assert _value(loss, labels, emb) == pytest.approx(ref.triplet(labels, emb, margin=1.0, mining="batch_hard"))
+    assert _value(loss, labels, emb) == pytest.approx(
+        ref.triplet(labels, emb, margin=1.0, mining="batch_hard")
+    )
 
 
 # ---- RankNet -----------------------------------------------------------------------
@@ -293,4 +295,6 @@ def test_custom_regularizer_fn_of_the_model():
     assert float(result.terms["bias_penalty"]) == pytest.approx(0.5 * sum(np.sum(b**2) for b in biases))
     assert float(result.raw["bias_penalty"]) == pytest.approx(sum(np.sum(b**2) for b in biases))
     kernels = [v.numpy() for v in model.trainable_variables if v.name == "kernel"]
-    assert float(result.terms["l1"]) == pytest.approx(0.01 * sum(np.sum(np.abs(k)) for k in kernels), rel=1e-5)
+    assert float(result.terms["l1"]) == pytest.approx(
+        0.01 * sum(np.sum(np.abs(k)) for k in kernels), rel=1e-5
+    )

@@ -152,11 +152,15 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
     replicas = distribute.num_replicas()
     step = tf.constant(0, tf.int64) if step is None else step
     local = {}
-    for term in terms:
+    # Regularizers first: `model.losses` holds the activity losses of the
+    # model's *last* call, and under MirroredStrategy replicas run as
+    # threads that switch at every collective (Triplet's all-gather): read
+    # after one, it could hold another replica's losses.
+    for term in sorted(terms, key=lambda t: t.kind != "regularizer"):
         try:
             local[term.name] = _local_parts(term, y_true, y_pred, sample_weight, model)
         except (KeyError, ValueError, TypeError) as e:
-            if str(e).startswith("Loss term"):
+            if e.args and str(e.args[0]).startswith("Loss term"):  # already names the term
                 raise
             raise _describe_error(term, y_true, y_pred, e) from e
         except tf.errors.InvalidArgumentError as e:
