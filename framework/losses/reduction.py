@@ -3,28 +3,39 @@
 A loss is a sum of terms. Each term has a kind that fixes how it reduces over
 the global batch when the batch is split across replicas:
 
-* per-example (`Term`): the wrapped function returns one value per example
-  (or per element). The term is ``sum(w * l) / sum(w)`` over the *global*
-  batch, where ``w`` is the sample weight broadcast to the values (1 without
-  weights). The denominator is all-reduced, so a replica holding few weighted
-  examples is not over-counted, and a head whose labels are masked out
-  (weight 0) neither contributes nor dilutes the mean. A function that
-  returns a scalar is taken to be the mean over its replica's examples.
+* per-example (`Term`): the term returns values with a leading batch axis
+  (one per example, or per element) and weights (default: the sample
+  weight broadcast to the values, or 1). The term is ``sum(w * l) / sum(w)``
+  over the *global* batch: the numerator stays local, the denominator is
+  all-reduced, so a replica holding few weighted examples is not
+  over-counted, and a head whose labels are masked out (weight 0, or NaN
+  labels with ``mask_nan=True``) neither contributes nor dilutes the mean.
+  Terms whose mean runs over something else override
+  `Term.values_and_weights`: `RankNet` gives a list without a valid pair
+  weight 0 (the mean is over lists that have one), `Triplet` one value per
+  own anchor weighted by its count of triplets, mined over the all-gathered
+  global batch. A function that returns a scalar is taken to be the mean
+  over its replica's examples and weighted by their count.
 * batch-level (`BatchTerm`): the term is a function of sums over the batch
   (Dice: sum(y*p), sum(y), sum(p)). The sums are all-reduced before the
   ratio, so every replica sees the statistics of the whole global batch.
 * regularizer (`Regularizer`): a function of the model, counted once per
-  step whatever the number of replicas.
+  step whatever the number of replicas (each replica's share is 1/N).
 
 Inside `strategy.run` each replica differentiates its *share* of the total;
 the optimizer sums gradients over replicas, which yields the gradient of the
 global loss exactly. Because the gradient of an all-reduce sums the upstream
 gradients of all replicas, a batch-level term's share is its value divided by
-the replica count. The values a `LossResult` exposes are the global ones
-(equal on every replica); `total` and `terms` still carry the share's
-gradient. With one replica none of this costs anything.
+the replica count (likewise, an all-gather's gradient sums every replica's
+upstream gradient and hands each replica its own slice). The values a
+`LossResult` exposes are the global ones (equal on every replica); `total`
+and `terms` still carry the share's gradient. With one replica none of this
+costs anything.
 
-Terms compute in float32 whatever the dtype policy.
+Before anything is reduced, `Term.validate` checks each term's labels and
+predictions at trace time (in their own dtypes); then both are cast to
+float32 whatever the dtype policy (labels stay as they are for terms with
+``cast_labels = False``, e.g. `Triplet`'s integer ids).
 """
 
 from __future__ import annotations
@@ -86,7 +97,8 @@ def _per_example_parts(term, y_true, y_pred, weight):
             )
         return tf.where(count > 0, values * count, 0.0), count
     if weight is None:
-        return tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)
+        count = values.shape.num_elements()  # static when known: one op less per step
+        return tf.reduce_sum(values), float(count) if count is not None else tf.cast(tf.size(values), tf.float32)
     weight = broadcast_weight(tf.stop_gradient(_float32(weight)), values)
     return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
 
@@ -190,6 +202,6 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
     if replicas > 1:
         globals_ = distribute.all_reduce_sum({k: tf.stop_gradient(v) for k, v in shares.items()})
         raw = {k: shares[k] + tf.stop_gradient(globals_[k] - shares[k]) for k in shares}
-    weighted = {t.name: t.weight_at(step) * raw[t.name] for t in terms}
-    total = tf.add_n(list(weighted.values())) if weighted else tf.constant(0.0)
+    weighted = {t.name: raw[t.name] if t.weight == 1.0 else t.weight_at(step) * raw[t.name] for t in terms}
+    total = tf.add_n(list(weighted.values())) if len(weighted) > 1 else next(iter(weighted.values()), tf.constant(0.0))
     return LossResult(total=total, terms=weighted, raw=raw)
