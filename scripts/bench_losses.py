@@ -164,7 +164,10 @@ def _machine() -> str:
 def write_markdown(path: str, body: str) -> None:
     """Replaces (or appends) this script's section of BENCHMARKS.md."""
     section = f"{BEGIN}\n{body.strip()}\n{END}"
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    text = "# Benchmarks\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
     else:
@@ -175,7 +178,11 @@ def write_markdown(path: str, body: str) -> None:
 
 def main(argv=None) -> dict[str, list[Contestant]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="smoke run: tiny batches, one round, eager (ours also compiled), no write")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="smoke run: tiny batches, one round, eager (ours also compiled), no write",
+    )
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--target", type=float, default=None, help="seconds per measurement")
     parser.add_argument("--only", default="", help="run groups whose name contains this")
@@ -203,7 +210,10 @@ def main(argv=None) -> dict[str, list[Contestant]]:
             f"`{command}` ({datetime.date.today()}; medians of {rounds} interleaved rounds of "
             f"~{target}s each, forward + backward per call). {_machine()}.\n\n"
         )
-        write_markdown(args.markdown, header + cases.NOTES + "\n\n" + body + "\n\n" + "\n".join(f"- {v}" for v in verdicts))
+        write_markdown(
+            args.markdown,
+            header + cases.NOTES + "\n\n" + body + "\n\n" + "\n".join(f"- {v}" for v in verdicts),
+        )
     return results
 
 

@@ -207,7 +207,12 @@ def groups(*, short: bool) -> list[Group]:
             [
                 ("naive loops", seed_l2_loops, ("eager", "tf.function"), False),
                 ("vectorized", seed_l2_vectorized, ALL, False),
-                ("Keras MSE(sum)·D", lambda y, p: keras.losses.MeanSquaredError(reduction="sum")(y, p) * y.shape[1], COMPILED, False),
+                (
+                    "Keras MSE(sum)·D",
+                    lambda y, p: keras.losses.MeanSquaredError(reduction="sum")(y, p) * y.shape[1],
+                    COMPILED,
+                    False,
+                ),
                 ("Term(square)·size", _total(losses.Term(lambda y, p: tf.square(y - p)), size), ALL, True),
             ],
         )
@@ -217,7 +222,10 @@ def groups(*, short: bool) -> list[Group]:
         Group(
             "norm, seed redundancy",
             (y, p),
-            [("norm twice", seed_loss_with_redundancy, ALL, False), ("norm once", seed_loss_without_redundancy, ALL, False)],
+            [
+                ("norm twice", seed_loss_with_redundancy, ALL, False),
+                ("norm once", seed_loss_without_redundancy, ALL, False),
+            ],
         )
     )
     y, p = (tf.constant(rng.normal(0, 2, (16, 4) if s else (1024, 16)).astype("float32")) for _ in range(2))
@@ -234,7 +242,9 @@ def groups(*, short: bool) -> list[Group]:
         )
     )
     y, p = _binary(rng, (16, 4) if s else (1024, 16))
-    focal = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=0.25, gamma=2.0, from_logits=True)
+    focal = keras.losses.BinaryFocalCrossentropy(
+        apply_class_balancing=True, alpha=0.25, gamma=2.0, from_logits=True
+    )
     out.append(
         Group(
             "binary focal",
@@ -252,8 +262,18 @@ def groups(*, short: bool) -> list[Group]:
             "weighted BCE, pos_weight, logits",
             (y, p),
             [
-                ("tf.nn.weighted_ce", lambda y, p: tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(y, p, 3.0)), ALL, False),
-                ("WeightedBinaryCrossentropy", _total(losses.WeightedBinaryCrossentropy(3.0, from_logits=True)), ALL, True),
+                (
+                    "tf.nn.weighted_ce",
+                    lambda y, p: tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(y, p, 3.0)),
+                    ALL,
+                    False,
+                ),
+                (
+                    "WeightedBinaryCrossentropy",
+                    _total(losses.WeightedBinaryCrossentropy(3.0, from_logits=True)),
+                    ALL,
+                    True,
+                ),
             ],
         )
     )
@@ -264,7 +284,12 @@ def groups(*, short: bool) -> list[Group]:
             (y, p),
             [
                 ("seed", seed_weighted_bce, ALL, False),
-                ("WeightedBinaryCrossentropy", _total(losses.WeightedBinaryCrossentropy(class_weights=[0.1, 0.9])), ALL, True),
+                (
+                    "WeightedBinaryCrossentropy",
+                    _total(losses.WeightedBinaryCrossentropy(class_weights=[0.1, 0.9])),
+                    ALL,
+                    True,
+                ),
             ],
         )
     )
@@ -302,7 +327,12 @@ def groups(*, short: bool) -> list[Group]:
                 f"Triplet {mining}",
                 (labels, emb),
                 [
-                    ("naive per anchor", lambda y, p, m=mining: naive_triplet(y, p, 0.5, m), EAGER_ONLY, False),
+                    (
+                        "naive per anchor",
+                        lambda y, p, m=mining: naive_triplet(y, p, 0.5, m),
+                        EAGER_ONLY,
+                        False,
+                    ),
                     ("vectorized", vectorized, ALL, False),
                     ("Triplet", _total(losses.Triplet(0.5, mining=mining)), ALL, True),
                 ],
@@ -329,7 +359,12 @@ def _regularizers(short: bool) -> list[Group]:
     keras.utils.set_random_seed(0)
     width = 32 if short else 512
     model = keras.Sequential(
-        [keras.Input((64 if short else 784,)), keras.layers.Dense(width), keras.layers.Dense(width), keras.layers.Dense(10)]
+        [
+            keras.Input((64 if short else 784,)),
+            keras.layers.Dense(width),
+            keras.layers.Dense(width),
+            keras.layers.Dense(10),
+        ]
     )
     kernels = [v for v in model.trainable_variables if v.name == "kernel"]
     dummy = (tf.zeros([1]), tf.zeros([1]))
@@ -343,8 +378,18 @@ def _regularizers(short: bool) -> list[Group]:
                 f"{name} regularizer",
                 dummy,
                 [
-                    ("per-variable sum", lambda y, p, f=penalty: 1e-4 * tf.add_n([tf.reduce_sum(f(v)) for v in kernels]), ALL, False),
-                    (f"Keras {name}", lambda y, p, r=keras_reg: tf.add_n([r(v) for v in kernels]), COMPILED, False),
+                    (
+                        "per-variable sum",
+                        lambda y, p, f=penalty: 1e-4 * tf.add_n([tf.reduce_sum(f(v)) for v in kernels]),
+                        ALL,
+                        False,
+                    ),
+                    (
+                        f"Keras {name}",
+                        lambda y, p, r=keras_reg: tf.add_n([r(v) for v in kernels]),
+                        COMPILED,
+                        False,
+                    ),
                     (name, lambda y, p, r=ours: r(None, None, model=model).total, ALL, True),
                 ],
                 wrt=kernels,

@@ -12,7 +12,9 @@ def test_bench_losses_short_mode_runs_every_group(tmp_path, capsys):
     markdown = tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\n## Other\n\nkept\n")
     results = bench_losses.main(["--short", "--write", "--markdown", str(markdown)])
-    assert {"Dice", "Tversky", "Triplet batch_hard", "Triplet batch_all", "RankNet", "L2 regularizer"} <= set(results)
+    assert {"Dice", "Tversky", "Triplet batch_hard", "Triplet batch_all", "RankNet", "L2 regularizer"} <= set(
+        results
+    )
     for group, contestants in results.items():
         assert any(c.ours for c in contestants) or group.startswith("norm")
         assert all(c.wall and c.cpu and min(c.wall) > 0 for c in contestants)

@@ -98,7 +98,9 @@ def _per_example_parts(term, y_true, y_pred, weight):
         return tf.where(count > 0, values * count, 0.0), count
     if weight is None:
         count = values.shape.num_elements()  # static when known: one op less per step
-        return tf.reduce_sum(values), float(count) if count is not None else tf.cast(tf.size(values), tf.float32)
+        return tf.reduce_sum(values), float(count) if count is not None else tf.cast(
+            tf.size(values), tf.float32
+        )
     weight = broadcast_weight(tf.stop_gradient(_float32(weight)), values)
     return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
 
@@ -203,5 +205,9 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
         globals_ = distribute.all_reduce_sum({k: tf.stop_gradient(v) for k, v in shares.items()})
         raw = {k: shares[k] + tf.stop_gradient(globals_[k] - shares[k]) for k in shares}
     weighted = {t.name: raw[t.name] if t.weight == 1.0 else t.weight_at(step) * raw[t.name] for t in terms}
-    total = tf.add_n(list(weighted.values())) if len(weighted) > 1 else next(iter(weighted.values()), tf.constant(0.0))
+    total = (
+        tf.add_n(list(weighted.values()))
+        if len(weighted) > 1
+        else next(iter(weighted.values()), tf.constant(0.0))
+    )
     return LossResult(total=total, terms=weighted, raw=raw)
