@@ -267,8 +267,9 @@ class RankNet(Term):
     def values_and_weights(self, y_true, y_pred, sample_weight):
         pairs = (y_true[:, :, None] > y_true[:, None, :]) & (y_true[:, None, :] >= 0.0)
         pair_loss = tf.where(pairs, tf.math.softplus(y_pred[:, None, :] - y_pred[:, :, None]), 0.0)
-        count = tf.reduce_sum(tf.cast(pairs, tf.float32), axis=[1, 2])
-        per_list = tf.math.divide_no_nan(tf.reduce_sum(pair_loss, axis=[1, 2]), count)
+        lists = tf.shape(y_pred)[0]  # [lists, i * j]: XLA on CPU reduces one axis faster than two
+        count = tf.reduce_sum(tf.reshape(tf.cast(pairs, tf.float32), [lists, -1]), axis=1)
+        per_list = tf.math.divide_no_nan(tf.reduce_sum(tf.reshape(pair_loss, [lists, -1]), axis=1), count)
         weights = tf.cast(count > 0, tf.float32)
         if sample_weight is not None:
             if sample_weight.shape.rank is not None and sample_weight.shape.rank > 1:

@@ -117,24 +117,25 @@ class Triplet(Term):
         itself = tf.one_hot(offset + tf.range(n), tf.shape(all_labels)[0], on_value=True, off_value=False)
         same = labels[:, None] == all_labels[None, :]
         present = (all_weights > 0.0)[None, :]
-        positive = same & ~itself & present
+        # An absent anchor (weight 0) gets no positives, hence no triplets.
+        positive = same & ~itself & present & (weights > 0.0)[:, None]
         negative = ~same & present
-        anchor = weights > 0.0
         if self.mining == "batch_hard":
-            return self._batch_hard(distances, positive, negative, anchor, weights)
-        return self._batch_all(distances, positive, negative, anchor, weights)
+            return self._batch_hard(distances, positive, negative, weights)
+        return self._batch_all(distances, positive, negative, weights)
 
-    def _batch_hard(self, distances, positive, negative, anchor, weights):
+    def _batch_hard(self, distances, positive, negative, weights):
         hardest_positive = tf.reduce_max(tf.where(positive, distances, 0.0), axis=1)
         hardest_negative = tf.reduce_min(tf.where(negative, distances, tf.float32.max), axis=1)
-        valid = anchor & tf.reduce_any(positive, axis=1) & tf.reduce_any(negative, axis=1)
+        valid = tf.reduce_any(positive, axis=1) & tf.reduce_any(negative, axis=1)
         values = tf.where(valid, tf.nn.relu(hardest_positive - hardest_negative + self.margin), 0.0)
         return values, tf.cast(valid, tf.float32) * weights
 
-    def _batch_all(self, distances, positive, negative, anchor, weights):
-        valid = positive[:, :, None] & negative[:, None, :] & anchor[:, None, None]
+    def _batch_all(self, distances, positive, negative, weights):
+        valid = positive[:, :, None] & negative[:, None, :]
         margins = distances[:, :, None] - distances[:, None, :] + self.margin
-        losses = tf.where(valid, tf.nn.relu(margins), 0.0)
-        count = tf.reduce_sum(tf.cast(losses > 0.0, tf.float32), axis=[1, 2])
-        values = tf.math.divide_no_nan(tf.reduce_sum(losses, axis=[1, 2]), count)
+        # [anchors, p * n]: XLA on CPU reduces one trailing axis faster than two.
+        losses = tf.reshape(tf.where(valid, tf.nn.relu(margins), 0.0), [tf.shape(valid)[0], -1])
+        count = tf.reduce_sum(tf.cast(losses > 0.0, tf.float32), axis=1)
+        values = tf.math.divide_no_nan(tf.reduce_sum(losses, axis=1), count)
         return values, count * weights
