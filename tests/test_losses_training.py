@@ -25,7 +25,7 @@ def multi_head_model():
         kernel_regularizer=keras.regularizers.L2(1e-2),
         activity_regularizer=keras.regularizers.L1(1e-3),
     )(inputs)
-    heads = {"cls": 3, "seg": 8, "emb": 4, "rank": 5}
+    heads = {"cls": 3, "seg": 8, "emb": 4}
     return keras.Model(
         inputs, {name: keras.layers.Dense(units, name=name)(hidden) for name, units in heads.items()}
     )
@@ -56,14 +56,12 @@ def _multi_head_data(n=32):
         "cls": rng.integers(0, 3, n).astype("int32"),
         "seg": (rng.uniform(size=(n, 8)) > 0.7).astype("float32"),
         "emb": rng.integers(0, 3, n).astype("int32"),
-        "rank": rng.integers(0, 3, (n, 5)).astype("float32"),
     }
     uneven = np.where(np.arange(n) % 16 < 8, 0.1, 3.0).astype("float32")  # replica 0's shard is light
     w = {
         "cls": uneven,
         "seg": uneven[::-1] * (np.arange(n) % 7 != 0),
         "emb": np.ones(n, "float32"),
-        "rank": uneven,
     }
     return x, y, {k: v.astype("float32") for k, v in w.items()}
 

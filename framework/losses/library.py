@@ -48,7 +48,8 @@ def _compatible(a: tf.TensorShape, b: tf.TensorShape) -> bool:
 
 def _align(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Labels [batch] for predictions [batch, 1] get the trailing axis."""
-    if y_true.shape.rank == y_pred.shape.rank - 1 and y_pred.shape[-1] == 1:
+    rank = y_pred.shape.rank
+    if rank is not None and y_true.shape.rank == rank - 1 and y_pred.shape[-1] == 1:
         return tf.expand_dims(y_true, -1)
     return y_true
 
