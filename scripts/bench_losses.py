@@ -196,7 +196,7 @@ def main(argv=None) -> dict[str, list[Contestant]]:
     parser.add_argument("--no-write", dest="write", action="store_false")
     parser.add_argument("--markdown", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = parser.parse_args(argv)
-    rounds = args.rounds or (1 if args.short else 7)
+    rounds = args.rounds or (1 if args.short else 11)
     target = args.target or (0.0 if args.short else 0.1)
     write = (not args.short) if args.write is None else args.write
     results = {}

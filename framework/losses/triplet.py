@@ -53,18 +53,17 @@ def pairwise_distances(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 
 def _global_batch(embeddings, labels, weights):
-    """(all embeddings, all labels, all weights, offset of this replica's rows)."""
+    """(all embeddings, all labels, all weights or None, offset of this replica's rows)."""
     if distribute.num_replicas() == 1:
         return embeddings, labels, weights, 0
     context = tf.distribute.get_replica_context()
     replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
     owner = tf.fill(tf.shape(labels), replica)
     everyone = context.all_gather(embeddings, axis=0)  # differentiable
-    all_labels, all_weights, all_owners = context.all_gather(
-        [labels, tf.stop_gradient(weights), owner], axis=0
-    )
+    rest = [labels, owner] + ([] if weights is None else [tf.stop_gradient(weights)])
+    all_labels, all_owners, *all_weights = context.all_gather(rest, axis=0)
     offset = tf.reduce_sum(tf.cast(all_owners < replica, tf.int32))
-    return everyone, all_labels, all_weights, offset
+    return everyone, all_labels, (all_weights or [None])[0], offset
 
 
 class Triplet(Term):
@@ -111,15 +110,20 @@ class Triplet(Term):
     def values_and_weights(self, y_true, y_pred, sample_weight):
         labels = tf.reshape(y_true, [-1])
         n = tf.shape(labels)[0]
-        weights = tf.ones([n]) if sample_weight is None else tf.reshape(sample_weight, [-1])
+        weights = None if sample_weight is None else tf.reshape(sample_weight, [-1])
         everyone, all_labels, all_weights, offset = _global_batch(y_pred, labels, weights)
         distances = pairwise_distances(y_pred, everyone)  # [n, N]: own anchors x global batch
-        itself = tf.one_hot(offset + tf.range(n), tf.shape(all_labels)[0], on_value=True, off_value=False)
+        if isinstance(offset, int):
+            itself = tf.eye(n, dtype=tf.bool)
+        else:
+            itself = tf.one_hot(offset + tf.range(n), tf.shape(all_labels)[0], on_value=True, off_value=False)
         same = labels[:, None] == all_labels[None, :]
-        present = (all_weights > 0.0)[None, :]
-        # An absent anchor (weight 0) gets no positives, hence no triplets.
-        positive = same & ~itself & present & (weights > 0.0)[:, None]
-        negative = ~same & present
+        positive, negative = same & ~itself, ~same
+        if weights is not None:  # (masks only when needed: XLA recomputes them per triplet)
+            present = (all_weights > 0.0)[None, :]
+            # An absent anchor (weight 0) gets no positives, hence no triplets.
+            positive = positive & present & (weights > 0.0)[:, None]
+            negative = negative & present
         if self.mining == "batch_hard":
             return self._batch_hard(distances, positive, negative, weights)
         return self._batch_all(distances, positive, negative, weights)
@@ -129,7 +133,8 @@ class Triplet(Term):
         hardest_negative = tf.reduce_min(tf.where(negative, distances, tf.float32.max), axis=1)
         valid = tf.reduce_any(positive, axis=1) & tf.reduce_any(negative, axis=1)
         values = tf.where(valid, tf.nn.relu(hardest_positive - hardest_negative + self.margin), 0.0)
-        return values, tf.cast(valid, tf.float32) * weights
+        valid = tf.cast(valid, tf.float32)
+        return values, valid if weights is None else valid * weights
 
     def _batch_all(self, distances, positive, negative, weights):
         valid = positive[:, :, None] & negative[:, None, :]
@@ -138,4 +143,4 @@ class Triplet(Term):
         losses = tf.reshape(tf.where(valid, tf.nn.relu(margins), 0.0), [tf.shape(valid)[0], -1])
         count = tf.reduce_sum(tf.cast(losses > 0.0, tf.float32), axis=1)
         values = tf.math.divide_no_nan(tf.reduce_sum(losses, axis=1), count)
-        return values, count * weights
+        return values, count if weights is None else count * weights
