@@ -25,14 +25,15 @@ NOTES = (
     "Batches: L2 64×16; norm 256×64; Huber and focal 1024×16; weighted BCE 512×64; "
     "Dice and Tversky 16×128×128×1; triplet 128 embeddings of 64 (16 classes); RankNet 64 lists "
     "of 20; regularizers over the kernels of a 784-512-512-10 MLP.\n\n"
-    "What holds from run to run (single ratios move by up to ~20% between runs, e.g. Triplet batch_all measured 0.93-1.3× over five runs): the seeds' Python loops cost "
-    "thousands of times the vectorized loss, and AutoGraph turns them into a `tf.while_loop` "
-    "that is still ~100× slower; the seeds' redundant norm costs nothing once compiled (both "
-    "grappler and XLA deduplicate it), only eagerly; our full term costs ~1 ms more than a bare "
-    "function when run eagerly (Python), nothing measurable once compiled, which the Trainer "
-    "always does; XLA on CPU is not always the fastest (Dice's large reductions run faster as "
-    "plain `tf.function`). Ratios are within one table and one run; the machine is shared, "
-    "so absolute times drift."
+    "What holds from run to run (single ratios move by up to ~20% between runs, e.g. Triplet "
+    "batch_all measured 0.93-1.3× over five runs): the seeds' Python loops cost thousands of "
+    "times the vectorized loss, and AutoGraph turns them into a `tf.while_loop` that is still "
+    "~100× slower; the seeds' redundant norm costs nothing once compiled (both grappler and XLA "
+    "deduplicate it), only eagerly; our full term costs ~0.3-2 ms more per call than a bare "
+    "function when run eagerly (Python and small ops), nothing measurable once compiled, which "
+    "the Trainer always does; XLA on CPU is not always the fastest (Dice's large reductions run "
+    "faster as plain `tf.function`). Ratios are within one table and one run; the machine is "
+    "shared, so absolute times drift."
 )
 
 EAGER_ONLY = ("eager",)
