@@ -52,6 +52,7 @@ def _data():
     y["masked"], p["masked"], w["masked"] = masked, rng.normal(size=(N, 2)), np.ones(N)
     y["mse"], p["mse"] = rng.normal(size=(N, 3)), rng.normal(size=(N, 3))
     y["dice_plain"], p["dice_plain"] = (rng.uniform(size=(N, 6)) > 0.5) * 1.0, rng.normal(size=(N, 6))
+    y["triplet_plain"], p["triplet_plain"] = rng.integers(0, 4, N), rng.normal(size=(N, 3))
 
     def f32(d):
         return {
@@ -73,8 +74,10 @@ WEIGHTED = (
     + losses.RankNet().on("ranknet")
     + losses.Term(keras.losses.MeanAbsoluteError(), mask_nan=True).on("masked")
 )
-PLAIN = losses.Term(keras.losses.MeanSquaredError()).on("mse") + losses.Dice(from_logits=True).on(
-    "dice_plain"
+PLAIN = (
+    losses.Term(keras.losses.MeanSquaredError()).on("mse")
+    + losses.Dice(from_logits=True).on("dice_plain")
+    + losses.Triplet(margin=1.0, mining="batch_all").on("triplet_plain")
 )
 WEIGHTED_HEADS = [t.head for t in WEIGHTED.flat_terms()]
 PLAIN_HEADS = [t.head for t in PLAIN.flat_terms()]
