@@ -5,23 +5,32 @@
     result = loss(y_true, y_pred, model=model)
     result.total, result.terms
 
-See `framework.losses.algebra` for the reduction semantics.
+See `framework.losses.reduction` for the reduction semantics and
+`framework.losses.library` / `framework.losses.triplet` for the losses Keras
+lacks.
 """
 
 from framework.losses.algebra import BatchTerm, Loss, LossResult, Regularizer, Sum, Term
+from framework.losses.library import Dice, RankNet, Tversky, WeightedBinaryCrossentropy
 from framework.losses.reduction import evaluate
 from framework.losses.regularizers import L1, L2, ModelLosses, kernels
+from framework.losses.triplet import Triplet
 
 __all__ = [
     "BatchTerm",
+    "Dice",
     "L1",
     "L2",
     "Loss",
     "LossResult",
     "ModelLosses",
+    "RankNet",
     "Regularizer",
     "Sum",
     "Term",
+    "Triplet",
+    "Tversky",
+    "WeightedBinaryCrossentropy",
     "evaluate",
     "kernels",
 ]

@@ -105,6 +105,11 @@ class Sum(Loss):
 class Term(Loss):
     """A per-example loss term.
 
+    Its value is the weighted mean of per-example (or per-element) values
+    over the global batch. Subclasses override `compute(y_true, y_pred)`, or
+    `values_and_weights(...)` when some values must not count, and may add
+    trace-time input checks in `validate(y_true, y_pred)`.
+
     Args:
       fn: a `keras.losses.Loss` (its unreduced per-example values are used:
         its own reduction is bypassed), or `fn(y_true, y_pred)` returning
@@ -119,6 +124,9 @@ class Term(Loss):
     """
 
     kind = "per_example"
+    # False: labels reach the term in their own dtype (e.g. int64 class ids),
+    # not cast to float32.
+    cast_labels = True
 
     def __init__(
         self,
@@ -129,7 +137,7 @@ class Term(Loss):
         name: str | None = None,
         mask_nan: bool = False,
     ):
-        if fn is None and self.kind == "per_example" and type(self).compute is Term.compute:
+        if fn is None and self.kind == "per_example" and not self._defines_values():
             raise TypeError("Term needs a loss: Term(keras.losses.X()) or Term(fn).")
         if fn is not None and not callable(fn):
             raise TypeError(f"Term expects a keras loss or a callable, got {fn!r}.")
@@ -140,6 +148,10 @@ class Term(Loss):
         self.weight = weight
         self._name = name
         self.mask_nan = mask_nan
+
+    @classmethod
+    def _defines_values(cls) -> bool:
+        return cls.compute is not Term.compute or cls.values_and_weights is not Term.values_and_weights
 
     @property
     def base_name(self) -> str:
@@ -188,6 +200,28 @@ class Term(Loss):
         if isinstance(self.fn, keras.losses.Loss):
             return self.fn.call(y_true, y_pred)
         return self.fn(y_true, y_pred)
+
+    def values_and_weights(
+        self, y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None
+    ) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """Values and the weights of their global weighted mean.
+
+        The term is ``sum(weights * values) / sum(weights)`` over the global
+        batch, the denominator all-reduced. The default returns `compute()`
+        and the sample weight (None: every value counts once). Override it
+        when some values must not count: a ranking list without a valid
+        pair, an anchor without a positive. Returned weights must already
+        include `sample_weight` (float32, None or a tensor that broadcasts
+        like it) and must not need a gradient.
+        """
+        return self.compute(y_true, y_pred), sample_weight
+
+    def validate(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
+        """Trace-time checks on this term's labels and predictions, before any cast.
+
+        Raise an error that starts with ``Loss term {self.name!r}``. Default: none.
+        """
+        del y_true, y_pred  # (a body besides the docstring keeps AutoGraph happy)
 
     def __repr__(self) -> str:
         head = f".on({self.head!r})" if self.head else ""

@@ -3,28 +3,39 @@
 A loss is a sum of terms. Each term has a kind that fixes how it reduces over
 the global batch when the batch is split across replicas:
 
-* per-example (`Term`): the wrapped function returns one value per example
-  (or per element). The term is ``sum(w * l) / sum(w)`` over the *global*
-  batch, where ``w`` is the sample weight broadcast to the values (1 without
-  weights). The denominator is all-reduced, so a replica holding few weighted
-  examples is not over-counted, and a head whose labels are masked out
-  (weight 0) neither contributes nor dilutes the mean. A function that
-  returns a scalar is taken to be the mean over its replica's examples.
+* per-example (`Term`): the term returns values with a leading batch axis
+  (one per example, or per element) and weights (default: the sample
+  weight broadcast to the values, or 1). The term is ``sum(w * l) / sum(w)``
+  over the *global* batch: the numerator stays local, the denominator is
+  all-reduced, so a replica holding few weighted examples is not
+  over-counted, and a head whose labels are masked out (weight 0, or NaN
+  labels with ``mask_nan=True``) neither contributes nor dilutes the mean.
+  Terms whose mean runs over something else override
+  `Term.values_and_weights`: `RankNet` gives a list without a valid pair
+  weight 0 (the mean is over lists that have one), `Triplet` one value per
+  own anchor weighted by its count of triplets, mined over the all-gathered
+  global batch. A function that returns a scalar is taken to be the mean
+  over its replica's examples and weighted by their count.
 * batch-level (`BatchTerm`): the term is a function of sums over the batch
   (Dice: sum(y*p), sum(y), sum(p)). The sums are all-reduced before the
   ratio, so every replica sees the statistics of the whole global batch.
 * regularizer (`Regularizer`): a function of the model, counted once per
-  step whatever the number of replicas.
+  step whatever the number of replicas (each replica's share is 1/N).
 
 Inside `strategy.run` each replica differentiates its *share* of the total;
 the optimizer sums gradients over replicas, which yields the gradient of the
 global loss exactly. Because the gradient of an all-reduce sums the upstream
 gradients of all replicas, a batch-level term's share is its value divided by
-the replica count. The values a `LossResult` exposes are the global ones
-(equal on every replica); `total` and `terms` still carry the share's
-gradient. With one replica none of this costs anything.
+the replica count (likewise, an all-gather's gradient sums every replica's
+upstream gradient and hands each replica its own slice). The values a
+`LossResult` exposes are the global ones (equal on every replica); `total`
+and `terms` still carry the share's gradient. With one replica none of this
+costs anything.
 
-Terms compute in float32 whatever the dtype policy.
+Before anything is reduced, `Term.validate` checks each term's labels and
+predictions at trace time (in their own dtypes); then both are cast to
+float32 whatever the dtype policy (labels stay as they are for terms with
+``cast_labels = False``, e.g. `Triplet`'s integer ids).
 """
 
 from __future__ import annotations
@@ -46,7 +57,8 @@ def _float32(x: Any) -> tf.Tensor:
     return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
 
 
-def _match_rank(weight: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+def broadcast_weight(weight: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """`weight` ([batch], [batch, 1], ...) broadcast to the shape of `values`."""
     while weight.shape.rank > values.shape.rank and weight.shape[-1] == 1:
         weight = tf.squeeze(weight, -1)
     while weight.shape.rank < values.shape.rank:
@@ -64,12 +76,18 @@ def _nan_mask(y_true: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(finite, y_true, tf.zeros_like(y_true)), tf.cast(valid, tf.float32)
 
 
+def _with_nan_mask(term, y_true, weight):
+    if not (term.mask_nan and y_true.dtype.is_floating):
+        return y_true, weight
+    y_true, valid = _nan_mask(y_true)
+    return y_true, valid if weight is None else weight * broadcast_weight(valid, weight)
+
+
 def _per_example_parts(term, y_true, y_pred, weight):
     """(local weighted sum, local weight sum) of a per-example term."""
-    if term.mask_nan:
-        y_true, valid = _nan_mask(y_true)
-        weight = valid if weight is None else _float32(weight) * _match_rank(valid, _float32(weight))
-    values = _float32(term.compute(y_true, y_pred))
+    y_true, weight = _with_nan_mask(term, y_true, weight)
+    values, weight = term.values_and_weights(y_true, y_pred, weight)
+    values = _float32(values)
     if values.shape.rank == 0:  # a mean over this replica's examples
         count = tf.cast(tf.shape(y_pred)[0], tf.float32)
         if weight is not None:
@@ -79,8 +97,11 @@ def _per_example_parts(term, y_true, y_pred, weight):
             )
         return tf.where(count > 0, values * count, 0.0), count
     if weight is None:
-        return tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)
-    weight = _match_rank(_float32(weight), values)
+        count = values.shape.num_elements()  # static when known: one op less per step
+        return tf.reduce_sum(values), float(count) if count is not None else tf.cast(
+            tf.size(values), tf.float32
+        )
+    weight = broadcast_weight(tf.stop_gradient(_float32(weight)), values)
     return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
 
 
@@ -111,12 +132,14 @@ def _local_parts(term, y_true, y_pred, sample_weight, model):
     if y_t is None:
         raise ValueError(f"Loss term {term.name!r} has no labels in the batch (head {term.head!r}).")
     weight = _select(sample_weight, term.head, "sample_weight", term) if sample_weight is not None else None
-    y_p, y_t = _float32(y_p), _float32(y_t)
+    y_p, y_t = tf.convert_to_tensor(y_p), tf.convert_to_tensor(y_t)
+    term.validate(y_t, y_p)
+    y_p = _float32(y_p)
+    y_t = _float32(y_t) if term.cast_labels else y_t
+    weight = None if weight is None else _float32(weight)
     _check_shapes(term, y_t, y_p)
     if term.kind == "batch":
-        if term.mask_nan:
-            y_t, valid = _nan_mask(y_t)
-            weight = valid if weight is None else _float32(weight) * valid
+        y_t, weight = _with_nan_mask(term, y_t, weight)
         return term.statistics(y_t, y_p, weight), None
     return _per_example_parts(term, y_t, y_p, weight)
 
@@ -129,10 +152,13 @@ def _describe_error(term: Term, y_true, y_pred, error: Exception) -> Exception:
             return "?"
 
     head = f" on head {term.head!r}" if term.head else ""
-    return type(error)(
+    message = (
         f"Loss term {term.name!r}{head} failed with labels of shape {shape(y_true)} and "
         f"predictions of shape {shape(y_pred)}: {error}"
     )
+    if isinstance(error, tf.errors.OpError):  # eager op errors: same class, same node
+        return type(error)(error.node_def, error.op, message)
+    return type(error)(message)
 
 
 def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None) -> LossResult:
@@ -140,11 +166,15 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
     replicas = distribute.num_replicas()
     step = tf.constant(0, tf.int64) if step is None else step
     local = {}
-    for term in terms:
+    # Regularizers first: `model.losses` holds the activity losses of the
+    # model's *last* call, and under MirroredStrategy replicas run as
+    # threads that switch at every collective (Triplet's all-gather): read
+    # after one, it could hold another replica's losses.
+    for term in sorted(terms, key=lambda t: t.kind != "regularizer"):
         try:
             local[term.name] = _local_parts(term, y_true, y_pred, sample_weight, model)
         except (KeyError, ValueError, TypeError) as e:
-            if str(e).startswith("Loss term"):
+            if e.args and str(e.args[0]).startswith("Loss term"):  # already names the term
                 raise
             raise _describe_error(term, y_true, y_pred, e) from e
         except tf.errors.InvalidArgumentError as e:
@@ -174,6 +204,10 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
     if replicas > 1:
         globals_ = distribute.all_reduce_sum({k: tf.stop_gradient(v) for k, v in shares.items()})
         raw = {k: shares[k] + tf.stop_gradient(globals_[k] - shares[k]) for k in shares}
-    weighted = {t.name: t.weight_at(step) * raw[t.name] for t in terms}
-    total = tf.add_n(list(weighted.values())) if weighted else tf.constant(0.0)
+    weighted = {t.name: raw[t.name] if t.weight == 1.0 else t.weight_at(step) * raw[t.name] for t in terms}
+    total = (
+        tf.add_n(list(weighted.values()))
+        if len(weighted) > 1
+        else next(iter(weighted.values()), tf.constant(0.0))
+    )
     return LossResult(total=total, terms=weighted, raw=raw)

@@ -57,7 +57,17 @@ class L1(_Norm):
 
 
 class ModelLosses(Regularizer):
-    """The losses layers add themselves (`model.losses`: kernel/activity regularizers)."""
+    """The losses layers add themselves (`model.losses`: kernel/activity regularizers).
+
+    Counted once per step like any regularizer: each replica's share is its
+    `model.losses` / N. Weight regularizers (`kernel_regularizer=...`) are
+    the same on every replica, so this is exact. Activity regularizers and
+    `add_loss` values depend on the replica's shard (Keras divides activity
+    penalties by the *local* batch size): the term is then the mean of the
+    replicas' values, which equals the one-device value when the shards
+    have equal sizes. Keep the ModelLosses read right after the forward
+    pass: `model.losses` holds the losses of the model's last call.
+    """
 
     def __init__(self, *, weight: Weight = 1.0, name: str | None = None):
         super().__init__(weight=weight, name=name)
