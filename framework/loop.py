@@ -8,7 +8,7 @@ group of steps costs no retrace.
     train_fn(iterator, num_steps) -> (sums, last):
         logs = replica_step(next(iterator)) averaged over replicas  # step 1
         sums = logs
-        repeat num_steps - 1 times, or until `should_stop()`:
+        repeat num_steps - 1 times, or until `should_stop()` (tested in the loop condition):
             logs = ...; sums += logs
         return sums, logs
 
@@ -81,8 +81,14 @@ def make_step_function(
         kept["_counted"] = tf.cast(ok, tf.float32)
         return kept if sums is None else {k: sums[k] + kept[k] for k in kept}
 
+    aliases: dict[str, str] = {}  # log key -> the key holding the same tensor
+
     def replica_fn(batch):
-        return _mean_over_replicas(_scalar_logs(replica_step(batch), where))
+        logs = _scalar_logs(replica_step(batch), where)
+        first: dict[int, str] = {}
+        for key, value in logs.items():
+            aliases[key] = first.setdefault(id(value), key)
+        return _mean_over_replicas({k: v for k, v in logs.items() if aliases[k] == k})
 
     if jit_compile:
         replica_fn = tf.function(replica_fn, jit_compile=True)
@@ -93,18 +99,44 @@ def make_step_function(
             on_step()
         return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], per_replica)
 
+    def go_on(done, num_steps):
+        if should_stop is None:
+            return done < num_steps
+        return tf.logical_and(done < num_steps, tf.logical_not(should_stop()))
+
     @tf.function(autograph=True)
     def multi_step(iterator, num_steps):
         logs = one_step(iterator)
         sums = add(None, logs)
-        for _ in tf.range(num_steps - 1):
-            if should_stop is not None and should_stop():
-                break
+        done = tf.constant(1, num_steps.dtype)
+        # The stop test is part of the loop condition: a `break` would make
+        # AutoGraph wrap the whole step in a conditional, which costs per step.
+        while go_on(done, num_steps):
             logs = one_step(iterator)
             sums = add(sums, logs)
+            done += 1
         return sums, logs
 
-    return multi_step
+    return StepFunction(multi_step, aliases)
+
+
+class StepFunction:
+    """The compiled function, with each log that aliases another one summed once and copied back."""
+
+    def __init__(self, function, aliases: dict[str, str]):
+        self.function, self.aliases = function, aliases
+
+    def __call__(self, iterator, num_steps):
+        sums, last = self.function(iterator, num_steps)
+        return self._expand(sums), self._expand(last)
+
+    def _expand(self, logs: dict) -> dict:
+        out = {key: logs[source] for key, source in self.aliases.items()}
+        out.update((k, v) for k, v in logs.items() if k not in out)  # e.g. "_counted"
+        return out
+
+    def experimental_get_tracing_count(self) -> int:
+        return self.function.experimental_get_tracing_count()
 
 
 def make_skip_function(strategy: tf.distribute.Strategy) -> Callable:

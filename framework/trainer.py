@@ -177,7 +177,7 @@ class Trainer:
         if loss is None:
             raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
         heads.check_batch(y, y_pred, {t.head for t in loss.flat_terms()})
-        result = loss(y, y_pred, sample_weight, model=self.model, step=self._step.read_value())
+        result = loss(y, y_pred, sample_weight, model=self.model, step=self._step)
         return StepLoss(result.total, result.logs(prefix))
 
     @tf.autograph.experimental.do_not_convert
@@ -201,10 +201,11 @@ class Trainer:
             raise ValueError(
                 f"apply_gradients(): the loss does not depend on any of the {len(variables)} variables given."
             )
-        finite = self._updater.apply(optimizer, grads, variables, loss)
-        self._nonfinite_step.assign(tf.where(finite, self._nonfinite_step, self._step + 1))
-        if self.config.nan_policy == "skip":
-            self._nonfinite_count.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        self._updater.apply(optimizer, grads, variables, loss, on_nonfinite=self._record_nonfinite)
+
+    def _record_nonfinite(self) -> None:
+        self._nonfinite_step.assign(self._step + 1)
+        self._nonfinite_count.assign_add(1)
 
     @tf.autograph.experimental.do_not_convert
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:

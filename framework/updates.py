@@ -48,8 +48,8 @@ from framework import distribute, optimizers, precision
 from framework.optimizers import Clipping, refill
 
 
-def _run_if(pred: tf.Tensor, fn: Callable[[], None]) -> None:
-    """Runs `fn` on every replica iff `pred`, which must be equal on all replicas.
+def _run_if(pred: tf.Tensor, fn: Callable[[], None], otherwise: Callable[[], None] | None = None) -> None:
+    """Runs `fn` on every replica iff `pred` (else `otherwise`); `pred` must be equal on all replicas.
 
     MirroredStrategy cannot merge_call (all-reduce, variable update) inside a
     replica-context cond: branch in cross-replica context instead.
@@ -58,21 +58,27 @@ def _run_if(pred: tf.Tensor, fn: Callable[[], None]) -> None:
     def run(call, *args):
         call(*args)  # outputs would have to match the no-op branch's
 
+    def other(call=None):
+        if otherwise is not None:
+            otherwise() if call is None else call(otherwise)
+
     context = tf.distribute.get_replica_context()
     if context.num_replicas_in_sync == 1 or tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(pred, lambda: run(fn), lambda: None)
+        tf.cond(pred, lambda: run(fn), other)
         return
 
     def cross_replica(strategy, pred):
         decided = strategy.experimental_local_results(pred)[0]
-        tf.cond(decided, lambda: run(strategy.extended.call_for_each_replica, fn), lambda: None)
+        each = strategy.extended.call_for_each_replica
+        tf.cond(decided, lambda: run(each, fn), lambda: other(each))
 
     context.merge_call(cross_replica, args=(pred,))
 
 
 def all_finite(grads) -> tf.Tensor:
-    flags = [tf.reduce_all(tf.math.is_finite(_values(g))) for g in grads if g is not None]
-    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+    """One reduction per gradient: a sum is finite iff all its terms are (or it overflowed)."""
+    sums = [tf.reduce_sum(tf.cast(_values(g), tf.float32)) for g in grads if g is not None]
+    return tf.math.is_finite(tf.add_n(sums)) if sums else tf.constant(True)
 
 
 def _values(g):
@@ -244,7 +250,10 @@ class Updater:
 
         The count is the leading dimension of the batch's first tensor. A
         thread-local: MirroredStrategy traces each replica in its own thread.
+        Without accumulation the step is returned as it is.
         """
+        if self.accum_steps == 1:
+            return step
 
         def counted(batch):
             leaves = [t for t in tf.nest.flatten(batch) if getattr(t, "shape", None) is not None]
@@ -259,29 +268,46 @@ class Updater:
 
     # ---- replica context -----------------------------------------------------------
 
-    def apply(self, optimizer, grads, variables, loss: tf.Tensor) -> tf.Tensor:
-        """Runs the pipeline in the module docstring; returns whether this step was finite.
+    def apply(self, optimizer, grads, variables, loss: tf.Tensor, *, on_nonfinite=None) -> None:
+        """Runs the pipeline in the module docstring.
 
-        "Finite" means the loss, and without loss scaling the gradients, on all replicas.
+        on_nonfinite: called (in replica context, on every replica) when the
+        loss, or without loss scaling a gradient, is non-finite on any replica;
+        the update is then skipped. Off the common path: it sits in the
+        branch of the conditional that skips the update.
         """
         entry = self.entry(optimizer)
         grads, variables = list(grads), list(variables)
-        bad_loss = _flag(tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.cast(loss, tf.float32)))))
         with optimizers.pre_reduced():
+            if self.accum_steps == 1 and distribute.num_replicas() == 1:
+                self._update(entry, grads, variables, None, on_nonfinite, loss=loss)
+                return
+            bad_loss = _flag(tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.cast(loss, tf.float32)))))
             if self.accum_steps == 1:
                 present = [g for g in grads if g is not None]
                 reduced = distribute.all_reduce_sum([bad_loss, *present])
-                return self._update(entry, refill(grads, reduced[1:]), variables, reduced[0] == 0)
-            return self._accumulate(entry, grads, variables, bad_loss)
+                self._update(entry, refill(grads, reduced[1:]), variables, reduced[0] == 0, on_nonfinite)
+            else:
+                finite = self._accumulate(entry, grads, variables, bad_loss)
+                if on_nonfinite is not None:
+                    _run_if(tf.logical_not(finite), on_nonfinite)
 
-    def _update(self, entry: _Entry, grads: list, variables: list, finite_loss: tf.Tensor) -> tf.Tensor:
+    def _update(
+        self, entry: _Entry, grads: list, variables: list, finite_loss, on_nonfinite=None, *, loss=None
+    ) -> None:
+        """finite_loss: whether the loss was finite everywhere; None: check `loss` here (one replica)."""
         optimizer = entry.optimizer
         scale = precision.loss_scale(optimizer)
+        if finite_loss is None and scale is not None:
+            finite_loss = tf.reduce_all(tf.math.is_finite(tf.cast(loss, tf.float32)))
         if scale is None:
-            finite = tf.logical_and(finite_loss, all_finite(grads))
+            if finite_loss is None:  # one reduction for the loss and every gradient
+                finite = all_finite([tf.reduce_sum(tf.cast(loss, tf.float32)), *grads])
+            else:
+                finite = tf.logical_and(finite_loss, all_finite(grads))
             grads = entry.clipping(grads)
-            _run_if(finite, lambda: optimizer.apply(grads, variables))
-            return finite
+            _run_if(finite, lambda: optimizer.apply(grads, variables), on_nonfinite)
+            return
         # LossScaleOptimizer skips and halves the scale on non-finite gradients.
         index = next(i for i, g in enumerate(grads) if g is not None)
         grads[index] = _scale(grads[index], tf.where(finite_loss, 1.0, float("nan")))
@@ -289,7 +315,8 @@ class Updater:
             scale = tf.convert_to_tensor(scale)
             grads = [_scale(g, scale) for g in entry.clipping([_scale(g, 1.0 / scale) for g in grads])]
         optimizer.apply(grads, variables)
-        return finite_loss
+        if on_nonfinite is not None:
+            _run_if(tf.logical_not(finite_loss), on_nonfinite)
 
     def _accumulate(self, entry: _Entry, grads: list, variables: list, bad_loss: tf.Tensor) -> tf.Tensor:
         if entry.count is None:

@@ -38,10 +38,17 @@ class LossResult:
 
     def logs(self, prefix: str = "") -> dict[str, tf.Tensor]:
         """`loss`, `loss/<term>` and `loss/<term>/raw`, for logging."""
-        out = {f"{prefix}loss": tf.stop_gradient(self.total)}
+        stopped: dict[int, tf.Tensor] = {}  # a unit-weight term's value is its raw value: one tensor
+
+        def stop(value):
+            if id(value) not in stopped:
+                stopped[id(value)] = tf.stop_gradient(value)
+            return stopped[id(value)]
+
+        out = {f"{prefix}loss": stop(self.total)}
         for name, value in self.terms.items():
-            out[f"{prefix}loss/{name}"] = tf.stop_gradient(value)
-            out[f"{prefix}loss/{name}/raw"] = tf.stop_gradient(self.raw[name])
+            out[f"{prefix}loss/{name}"] = stop(value)
+            out[f"{prefix}loss/{name}/raw"] = stop(self.raw[name])
         return out
 
 
@@ -187,7 +194,7 @@ class Term(Loss):
     def weight_at(self, step: tf.Tensor) -> tf.Tensor:
         if not callable(self.weight):
             return tf.constant(float(self.weight), tf.float32)
-        value = tf.cast(self.weight(step), tf.float32)
+        value = tf.cast(self.weight(tf.convert_to_tensor(step)), tf.float32)  # step may be a variable
         if value.shape.rank != 0:
             raise ValueError(
                 f"Loss term {self.name!r}: its weight schedule returned shape {value.shape}; "
