@@ -1,4 +1,12 @@
-"""Bad input: each failure names its culprit and nothing is trained on NaN."""
+"""The error catalogue: each kind of bad input, the message it gets, and nothing lost.
+
+Every failure names its culprit; nothing is trained on NaN; input errors fail
+before training starts and leave the workdir as it was.
+"""
+
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -6,8 +14,12 @@ import pytest
 import tensorflow as tf
 
 from framework import losses
+from framework.checkpoint import CheckpointMismatch
+from framework.config import ConfigError
 
 from toys import ArrayTrainer, blobs, config, mlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def two_head_model():
@@ -135,3 +147,100 @@ def test_schedule_returning_a_vector_names_the_term():
     trainer = ArrayTrainer(config(), data=blobs(), model_fn=mlp, loss=loss)
     with pytest.raises(ValueError, match=r"Loss term 'ce': its weight schedule returned shape \(2,\)"):
         trainer.fit()
+
+
+# ---- before any work: each names the culprit and leaves the workdir as it was ------------
+
+
+def _snapshot(path):
+    if not os.path.exists(path):
+        return None
+    return sorted(
+        (os.path.relpath(os.path.join(r, f), path), os.path.getmtime(os.path.join(r, f)))
+        for r, _, fs in os.walk(path)
+        for f in fs
+    )
+
+
+class Structured(ArrayTrainer):
+    """Yields whatever `self.batches` makes of the arrays."""
+
+    def build_train_dataset(self, input_context):
+        return self.batches(tf.data.Dataset.from_tensor_slices(self.data)).batch(16)
+
+
+@pytest.mark.parametrize(
+    "batches, message",
+    [
+        (
+            lambda ds: ds.map(lambda x, y: x),
+            r"yields batches shaped like float32\(None, 6\); the default train_step expects \(x, y\)",
+        ),
+        (lambda ds: ds.map(lambda x, y: (x, y, x, y)), r"expects \(x, y\) or \(x, y, sample_weight\)"),
+        (lambda ds: ds.map(lambda x, y: (x, tf.strings.as_string(y))), r"yields y of dtype string"),
+    ],
+)
+def test_dataset_of_the_wrong_structure_or_dtype(tmp_path, batches, message):
+    trainer = Structured(config(), data=blobs(), model_fn=mlp, workdir=str(tmp_path / "w"))
+    trainer.batches = batches
+    with pytest.raises(TypeError, match=message):
+        trainer.fit()
+    assert _snapshot(tmp_path / "w") is None
+
+
+def test_labels_outside_the_class_range_fail_at_the_first_batch(tmp_path):
+    x, y = blobs()
+    y[5] = 3  # the model has 3 classes: 0, 1, 2
+    trainer = ArrayTrainer(config(), data=(x, y), model_fn=mlp, workdir=str(tmp_path / "w"))
+    with pytest.raises(
+        ValueError,
+        match=r"Loss term 'ce': the first training batch has class labels in \[0, 3\], but the model's output has 3 classes",
+    ):
+        trainer.fit()
+    assert _snapshot(tmp_path / "w") is None
+
+
+def test_batch_size_not_divisible_by_the_replicas():
+    cfg = config(batch_size=10, **{"distribution.strategy": "mirrored", "distribution.cpu_devices": 4})
+    with pytest.raises(ConfigError, match=r"config.batch_size=10 is not divisible by the 4 replicas"):
+        ArrayTrainer(cfg, data=blobs(), model_fn=mlp)
+
+
+def test_workdir_that_is_a_file_or_not_writable(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("keep me")
+    with pytest.raises(NotADirectoryError, match=r"--workdir .*file' is a file"):
+        ArrayTrainer(config(), data=blobs(), model_fn=mlp, workdir=str(afile))
+    assert afile.read_text() == "keep me"
+    with pytest.raises(PermissionError, match=r"--workdir '/proc/sys/framework-test' is not writable"):
+        ArrayTrainer(config(), data=blobs(), model_fn=mlp, workdir="/proc/sys/framework-test")
+
+
+def test_a_config_override_of_the_wrong_type(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "digits.py"), "--config=configs/digits.py",
+         f"--workdir={tmp_path / 'w'}", "--config.epochs=ten"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--config.epochs=ten" in result.stderr and "invalid literal for int()" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_another_experiments_checkpoints_are_refused_unless_allowed(tmp_path):
+    workdir = str(tmp_path / "w")
+    ArrayTrainer(config(epochs=1), data=blobs(), model_fn=mlp, workdir=workdir).fit()
+
+    class OtherExperiment(ArrayTrainer):
+        pass
+
+    before = _snapshot(workdir)
+    with pytest.raises(CheckpointMismatch, match=r"was written by ArrayTrainer, not OtherExperiment"):
+        OtherExperiment(config(epochs=1), data=blobs(), model_fn=mlp, workdir=workdir).fit()
+    assert _snapshot(workdir) == before
+    allowed = OtherExperiment(config(epochs=1, **{"checkpoint.allow_mismatch": True}), data=blobs(), model_fn=mlp,
+                              workdir=workdir)  # fmt: skip
+    allowed.fit()
+    assert allowed.resumed_at_step == 0 and allowed.step == 6
+    aside = [n for n in os.listdir(workdir) if n.startswith("checkpoints.set-aside-")]
+    assert len(aside) == 1 and os.listdir(os.path.join(workdir, aside[0], "6"))
