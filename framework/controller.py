@@ -93,7 +93,7 @@ class Controller:
         self.train_fn = loop.make_step_function(
             t.strategy, t._updater.counting_examples(t.train_step), where="train_step",
             on_step=lambda: t._step.assign_add(1),
-            should_stop=None if cfg.nan_policy == "skip" else lambda: t._nonfinite_step >= 0,
+            keep_going=None if cfg.nan_policy == "skip" else lambda: t._nonfinite_step < 0,
             jit_compile=xla == "step", finite_sums=cfg.nan_policy == "skip",
         )  # fmt: skip
         if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:

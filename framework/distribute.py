@@ -186,7 +186,7 @@ def all_reduce_sum(value):
     a loss built on all-reduced statistics must be divided by the replica
     count (see `losses.algebra`).
     """
-    if num_replicas() == 1:
+    if num_replicas() == 1 or not tf.nest.flatten(value):  # TF fails on an empty all-reduce
         return value
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
 

@@ -8,7 +8,7 @@ group of steps costs no retrace.
     train_fn(iterator, num_steps) -> (sums, last):
         logs = replica_step(next(iterator)) averaged over replicas  # step 1
         sums = logs
-        repeat num_steps - 1 times, or until `should_stop()` (tested in the loop condition):
+        repeat num_steps - 1 times while `keep_going()` (tested in the loop condition):
             logs = ...; sums += logs
         return sums, logs
 
@@ -62,7 +62,7 @@ def make_step_function(
     *,
     where: str,
     on_step: Callable[[], None] | None = None,
-    should_stop: Callable[[], tf.Tensor] | None = None,
+    keep_going: Callable[[], tf.Tensor] | None = None,
     jit_compile: bool = False,
     finite_sums: bool = False,
 ) -> Callable:
@@ -100,9 +100,9 @@ def make_step_function(
         return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], per_replica)
 
     def go_on(done, num_steps):
-        if should_stop is None:
+        if keep_going is None:
             return done < num_steps
-        return tf.logical_and(done < num_steps, tf.logical_not(should_stop()))
+        return tf.logical_and(done < num_steps, keep_going())
 
     @tf.function(autograph=True)
     def multi_step(iterator, num_steps):

@@ -77,8 +77,13 @@ def _run_if(pred: tf.Tensor, fn: Callable[[], None], otherwise: Callable[[], Non
 
 def all_finite(grads) -> tf.Tensor:
     """One reduction per gradient: a sum is finite iff all its terms are (or it overflowed)."""
-    sums = [tf.reduce_sum(tf.cast(_values(g), tf.float32)) for g in grads if g is not None]
+    sums = [_sum(g) for g in grads if g is not None]
     return tf.math.is_finite(tf.add_n(sums)) if sums else tf.constant(True)
+
+
+def _sum(g) -> tf.Tensor:
+    values = tf.cast(_values(g), tf.float32)
+    return values if values.shape.rank == 0 else tf.reduce_sum(values)
 
 
 def _values(g):
@@ -302,7 +307,8 @@ class Updater:
             finite_loss = tf.reduce_all(tf.math.is_finite(tf.cast(loss, tf.float32)))
         if scale is None:
             if finite_loss is None:  # one reduction for the loss and every gradient
-                finite = all_finite([tf.reduce_sum(tf.cast(loss, tf.float32)), *grads])
+                scalar = tf.cast(loss, tf.float32)
+                finite = all_finite([scalar if scalar.shape.rank == 0 else tf.reduce_sum(scalar), *grads])
             else:
                 finite = tf.logical_and(finite_loss, all_finite(grads))
             grads = entry.clipping(grads)

@@ -150,3 +150,15 @@ def test_run_outputs(tmp_path):
     assert epochs[0]["loss"] == pytest.approx(np.mean([r["loss"] for r in train[:2]]), rel=1e-6)
     for split in ("train", "eval"):
         assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(workdir, split)))
+
+
+def test_a_loss_without_per_example_terms_trains_alike_on_one_and_two_replicas():
+    from framework import losses
+
+    results = []
+    for strategy in ({}, {"distribution.strategy": "mirrored", "distribution.cpu_devices": 2}):
+        trainer = ArrayTrainer(config(**strategy), data=blobs(n=64), model_fn=mlp, loss=losses.L2(1e-2))
+        trainer.fit()  # biases get no gradient at all; nothing to all-reduce for the data terms
+        results.append(weights_of(trainer.model))
+    assert max_abs_diff(*results) <= 1e-7
+    assert max_abs_diff(results[0], weights_of(mlp())) > 0  # the kernels did shrink
