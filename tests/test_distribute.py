@@ -30,8 +30,8 @@ def _free_ports(count):
     return ports
 
 
-def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(tmp_path):
-    workdir = tmp_path / "run"
+def _run_workers(workdir, tmp_path, *flags, tag=""):
+    """Two worker processes on 127.0.0.1 running the script; returns their (stdout, stderr)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     workers = []
     try:
@@ -44,16 +44,14 @@ def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(
             }
             args = [
                 sys.executable, SCRIPT, f"--config={SCRIPT}", f"--workdir={workdir}", "--mode=train",
-                "--config.distribution.strategy=multi_worker", f"--weights_out={tmp_path}/w{index}.npz",
+                "--config.distribution.strategy=multi_worker", f"--weights_out={tmp_path}/w{index}{tag}.npz",
+                *flags,
             ]  # fmt: skip
             workers.append(
                 subprocess.Popen(
                     args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
                 )
             )
-        # Meanwhile, the single-process reference in this process.
-        reference = multiworker_script.BlobsTrainer(multiworker_script.get_config())
-        reference.fit()
         outputs = [w.communicate(timeout=240) for w in workers]
     finally:
         for w in workers:
@@ -62,15 +60,25 @@ def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(
                 w.communicate()
     for w, (_, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
-    assert "Final metrics:" in outputs[0][0] and "Final metrics:" not in outputs[1][0]  # the chief reports
+    return outputs
 
-    expected = reference.model.get_weights()
+
+def _assert_workers_hold(tmp_path, expected, tag=""):
     for index in range(2):
-        with np.load(tmp_path / f"w{index}.npz") as saved:
+        with np.load(tmp_path / f"w{index}{tag}.npz") as saved:
             weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         assert len(weights) == len(expected)
         for got, want in zip(weights, expected):
             np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(tmp_path):
+    workdir = tmp_path / "run"
+    reference = multiworker_script.BlobsTrainer(multiworker_script.get_config())
+    outputs = _run_workers(workdir, tmp_path)
+    reference.fit()
+    assert "Final metrics:" in outputs[0][0] and "Final metrics:" not in outputs[1][0]  # the chief reports
+    _assert_workers_hold(tmp_path, reference.model.get_weights())
 
     # Only the chief wrote to the shared workdir: one record per log point, one config.json.
     with open(workdir / "metrics.jsonl") as f:
@@ -79,6 +87,16 @@ def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(
     assert train_steps == [2, 4, 5, 6, 8, 10]  # every 2 steps and at the end of each 5-step epoch
     assert json.loads((workdir / "config.json").read_text())["distribution"]["strategy"] == "multi_worker"
     assert len(os.listdir(workdir / "train")) == 1  # one TensorBoard event file: the chief's
+
+    # Rerun with one more epoch: both workers restore the chief's checkpoint and go on.
+    assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()) == [5, 10]
+    outputs = _run_workers(workdir, tmp_path, "--config.epochs=3", tag="_resumed")
+    longer = multiworker_script.get_config()
+    longer.epochs = 3
+    reference = multiworker_script.BlobsTrainer(longer)
+    reference.fit()
+    assert "steps: 15 (5 this run)" in outputs[0][0]
+    _assert_workers_hold(tmp_path, reference.model.get_weights(), tag="_resumed")
 
 
 def test_global_batches_are_the_same_on_any_layout():
