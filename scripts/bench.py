@@ -165,6 +165,14 @@ def _runner(contestant: str, model_kind: str, batch: int, xla: bool):
     return epoch, lambda: multi.experimental_get_tracing_count()
 
 
+def _current_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def worker(contestant: str, model_kind: str, batch: int, xla: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, ROOT)
@@ -177,8 +185,9 @@ def worker(contestant: str, model_kind: str, batch: int, xla: bool) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         epoch()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"wall": wall, "cpu": cpu, "rss_mb": rss, "traces": traces()}), flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"wall": wall, "cpu": cpu, "rss_mb": peak, "now_mb": _current_rss_mb(), "traces": traces()}),
+              flush=True)  # fmt: skip
 
 
 # ---- orchestrator ---------------------------------------------------------------
@@ -236,10 +245,10 @@ def run_scenario(model_kind: str, batch: int, rounds: int, warmup: int, xla: boo
 
 
 def rss_growth(epochs: int) -> dict:
-    """Trainer.fit RSS after epoch 2 and after epoch `epochs` (MLP, batch 64)."""
+    """Trainer.fit resident memory after epoch 2 and after epoch `epochs` (MLP, batch 64)."""
     proc, _ = _spawn("fit_default", "mlp", 64, False)
     try:
-        rss = [_epoch(proc)["rss_mb"] for _ in range(epochs)]
+        rss = [_epoch(proc)["now_mb"] for _ in range(epochs)]
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)

@@ -49,8 +49,9 @@ class Big(framework.Trainer):
         return tf.data.Dataset.from_tensors((tf.zeros([1000]), tf.zeros([500]))).repeat(8).batch(8)
 
 
-def bench_save_restore(rounds: int) -> dict:
+def bench_save_restore(rounds: int, scale: float = 1.0) -> dict:
     cfg = framework.config.defaults()
+    cfg.model.scale = scale
     trainer = Big(cfg)
     trainer._build_state(trainer.build_train_dataset(tf.distribute.InputContext()).element_spec)
     groups = state.collect(trainer)
@@ -125,10 +126,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--examples", type=int, default=1_000_000)
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables for BENCHMARKS.md")
+    parser.add_argument("--quick", action="store_true", help="a small model and input (for CI)")
     args = parser.parse_args()
+    rounds, examples, scale = (1, 20_000, 0.1) if args.quick else (args.rounds, args.examples, 1.0)
     results = {
-        "save/restore": bench_save_restore(args.rounds),
-        "replay": bench_replay(args.examples, 256, epoch=4, skip=(args.examples // 256) // 2),
+        "save/restore": bench_save_restore(rounds, scale),
+        "replay": bench_replay(examples, 256, epoch=4, skip=(examples // 256) // 2),
     }
     for name, row in results.items():
         print(f"## {name}")
