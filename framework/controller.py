@@ -166,13 +166,20 @@ class Controller:
         return meta["step"]
 
     def save(
-        self, *, step_in_epoch: int = 0, sums: logs.Sums | None = None, metrics=None, final=False
+        self,
+        *,
+        step_in_epoch: int = 0,
+        sums: logs.Sums | None = None,
+        metrics=None,
+        final=False,
+        stopped_early=False,
     ) -> None:
         if self.checkpoints is None:
             return
         t = self.trainer
         meta = {
             "step": t.step, "epoch": t.epoch, "step_in_epoch": step_in_epoch, "final": final,
+            "stopped_early": stopped_early,
             "epoch_sums": dict(sums.sums) if sums else {}, "trainer": type(t).__name__,
         }  # fmt: skip
         if self.checkpoints.save(t.step, state.collect(t), meta, metrics):
@@ -182,6 +189,14 @@ class Controller:
     # ---- phases -------------------------------------------------------------------
 
     def fit(self, *, validate: bool = True, callbacks_: list | None = None) -> list[dict[str, float]]:
+        try:
+            return self._fit(validate, callbacks_)
+        finally:
+            if self.checkpoints is not None:
+                self.checkpoints.close()  # waits for pending writes; reopened on demand
+                self.checkpoints = None
+
+    def _fit(self, validate: bool, callbacks_: list | None) -> list[dict[str, float]]:
         t, cfg = self.trainer, self.config
         self.resume = None
         self._prepare_train()
@@ -191,6 +206,10 @@ class Controller:
         t._nonfinite_step.assign(-1)
         has_eval = validate and self.has_eval()
         epochs = 1 if self.debug.fast_dev_run else cfg.epochs
+        if self.resume and self.resume.get("stopped_early"):
+            logging.info("The run in %s was stopped early by a callback at epoch %d; nothing to train.",
+                         t.workdir, t.epoch)  # fmt: skip
+            return []
         hooks = callbacks.Hooks(
             t, [*t.build_callbacks(), *(callbacks_ or [])], epochs=epochs, steps=self.train_input.steps
         )
@@ -214,11 +233,8 @@ class Controller:
                 final = t.epoch == epochs or hooks.stop
                 due = ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0
                 if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
-                    self.save(metrics=epoch_logs, final=final)
+                    self.save(metrics=epoch_logs, final=final, stopped_early=hooks.stop)
         hooks.train_end(epoch_logs)
-        if self.checkpoints is not None:
-            self.checkpoints.close()  # waits for pending writes; reopened on demand
-            self.checkpoints = None
         return history
 
     def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:

@@ -252,3 +252,13 @@ def test_deterministic_runs_are_bitwise_equal():
 
 def test_losses_module_still_importable():
     assert losses.Term is not None
+
+
+def test_a_run_stopped_early_is_finished_for_a_rerun(tmp_path):
+    def stop():
+        return keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=1)
+
+    first = make(config(epochs=6), workdir=tmp_path)
+    assert len(first.fit(callbacks=[stop()])) == 2
+    again = make(config(epochs=6), workdir=tmp_path)
+    assert again.fit(callbacks=[stop()]) == [] and again.epoch == 2 and again.step == first.step
