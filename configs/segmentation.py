@@ -14,7 +14,7 @@ def get_config(arg: str = ""):
         raise ValueError(f"configs/segmentation.py: unknown variant {arg!r}; valid: '' (full), 'smoke'.")
     config = defaults()
     config.batch_size = 32
-    config.epochs = 15
+    config.epochs = 10
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 2e-3
     config.data.train_images = 2000
@@ -25,7 +25,10 @@ def get_config(arg: str = ""):
     config.task.bce_weight = 1.0
     config.checkpoint.best_metric = "val/iou"
     if arg == "smoke":
-        config.epochs = 3
-        config.data.train_images = 480
+        config.epochs = 4
+        config.batch_size = 16
+        config.optimizer.learning_rate = 3e-3
+        config.data.train_images = 960
         config.data.eval_images = 96
+        config.model.width = 8
     return config

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from common import batches
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
 import framework
+from common import batches
 from framework import losses
 
 

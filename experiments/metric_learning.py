@@ -15,10 +15,10 @@ python experiments/metric_learning.py --config=configs/metric_learning.py --work
 from __future__ import annotations
 
 import keras
-from common import batches
-from digits import digits_split
 
 import framework
+from common import batches
+from digits import digits_split
 from framework import losses, metrics
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-from common import batches
-from digits import digits_split
 
 import framework
+from common import batches
+from digits import digits_split
 from framework import losses
 
 

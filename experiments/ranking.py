@@ -18,9 +18,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 from absl import logging
-from common import batches
 
 import framework
+from common import batches
 from framework import losses, metrics
 
 RELEVANCE_QUANTILES = (0.6, 0.85, 0.95)  # below: 0; then 1, 2; above the last: 3

@@ -17,9 +17,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-from common import batches
 
 import framework
+from common import batches
 from framework import losses
 
 
