@@ -115,27 +115,26 @@ class GanTrainer(framework.Trainer):
     def build_eval_dataset(self, input_context):
         return batches(self.eval_data, input_context, self.config.batch_size)
 
-    def _discriminator_loss(self, real, fake):
-        real_scores = self.discriminator(real, training=True)
-        fake_scores = self.discriminator(fake, training=True)
+    def _discriminator_loss(self, real, fake, training=True):
+        real_scores = self.discriminator(real, training=training)
+        fake_scores = self.discriminator(fake, training=training)
         labels = {"real": tf.ones_like(real_scores), "fake": tf.zeros_like(fake_scores)}
-        return self.compute_loss(
-            labels, {"real": real_scores, "fake": fake_scores}, loss=self.d_loss, prefix="d_"
-        )
+        scores = {"real": real_scores, "fake": fake_scores}
+        return self.compute_loss(labels, scores, loss=self.d_loss, prefix="d_")
 
-    def _generator_loss(self, fake):
-        scores = self.discriminator(fake, training=True)
+    def _generator_loss(self, fake, training=True):
+        scores = self.discriminator(fake, training=training)
         return self.compute_loss(tf.ones_like(scores), scores, loss=self.g_loss, prefix="g_")
 
     def train_step(self, batch):
         noise, real = batch
+        fake = self.model(noise, training=True)  # outside the tape: no gradient to the generator
         with tf.GradientTape() as tape:
-            fake = self.model(noise, training=True)
-            d_loss, d_logs = self._discriminator_loss(real, tf.stop_gradient(fake))
+            d_loss, d_logs = self._discriminator_loss(real, fake)
         self.apply_gradients(tape, d_loss, optimizer=self.d_optimizer)  # the discriminator's variables
         with tf.GradientTape() as tape:
             fake = self.model(noise, training=True)
-            g_loss, g_logs = self._generator_loss(fake)
+            g_loss, g_logs = self._generator_loss(fake)  # against the updated discriminator
         self.apply_gradients(tape, g_loss)  # the trainer's optimizer: the generator's variables
         self.update_metrics(real, fake)
         return {**d_logs, **g_logs}
@@ -144,7 +143,8 @@ class GanTrainer(framework.Trainer):
         noise, real = batch
         fake = self.model(noise, training=False)
         self.update_metrics(real, fake)
-        return {**self._discriminator_loss(real, fake).logs, **self._generator_loss(fake).logs}
+        d_logs = self._discriminator_loss(real, fake, training=False).logs
+        return {**d_logs, **self._generator_loss(fake, training=False).logs}
 
 
 if __name__ == "__main__":

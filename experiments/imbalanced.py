@@ -64,9 +64,8 @@ class ImbalancedTrainer(framework.Trainer):
                 keras.Input((30,)),
                 keras.layers.Dense(self.config.model.hidden, activation="relu"),
                 keras.layers.Dropout(self.config.model.dropout),
-                keras.layers.Dense(
-                    1, activation="sigmoid", dtype="float32"
-                ),  # Keras metrics want probabilities
+                # Probabilities, not logits: F1Score, AUC and RecallAtPrecision threshold them.
+                keras.layers.Dense(1, activation="sigmoid", dtype="float32"),
             ],
             name="imbalanced_mlp",
         )
@@ -88,10 +87,13 @@ class ImbalancedTrainer(framework.Trainer):
 
     def build_metrics(self):
         precision = self.config.task.at_precision
+        f1 = keras.metrics.F1Score(average="micro", threshold=0.5, name="f1")  # one column: F1 of class 1
+        # F1Score creates its variables on first use, which a replica step under MirroredStrategy
+        # cannot do; build them here, under the strategy scope: one update with zeros, then reset.
+        f1.update_state(np.zeros((1, 1), "float32"), np.zeros((1, 1), "float32"))
+        f1.reset_state()
         return [
-            keras.metrics.F1Score(
-                average="micro", threshold=0.5, name="f1"
-            ),  # micro over 1 column: F1 of class 1
+            f1,
             keras.metrics.AUC(curve="PR", name="pr_auc"),
             keras.metrics.RecallAtPrecision(precision, name=f"recall_at_p{round(precision * 100)}"),
             keras.metrics.Precision(name="precision"),

@@ -6,9 +6,10 @@ features plus noise, cut at fixed quantiles (most items are irrelevant, few
 are perfect). A per-item MLP scores the items of a list independently; the
 pairwise logistic loss `losses.RankNet()` pushes every more relevant item
 above every less relevant one of the same list. NDCG@5
-(`framework.metrics.NDCG`) measures the ranking on held-out lists; the run
-logs the NDCG@5 that random scores get on the same lists, the baseline to
-beat.
+(`framework.metrics.NDCG`) measures the ranking on held-out lists; every
+evaluation also logs `ndcg_5_random`, the NDCG@5 that uniformly random scores
+get on the same lists (the same metric, averaged over 10 draws): the baseline
+to beat.
 
 python experiments/ranking.py --config=configs/ranking.py --workdir=runs/ranking
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 import framework
@@ -60,9 +62,9 @@ class RankingTrainer(framework.Trainer):
         )
         split = data.train_lists
         self.train_data, self.eval_data = (x[:split], relevance[:split]), (x[split:], relevance[split:])
-        self.random_ndcg = random_ndcg(relevance[split:], config.task.k, seed=config.seed)
-        logging.info("NDCG@%d of random scores on the eval lists: %.4f", config.task.k, self.random_ndcg)
-        super().__init__(config, workdir, **kwargs)
+        super().__init__(config, workdir, **kwargs)  # before any TensorFlow op: it sets up the devices
+        self.random_ndcg = random_ndcg(self.eval_data[1], self.config.task.k, seed=self.config.seed)
+        logging.info("NDCG@%d of random scores on the eval lists: %.4f", self.config.task.k, self.random_ndcg)
 
     def build_model(self):
         cfg = self.config
@@ -82,6 +84,13 @@ class RankingTrainer(framework.Trainer):
 
     def build_metrics(self):
         return [metrics.NDCG(self.config.task.k)]
+
+    def eval_step(self, batch):
+        # The baseline rides along: every evaluation logs val/ndcg_5_random beside val/ndcg_5.
+        return {
+            **super().eval_step(batch),
+            f"ndcg_{self.config.task.k}_random": tf.constant(self.random_ndcg),
+        }
 
     def build_train_dataset(self, input_context):
         return batches(self.train_data, input_context, self.config.batch_size, shuffle_seed=self.config.seed)

@@ -96,6 +96,7 @@ def test_ranking_beats_random_scores():
     trainer = smoke_trainer("ranking", "RankingTrainer")
     assert 0.15 <= trainer.random_ndcg <= 0.4
     val = final_eval(trainer.fit())
+    assert val["ndcg_5_random"] == pytest.approx(trainer.random_ndcg)
     assert val["ndcg_5"] >= trainer.random_ndcg + 0.2
 
 
