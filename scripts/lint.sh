@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 RUFF="${RUFF:-ruff}"
 common=(--line-length 110 --target-version py310)
 rules=(--select E,F,W,I,B,UP,SIM --ignore B905,SIM108,E501
-       --config "lint.isort.known-first-party = ['framework']"
+       --config "lint.isort.known-first-party = ['framework']" --config "src = ['.', 'experiments']"
        --config "lint.isort.known-local-folder = ['toys', 'conftest']")
 paths=(framework experiments configs tests scripts)
 if [[ "${1:-}" == "--fix" ]]; then

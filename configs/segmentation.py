@@ -1,0 +1,34 @@
+"""Circle segmentation on generated shapes: small U-Net, Dice + BCE.
+
+python experiments/segmentation.py --config=configs/segmentation.py --workdir=runs/segmentation
+python experiments/segmentation.py --config=configs/segmentation.py:smoke --workdir=/tmp/segmentation
+"""
+
+from framework.config import defaults
+
+VARIANTS = ("", "smoke")
+
+
+def get_config(arg: str = ""):
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/segmentation.py: unknown variant {arg!r}; valid: '' (full), 'smoke'.")
+    config = defaults()
+    config.batch_size = 32
+    config.epochs = 10
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-3
+    config.data.train_images = 2000
+    config.data.eval_images = 400
+    config.data.noise = 0.2
+    config.model.width = 16
+    config.task.dice_weight = 1.0
+    config.task.bce_weight = 1.0
+    config.checkpoint.best_metric = "val/iou"
+    if arg == "smoke":
+        config.epochs = 4
+        config.batch_size = 16
+        config.optimizer.learning_rate = 3e-3
+        config.data.train_images = 960
+        config.data.eval_images = 96
+        config.model.width = 8
+    return config
