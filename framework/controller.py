@@ -275,7 +275,7 @@ class Controller:
         every, save_every = self.config.log_every_steps, self.config.checkpoint.every_steps
         step = t.step
         while done < total and not hooks.stop:
-            n = min(total - done, *self._bounds(step, hooks))
+            n = self.train_input.call_sizes(done, min(self._bounds(step, hooks)))
             self._profile(step, before=True)
             hooks.batch_begin(done)
             call_start = time.perf_counter()
@@ -368,7 +368,7 @@ class Controller:
         total, done, sums = self.eval_input.steps, 0, logs.Sums()
         with optimizers.ema_weights(t.optimizer):
             while done < total:
-                n = min(self.steps_per_call(), total - done)
+                n = self.eval_input.call_sizes(done, self.steps_per_call())
                 call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
                 sums.add(call_sums, n)
                 done += n

@@ -97,6 +97,8 @@ class DistributedInput:
             self.present = False
             return
         self.element_spec = info["element_spec"]
+        leaves = [s for s in tf.nest.flatten(self.element_spec) if getattr(s, "shape", None) is not None]
+        self.static_batch = bool(leaves) and all(s.shape.rank and s.shape[0] is not None for s in leaves)
         self.cardinality = info["cardinality"]
         self.infinite = self.cardinality == tf.data.INFINITE_CARDINALITY
         self.steps = self._count_steps(info, hook, steps_per_epoch)
@@ -164,6 +166,20 @@ class DistributedInput:
 
             self._skip_fn = skip
         self._skip_fn(iterator, tf.constant(count, tf.int64))
+
+    def call_sizes(self, done: int, wanted: int) -> int:
+        """Steps for the next compiled call: at most `wanted`, and the epoch's last step alone.
+
+        Without a static batch size the last step may be a partial batch. A
+        collective (Triplet's all-gather) whose input shape changes between
+        iterations of one loop fails in TensorFlow, so that step never shares
+        a call with full ones; it costs one more call per epoch.
+        """
+        left = self.steps - done
+        n = min(wanted, left)
+        if not self.static_batch and not self.infinite and 1 < left <= n:
+            n = left - 1
+        return n
 
     def host_dataset(self) -> tf.data.Dataset:
         """The hook's dataset built anew for one replica (checks on a first batch)."""

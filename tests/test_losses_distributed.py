@@ -195,3 +195,27 @@ def test_naive_per_replica_reductions_differ(runs, replicas):
         parts = zip(_shards(y, SPLITS[replicas]), _shards(p, SPLITS[replicas]), _shards(w, SPLITS[replicas]))
         per_shard = np.mean([reference(a[name], b[name], c[name]) for a, b, c in parts])
         assert abs(per_shard - one_terms[name]) > 1e-2 * abs(one_terms[name]), name
+
+
+@pytest.mark.parametrize("examples", [44, 40])  # a partial last batch; an empty replica at the last step
+def test_all_gathering_terms_survive_a_partial_last_batch_inside_one_call(examples):
+    import framework
+
+    class T(framework.Trainer):
+        def build_model(self):
+            return keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+
+        def build_loss(self):
+            return losses.Triplet()
+
+        def build_train_dataset(self, ctx):
+            x = np.random.default_rng(0).normal(size=(examples, 8)).astype("float32")
+            y = np.arange(examples) % 3
+            return tf.data.Dataset.from_tensor_slices((x, y)).batch(ctx.get_per_replica_batch_size(16))
+
+    c = framework.config.defaults()
+    c.batch_size, c.epochs, c.steps_per_execution = 16, 2, 4
+    c.distribution.strategy, c.distribution.cpu_devices = "mirrored", 2
+    trainer = T(c)
+    trainer.fit()
+    assert trainer.step == 2 * 3
