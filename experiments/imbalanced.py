@@ -87,13 +87,8 @@ class ImbalancedTrainer(framework.Trainer):
 
     def build_metrics(self):
         precision = self.config.task.at_precision
-        f1 = keras.metrics.F1Score(average="micro", threshold=0.5, name="f1")  # one column: F1 of class 1
-        # F1Score creates its variables on first use, which a replica step under MirroredStrategy
-        # cannot do; build them here, under the strategy scope: one update with zeros, then reset.
-        f1.update_state(np.zeros((1, 1), "float32"), np.zeros((1, 1), "float32"))
-        f1.reset_state()
         return [
-            f1,
+            keras.metrics.F1Score(average="micro", threshold=0.5, name="f1"),  # one column: F1 of class 1
             keras.metrics.AUC(curve="PR", name="pr_auc"),
             keras.metrics.RecallAtPrecision(precision, name=f"recall_at_p{round(precision * 100)}"),
             keras.metrics.Precision(name="precision"),

@@ -44,10 +44,9 @@ class MetricLearningTrainer(framework.Trainer):
         task = self.config.task
         return losses.Triplet(margin=task.margin, mining=task.mining) + losses.L2(task.l2)
 
-    def build_metrics(self):
-        # Metrics see the training epochs too: the buffer must hold an epoch of either split.
-        capacity = max(len(self.train_data[1]), len(self.eval_data[1]))
-        return [metrics.RecallAtK([1, 5], dim=self.config.model.dim, capacity=capacity)]
+    def build_eval_metrics(self):
+        # Retrieval within the eval set: the buffer holds one evaluation's embeddings.
+        return [metrics.RecallAtK([1, 5], dim=self.config.model.dim, capacity=len(self.eval_data[1]))]
 
     def build_train_dataset(self, input_context):
         return batches(self.train_data, input_context, self.config.batch_size, shuffle_seed=self.config.seed)

@@ -103,7 +103,8 @@ class Controller:
                 "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
             )
         epochs = 1 if self.debug.fast_dev_run else cfg.epochs
-        schedules.fit_schedule(t.optimizer, epochs * self.train_input.steps // cfg.grad_accum_steps)
+        for _, optimizer in t._updater.named_optimizers():
+            schedules.fit_schedule(optimizer, epochs * self.train_input.steps // cfg.grad_accum_steps)
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
@@ -314,7 +315,10 @@ class Controller:
 
     def _optimizer_logs(self) -> dict[str, float]:
         t = self.trainer
-        out = {"lr": schedules.current_learning_rate(t.optimizer), **t._updater.logs()}
+        out = {}
+        for i, (name, optimizer) in enumerate(t._updater.named_optimizers()):
+            out["lr" if i == 0 else f"lr/{name}"] = schedules.current_learning_rate(optimizer)
+        out.update(t._updater.logs())
         if self.config.nan_policy == "skip":
             out["nonfinite_steps"] = float(t._nonfinite_count.numpy())
         return out
@@ -363,13 +367,17 @@ class Controller:
             self.eval_fn = loop.make_step_function(
                 t.strategy, t.eval_step, where="eval_step", jit_compile=xla == "step"
             )
-        t.reset_metrics()
+        t.reset_metrics("eval")
         iterator = self.eval_input.fresh_iterator()
         total, done, sums = self.eval_input.steps, 0, logs.Sums()
-        with optimizers.ema_weights(t.optimizer):
-            while done < total:
-                n = self.eval_input.call_sizes(done, self.steps_per_call())
-                call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
-                sums.add(call_sums, n)
-                done += n
-            return {**sums.means(), **t.metric_results()}
+        t._phase = "eval"  # the eval step is traced at its first call: it updates the eval metrics
+        try:
+            with optimizers.ema_weights(t.optimizer):
+                while done < total:
+                    n = self.eval_input.call_sizes(done, self.steps_per_call())
+                    call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
+                    sums.add(call_sums, n)
+                    done += n
+                return {**sums.means(), **t.metric_results("eval")}
+        finally:
+            t._phase = "train"

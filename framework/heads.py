@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 
 def select(value: Any, head: str | None, what: str, owner: str) -> Any:
     """`value[head]` for dict values; `value` itself for single-output ones."""
     if isinstance(value, dict):
+        if what == "sample_weight" and head is not None and head not in value:
+            return None  # as in Keras: a head without weights weighs every example 1
         if head is None:
             if len(value) == 1:
                 return next(iter(value.values()))
@@ -31,6 +34,13 @@ def select(value: Any, head: str | None, what: str, owner: str) -> Any:
             "or give the model named outputs."
         )
     return value
+
+
+def nan_mask(y_true: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(labels with NaN replaced by 0, per-example weight 0 where any label element is NaN)."""
+    finite = tf.math.is_finite(y_true)
+    valid = tf.reduce_all(finite, axis=list(range(1, y_true.shape.rank))) if y_true.shape.rank > 1 else finite
+    return tf.where(finite, y_true, tf.zeros_like(y_true)), tf.cast(valid, tf.float32)
 
 
 def model_heads(model: keras.Model) -> list[str] | None:
@@ -53,8 +63,15 @@ def check_loss_heads(model: keras.Model, loss) -> None:
             )
 
 
-def check_batch(y: Any, y_pred: Any, used_heads: set) -> None:
-    """Labels must be keyed like the model's outputs; missing labels for used heads fail."""
+def check_batch(y: Any, y_pred: Any, used_heads: set, sample_weight: Any = None) -> None:
+    """Labels (and weights) must be keyed like the model's outputs; missing labels for used heads fail."""
+    if isinstance(sample_weight, dict) and isinstance(y_pred, dict):
+        unknown = sorted(set(sample_weight) - set(y_pred))
+        if unknown:
+            raise ValueError(
+                f"The batch has sample weights for head {unknown[0]!r}, which the model does not have; "
+                f"the model's heads are {sorted(y_pred)}."
+            )
     if isinstance(y_pred, dict):
         if y is not None and not isinstance(y, dict):
             raise ValueError(

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 _SKIP_ATTRS = {
+    "eval_metrics",
     "model",
     "optimizer",
     "metrics",
@@ -69,7 +70,9 @@ def collect(trainer) -> dict[str, list]:
     groups: dict[str, list] = {
         "model": list(trainer.model.variables),
         "optimizer": list(trainer.optimizer.variables),
-        "metrics": [v for _, m in trainer.metrics for v in m.variables],
+        "metrics": list(
+            {id(v): v for _, m in trainer.metrics + trainer.eval_metrics for v in m.variables}.values()
+        ),
         "trainer": [trainer._step],
     }
     for name, optimizer in trainer._updater.named_optimizers()[1:]:

@@ -60,7 +60,13 @@ def _counter(name: str, initial: int) -> tf.Variable:
 
 
 class Trainer:
-    """Subclass and implement `build_model`, `build_train_dataset`, `build_loss`."""
+    """Subclass and implement `build_model`, `build_train_dataset`, `build_loss`.
+
+    A subclass's `__init__` may load data before calling `super().__init__`,
+    but should not run TensorFlow ops there: the strategy (and
+    `config.distribution.cpu_devices`) is set up in `Trainer.__init__`, and
+    logical devices cannot be created once TensorFlow has started.
+    """
 
     def __init__(
         self,
@@ -98,6 +104,11 @@ class Trainer:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
                 heads.check_loss_heads(self.model, self.loss)
             self.metrics = metrics.collect(self.model, self.build_metrics())
+            eval_metrics = self.build_eval_metrics()
+            self.eval_metrics = (
+                self.metrics if eval_metrics is None else metrics.collect(self.model, eval_metrics)
+            )
+            self._phase = "train"  # which metrics update_metrics() feeds while a step is traced
             self._step = _counter("step", 0)
             self._nonfinite_step = _counter("nonfinite_step", -1)
             self._nonfinite_count = _counter("nonfinite_count", 0)
@@ -121,7 +132,12 @@ class Trainer:
         return None
 
     def build_metrics(self) -> list | dict:
+        """Keras metrics (a list, or a dict head -> list), updated in train and eval steps."""
         return []
+
+    def build_eval_metrics(self) -> list | dict | None:
+        """Metrics for evaluation only (default None: the same as build_metrics())."""
+        return None
 
     def build_callbacks(self) -> list:
         """Keras callbacks and `framework.Periodic` hooks for every `fit()`."""
@@ -176,7 +192,7 @@ class Trainer:
         loss = loss if loss is not None else self.loss
         if loss is None:
             raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
-        heads.check_batch(y, y_pred, {t.head for t in loss.flat_terms()})
+        heads.check_batch(y, y_pred, {t.head for t in loss.flat_terms()}, sample_weight)
         result = loss(y, y_pred, sample_weight, model=self.model, step=self._step)
         return StepLoss(result.total, result.logs(prefix))
 
@@ -209,7 +225,12 @@ class Trainer:
 
     @tf.autograph.experimental.do_not_convert
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
-        metrics.update(self.metrics, y, y_pred, sample_weight)
+        """Updates the phase's metrics; a head whose loss masks NaN labels masks them here too."""
+        nan_masked = frozenset(t.head for t in (self.loss.flat_terms() if self.loss else []) if t.mask_nan)
+        metrics.update(self._phase_metrics(), y, y_pred, sample_weight, nan_masked=nan_masked)
+
+    def _phase_metrics(self, phase: str | None = None) -> metrics.Pairs:
+        return self.eval_metrics if (phase or self._phase) == "eval" else self.metrics
 
     # ---- state ---------------------------------------------------------------
 
@@ -217,20 +238,25 @@ class Trainer:
     def step(self) -> int:
         return int(self._step.numpy())
 
-    def metric_results(self) -> dict[str, float]:
-        """Current metric values (summed over replicas), read on the host."""
-        return metrics.read(self.metrics, self.strategy)
+    def metric_results(self, phase: str = "train") -> dict[str, float]:
+        """Current values of the train (or "eval") metrics, summed over replicas, read on the host."""
+        return metrics.read(self._phase_metrics(phase), self.strategy)
 
-    def reset_metrics(self) -> None:
-        metrics.reset(self.metrics)
+    def reset_metrics(self, phase: str = "train") -> None:
+        metrics.reset(self._phase_metrics(phase))
 
     def _build_state(self, element_spec) -> None:
         """Creates model and optimizer variables before anything is traced or restored."""
         with self.strategy.scope():
-            if not self.model.built:
-                x = keras.utils.unpack_x_y_sample_weight(element_spec)[0]
-                x = tf.nest.map_structure(lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), x)
-                self.model(x, training=False)
+            zeros = tf.nest.map_structure(
+                lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), element_spec
+            )
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(zeros)
+            unbuilt = [p for p in self.metrics + self.eval_metrics if not p[1].variables]
+            if not self.model.built or unbuilt:
+                y_pred = self.model(x, training=False)
+                if unbuilt and y is not None:
+                    metrics.build(unbuilt, y, y_pred)
             self._updater.build()
 
     # ---- phases (run by the Controller) --------------------------------------------

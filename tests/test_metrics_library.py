@@ -120,3 +120,85 @@ def test_ndcg_is_exact_under_mirrored_replicas(replicas):
     assert trainer.evaluate()["ndcg_5"] == pytest.approx(
         ndcg_score(relevance[valid], scores[valid], k=5), rel=1e-5
     )
+
+
+def _two_heads():
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    return keras.Model(inputs, {"cls": keras.layers.Dense(3)(hidden), "reg": keras.layers.Dense(1)(hidden)})
+
+
+def test_metrics_that_build_on_first_use_work_under_mirrored_replicas():
+    from toys import blobs
+
+    x, y = blobs(n=64)
+    yb = (y == 1).astype("float32")[:, None]
+
+    def model_fn():
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(1, activation="sigmoid")])
+
+    from framework import losses
+
+    trainer = ArrayTrainer(
+        config(**{"distribution.strategy": "mirrored", "distribution.cpu_devices": 2}),
+        data=(x, yb), eval_data=(x, yb), model_fn=model_fn,
+        loss=losses.Term(keras.losses.BinaryCrossentropy()),
+        metrics=lambda: [keras.metrics.F1Score(average="micro", threshold=0.5, name="f1")],
+    )  # fmt: skip
+    trainer.fit()
+    predicted = (trainer.model.predict(x, verbose=0) > 0.5).astype("float32")
+    tp = float(np.sum(predicted * yb))
+    expected = 2 * tp / (np.sum(predicted) + np.sum(yb))
+    assert trainer.evaluate()["f1"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_nan_masked_labels_are_left_out_of_the_heads_metrics_and_partial_weight_dicts():
+    from framework import losses
+
+    from toys import blobs
+
+    x, y = blobs(n=64)
+    cls = y.astype("float32")
+    cls[::3] = np.nan  # a third of the class labels are missing
+    data = (
+        x,
+        {"cls": cls, "reg": x[:, :1]},
+        {"reg": np.full(64, 2.0, "float32")},
+    )  # weights for one head only
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    trainer = ArrayTrainer(
+        config(epochs=2), data=data, eval_data=(x, {"cls": cls, "reg": x[:, :1]}), model_fn=_two_heads,
+        loss=losses.Term(ce, head="cls", mask_nan=True) + losses.Term(keras.losses.MeanSquaredError(), head="reg"),
+        metrics=lambda: {"cls": [keras.metrics.SparseCategoricalAccuracy(name="acc")]},
+    )  # fmt: skip
+    trainer.fit()
+    logs = trainer.evaluate()
+    valid = ~np.isnan(cls)
+    predicted = np.argmax(trainer.model.predict(x, verbose=0)["cls"], -1)
+    assert logs["cls/acc"] == pytest.approx(np.mean(predicted[valid] == y[valid]), abs=1e-6)
+
+
+def test_eval_only_metrics_are_not_updated_in_training():
+    from toys import blobs
+
+    class Count(keras.metrics.Metric):
+        def __init__(self):
+            super().__init__(name="count")
+            self.n = self.add_variable(shape=(), initializer="zeros", name="n")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.n.assign_add(tf.cast(tf.shape(y_true)[0], "float32"))
+
+        def result(self):
+            return tf.convert_to_tensor(self.n)
+
+    class EvalOnly(ArrayTrainer):
+        def build_eval_metrics(self):
+            return [Count()]
+
+    x, y = blobs(n=64)
+    trainer = EvalOnly(config(epochs=2), data=(x, y), eval_data=(x[:40], y[:40]), model_fn=lambda: __import__("toys").mlp(),
+                       metrics=lambda: [keras.metrics.SparseCategoricalAccuracy(name="acc")])  # fmt: skip
+    history = trainer.fit()
+    assert "count" not in history[-1] and "acc" in history[-1]
+    assert history[-1]["val/count"] == 40.0 and "val/acc" not in history[-1]

@@ -257,3 +257,35 @@ def test_an_optimizer_made_outside_the_strategy_scope_is_refused():
 
     with pytest.raises(ValueError, match=r"'outside' was created outside the trainer's strategy scope"):
         Outside(config(**_dist(2)))
+
+
+def test_a_second_optimizers_learning_rate_is_logged():
+    import framework
+    from framework import losses
+
+    class Two(framework.Trainer):
+        def build_model(self):
+            return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(1)])
+
+        def build_optimizer(self):
+            self.second = self.add_optimizer(keras.optimizers.SGD(0.5), lambda: self.model.layers[1].trainable_variables,
+                                             name="head")  # fmt: skip
+            return keras.optimizers.SGD(0.1)
+
+        def build_loss(self):
+            return losses.Term(keras.losses.MeanSquaredError())
+
+        def train_step(self, batch):
+            x, y = batch
+            with tf.GradientTape(persistent=True) as tape:
+                loss, logs = self.compute_loss(y, self.model(x, training=True))
+            self.apply_gradients(tape, loss, variables=self.model.layers[0].trainable_variables)
+            self.apply_gradients(tape, loss, optimizer=self.second)
+            return logs
+
+        def build_train_dataset(self, ctx):
+            x = np.ones((8, 3), "float32")
+            return tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(4)
+
+    history = Two({"epochs": 1}).fit()
+    assert history[0]["lr"] == pytest.approx(0.1) and history[0]["lr/head"] == pytest.approx(0.5)

@@ -66,20 +66,10 @@ def broadcast_weight(weight: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(weight, tf.shape(values))
 
 
-def _nan_mask(y_true: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(labels with NaN replaced by 0, per-example weight 0 where any NaN)."""
-    finite = tf.math.is_finite(y_true)
-    if y_true.shape.rank > 1:
-        valid = tf.reduce_all(finite, axis=list(range(1, y_true.shape.rank)))
-    else:
-        valid = finite
-    return tf.where(finite, y_true, tf.zeros_like(y_true)), tf.cast(valid, tf.float32)
-
-
 def _with_nan_mask(term, y_true, weight):
     if not (term.mask_nan and y_true.dtype.is_floating):
         return y_true, weight
-    y_true, valid = _nan_mask(y_true)
+    y_true, valid = heads.nan_mask(y_true)
     return y_true, valid if weight is None else weight * broadcast_weight(valid, weight)
 
 

@@ -50,16 +50,44 @@ def name(head: str | None, metric: keras.metrics.Metric) -> str:
     return f"{head}/{metric.name}" if head else metric.name
 
 
-def update(pairs: Pairs, y, y_pred, sample_weight=None) -> None:
-    """Updates every metric with its head's labels, predictions and weights (replica context)."""
+def update(pairs: Pairs, y, y_pred, sample_weight=None, *, nan_masked: frozenset = frozenset()) -> None:
+    """Updates every metric with its head's labels, predictions and weights (replica context).
+
+    nan_masked: heads whose NaN labels mean "missing" (a loss term with
+    `mask_nan=True`): those examples are left out of the head's metrics too.
+    """
     for head, metric in pairs:
         owner = f"Metric {metric.name!r}"
         weight = None if sample_weight is None else heads.select(sample_weight, head, "sample_weight", owner)
-        metric.update_state(
-            heads.select(y, head, "batch labels", owner),
-            heads.select(y_pred, head, "model output", owner),
-            sample_weight=weight,
-        )
+        labels = heads.select(y, head, "batch labels", owner)
+        if head in nan_masked and labels.dtype.is_floating:
+            labels, valid = heads.nan_mask(labels)
+            weight = valid if weight is None else tf.cast(weight, tf.float32) * valid
+        metric.update_state(labels, heads.select(y_pred, head, "model output", owner), sample_weight=weight)
+
+
+def build(pairs: Pairs, y, y_pred) -> None:
+    """Creates the variables of metrics that make them on first use (F1Score, AUC(multi_label)).
+
+    Variables created while tracing a replica step would not be distributed;
+    one eager update on `y` / `y_pred` (example zeros) and a reset create them here.
+    """
+    for head, metric in pairs:
+        if metric.variables:
+            continue
+        owner = f"Metric {metric.name!r}"
+        try:
+            metric.update_state(
+                heads.select(y, head, "batch labels", owner),
+                heads.select(y_pred, head, "model output", owner),
+            )
+        except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+            raise ValueError(
+                f"{owner} creates its variables on first use, and an update with labels and predictions "
+                f"shaped like the model's failed ({type(e).__name__}: {e}); build it in build_metrics() "
+                "with one update_state on example values and a reset_state()."
+            ) from None
+        metric.reset_state()
 
 
 def read(pairs: Pairs, strategy: tf.distribute.Strategy) -> dict[str, float]:
