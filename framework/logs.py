@@ -61,6 +61,7 @@ class RunLog:
         self.enabled = enabled and workdir is not None
         self.workdir = workdir
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        self._scalar_fns: dict[tuple, object] = {}
         if self.enabled:
             tf.io.gfile.makedirs(workdir)  # gfile: the workdir may be a gs:// bucket
             self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
@@ -79,16 +80,31 @@ class RunLog:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if kind == "epoch":
+            for writer in self._writers.values():  # the epoch's scalars are on disk at its end
+                writer.flush()
             return  # its values were written at their own log points
         train = {k: v for k, v in logs.items() if not k.startswith("val/")}
         evals = {k[len("val/") :]: v for k, v in logs.items() if k.startswith("val/")}
         for split, values in (("train", train), ("eval", evals)):
-            if not values:
-                continue
-            with self._writer(split).as_default(step=step):
-                for name, value in values.items():
-                    tf.summary.scalar(name, value)
-            self._writers[split].flush()
+            if values:
+                self._scalars(split, tuple(values))(
+                    tf.constant(step, tf.int64), tf.constant(list(values.values()), tf.float32)
+                )
+
+    def _scalars(self, split: str, names: tuple):
+        """One compiled call writes every scalar of a log point (eager ops per scalar cost ~0.2 ms each)."""
+        key = (split, names)
+        if key not in self._scalar_fns:
+            writer = self._writer(split)
+
+            @tf.function
+            def write(step, values):
+                with writer.as_default(step=step):
+                    for i, name in enumerate(names):
+                        tf.summary.scalar(name, values[i])
+
+            self._scalar_fns[key] = write
+        return self._scalar_fns[key]
 
     def close(self) -> None:
         if self.enabled:

@@ -125,9 +125,17 @@ class StepFunction:
 
     def __init__(self, function, aliases: dict[str, str]):
         self.function, self.aliases = function, aliases
+        self._concrete = None
 
     def __call__(self, iterator, num_steps):
-        sums, last = self.function(iterator, num_steps)
+        # After the first call, the traced function is called directly: every
+        # epoch's iterator has the same spec, and skipping tf.function's
+        # dispatch saves ~0.1 ms per call.
+        if self._concrete is None:
+            sums, last = self.function(iterator, num_steps)
+            self._concrete = self.function.get_concrete_function(iterator, num_steps)
+        else:
+            sums, last = self._concrete(iterator, num_steps)
         return self._expand(sums), self._expand(last)
 
     def _expand(self, logs: dict) -> dict:
