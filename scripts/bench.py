@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--xla", action="store_true", help="fit_tuned also compiles with XLA")
     parser.add_argument("--quick", action="store_true", help="MLP batch 64 only, 2 rounds (for CI)")
+    parser.add_argument("--only", help="comma-separated scenarios, e.g. mlp/64,cnn/512")
     parser.add_argument("--json", help="write results here")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
@@ -269,6 +270,9 @@ def main() -> None:
         worker(args.worker[0], args.worker[1], int(args.worker[2]), args.xla)
         return
     scenarios = SCENARIOS[:1] if args.quick else SCENARIOS
+    if args.only:
+        wanted = {tuple(item.split("/")) for item in args.only.split(",")}
+        scenarios = [(m, b) for m, b in scenarios if (m, str(b)) in wanted]
     rounds = 2 if args.quick else args.rounds
     contestants = ["fit_default", "bare", "keras_spe32"] if args.quick else CONTESTANTS
     results = {}
@@ -276,7 +280,7 @@ def main() -> None:
         key = f"{model_kind}/batch{batch}"
         results[key] = run_scenario(model_kind, batch, rounds, args.warmup, args.xla, contestants)
         _print(key, results[key], args.markdown)
-    if not args.quick:
+    if not args.quick and not args.only:
         results["rss"] = rss_growth(20)
         print(f"RSS (fit_default, MLP batch 64): {results['rss']}")
     if args.json:
