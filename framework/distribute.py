@@ -191,13 +191,5 @@ def all_reduce_sum(value):
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-def all_true(flag):
-    """True on every replica iff `flag` (a boolean scalar) is true on all of them."""
-    if num_replicas() == 1:
-        return flag
-    failures = tf.cast(tf.logical_not(flag), tf.float32)
-    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, failures) == 0
-
-
 def log_strategy(strategy: tf.distribute.Strategy) -> None:
     logging.info("Distribution: %s", describe(strategy))

@@ -147,17 +147,6 @@ class StepFunction:
         return self.function.experimental_get_tracing_count()
 
 
-def make_skip_function(strategy: tf.distribute.Strategy) -> Callable:
-    """`fn(iterator, num_steps)` that draws and drops batches (resuming mid-epoch)."""
-
-    @tf.function
-    def skip(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            strategy.run(lambda batch: None, args=(next(iterator),))
-
-    return skip
-
-
 def xla_plan(
     strategy: tf.distribute.Strategy, jit_compile: bool, *, custom_step: bool, where: str
 ) -> str | None:

@@ -79,6 +79,7 @@ class Trainer:
         checks.workdir(workdir)
         self.workdir = workdir
         self.strategy = strategy or distribute.make_strategy(self.config.distribution)
+        distribute.log_strategy(self.strategy)
         checks.batch_size(self.config, self.strategy)
         self.is_chief = distribute.is_chief(self.strategy)
         keras.utils.set_random_seed(self.config.seed)
