@@ -6,12 +6,11 @@ import glob
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import framework
 from framework import losses
 
-from toys import ArrayTrainer, blobs, config, max_abs_diff, mlp, weights_of
+from toys import ArrayTrainer, ExampleCount, blobs, config, max_abs_diff, mlp, weights_of
 
 
 def make(cfg=None, *, n=96, eval_n=48, workdir=None, data=None, **kwargs):
@@ -194,20 +193,10 @@ def test_profiler_writes_a_trace_of_the_steps(tmp_path):
     assert glob.glob(str(tmp_path / "plugins" / "profile" / "*" / "*.xplane.pb"))
 
 
-class Count(keras.metrics.Metric):
-    def __init__(self):
-        super().__init__(name="count")
-        self.n = self.add_variable(shape=(), initializer="zeros", name="n")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        self.n.assign_add(tf.cast(tf.shape(y_true)[0], "float32"))
-
-    def result(self):
-        return tf.convert_to_tensor(self.n)
-
-
 def test_fast_dev_run_limits_and_writes_no_checkpoints(tmp_path):
-    trainer = make(config(epochs=5, **{"debug.fast_dev_run": 2}), workdir=tmp_path, metrics=lambda: [Count()])
+    trainer = make(
+        config(epochs=5, **{"debug.fast_dev_run": 2}), workdir=tmp_path, metrics=lambda: [ExampleCount()]
+    )
     history = trainer.fit()
     assert len(history) == 1 and trainer.step == 2
     assert history[0]["count"] == 32 and history[0]["val/count"] == 32
@@ -216,7 +205,7 @@ def test_fast_dev_run_limits_and_writes_no_checkpoints(tmp_path):
 
 def test_limit_train_and_eval_steps():
     cfg = config(epochs=2, **{"debug.limit_train_steps": 4, "debug.limit_eval_steps": 1})
-    trainer = make(cfg, metrics=lambda: [Count()])
+    trainer = make(cfg, metrics=lambda: [ExampleCount()])
     history = trainer.fit()
     assert trainer.step == 8 and history[-1]["count"] == 64 and history[-1]["val/count"] == 16
 

@@ -8,7 +8,7 @@ from sklearn.metrics import ndcg_score
 
 from framework.metrics import NDCG, RecallAtK
 
-from toys import ArrayTrainer, config
+from toys import ArrayTrainer, ExampleCount, config
 
 
 def recall_at_k_numpy(emb, labels, k):
@@ -181,20 +181,9 @@ def test_nan_masked_labels_are_left_out_of_the_heads_metrics_and_partial_weight_
 def test_eval_only_metrics_are_not_updated_in_training():
     from toys import blobs
 
-    class Count(keras.metrics.Metric):
-        def __init__(self):
-            super().__init__(name="count")
-            self.n = self.add_variable(shape=(), initializer="zeros", name="n")
-
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            self.n.assign_add(tf.cast(tf.shape(y_true)[0], "float32"))
-
-        def result(self):
-            return tf.convert_to_tensor(self.n)
-
     class EvalOnly(ArrayTrainer):
         def build_eval_metrics(self):
-            return [Count()]
+            return [ExampleCount()]
 
     x, y = blobs(n=64)
     trainer = EvalOnly(config(epochs=2), data=(x, y), eval_data=(x[:40], y[:40]), model_fn=lambda: __import__("toys").mlp(),

@@ -6,9 +6,8 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from toys import ArrayTrainer, blobs, config, max_abs_diff, mlp, weights_of
+from toys import ArrayTrainer, ExampleCount, blobs, config, max_abs_diff, mlp, weights_of
 
 
 def test_fit_matches_keras_fit_with_sgd():
@@ -57,20 +56,6 @@ def test_one_and_two_replicas_reach_the_same_weights():
     assert two.strategy.num_replicas_in_sync == 2
     assert max_abs_diff(weights_of(one.model), weights_of(two.model)) <= 2e-6
     assert h1[-1]["loss"] == pytest.approx(h2[-1]["loss"], abs=1e-6)
-
-
-class ExampleCount(keras.metrics.Metric):
-    """Counts the examples it has seen since its last reset."""
-
-    def __init__(self, name="count"):
-        super().__init__(name=name)
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        self.count.assign_add(tf.cast(tf.shape(y_true)[0], "float32"))
-
-    def result(self):
-        return self.count
 
 
 @pytest.mark.parametrize("replicas", [1, 2])

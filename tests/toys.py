@@ -91,3 +91,17 @@ def weights_of(model):
 
 def max_abs_diff(a, b):
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+class ExampleCount(keras.metrics.Metric):
+    """Counts the examples it has seen since its last reset."""
+
+    def __init__(self, name="count"):
+        super().__init__(name=name)
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.count.assign_add(tf.cast(tf.shape(y_true)[0], "float32"))
+
+    def result(self):
+        return self.count
