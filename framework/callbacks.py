@@ -78,6 +78,11 @@ class Hooks:
         )
         trainer.model.stop_training = False
 
+    @property
+    def wants_batches(self) -> bool:
+        """Whether anything listens after each compiled call (else its logs need not be computed)."""
+        return self.active or bool(self.periodic)
+
     def steps_to_next(self, step: int) -> int | None:
         bounds = [b for b in (p.steps_to_next(step) for p in self.periodic) if b]
         return min(bounds) if bounds else None

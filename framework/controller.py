@@ -299,10 +299,12 @@ class Controller:
                 interval, interval_start = logs.Sums(), time.perf_counter()
             else:
                 progress.update(done)
-            batch_logs = dict(point or logs.Sums.of(sums, n).means())
-            if self.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
-                batch_logs["loss"], self.skipped_in_call = float("nan"), False
-            hooks.batch_end(done - 1, step, batch_logs)
+            if hooks.wants_batches:
+                batch_logs = dict(point or logs.Sums.of(sums, n).means())
+                if self.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
+                    batch_logs["loss"] = float("nan")
+                hooks.batch_end(done - 1, step, batch_logs)
+            self.skipped_in_call = False
             if preemption.requested:
                 self.save(step_in_epoch=done, sums=epoch)
                 if self.checkpoints is not None:

@@ -307,8 +307,7 @@ class Updater:
             finite_loss = tf.reduce_all(tf.math.is_finite(tf.cast(loss, tf.float32)))
         if scale is None:
             if finite_loss is None:  # one reduction for the loss and every gradient
-                scalar = tf.cast(loss, tf.float32)
-                finite = all_finite([scalar if scalar.shape.rank == 0 else tf.reduce_sum(scalar), *grads])
+                finite = all_finite([loss, *grads])
             else:
                 finite = tf.logical_and(finite_loss, all_finite(grads))
             grads = entry.clipping(grads)
