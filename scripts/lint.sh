@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# ruff format check + lint over the project's Python. Pass --fix to rewrite in place.
+# ruff lint + format check over the project's Python (settings: pyproject.toml). --fix rewrites in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUFF="${RUFF:-ruff}"
-common=(--line-length 110 --target-version py310)
-rules=(--select E,F,W,I,B,UP,SIM --ignore B905,SIM108,E501
-       --config "lint.isort.known-first-party = ['framework']" --config "src = ['.', 'experiments']"
-       --config "lint.isort.known-local-folder = ['toys', 'conftest']")
 paths=(framework experiments configs tests scripts)
 if [[ "${1:-}" == "--fix" ]]; then
-  "$RUFF" check --fix "${common[@]}" "${rules[@]}" "${paths[@]}"
-  "$RUFF" format "${common[@]}" "${paths[@]}"
+  "$RUFF" check --fix "${paths[@]}"
+  "$RUFF" format "${paths[@]}"
 else
-  "$RUFF" check "${common[@]}" "${rules[@]}" "${paths[@]}"
-  "$RUFF" format --check "${common[@]}" "${paths[@]}"
+  "$RUFF" check "${paths[@]}"
+  "$RUFF" format --check "${paths[@]}"
 fi
