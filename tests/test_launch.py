@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -143,6 +145,8 @@ def test_a_terminal_shows_progress_epochs_and_checkpoints_and_eval_reuses_the_ru
 ONE_FILE_SCRIPT = """
 import sys
 
+import pytest
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -202,3 +206,24 @@ def test_a_one_file_script_runs_with_its_own_config_from_absl_and_from_plain_pyt
     assert sum("Checkpoint at step" in line for line in lines) == 2
     assert sum("epoch 2/2 step" in line for line in lines) >= 1  # the progress lines
     assert not any(word in result.stderr for word in LIBRARY_INTERNALS), result.stderr
+
+
+def test_a_misspelt_key_over_the_scripts_own_config_fails_before_any_work(capsys):
+    import framework
+    from framework import launch
+
+    def get_config():
+        config = framework.config.defaults()
+        config.model.hidden = 16
+        return config
+
+    def never_built(*args, **kwargs):
+        raise AssertionError("the trainer was built")
+
+    with pytest.raises(SystemExit) as exit_info:
+        launch.run(
+            never_built, ["blobs.py", "--workdir=/tmp/x", "--config.model.hiden=8"], get_config=get_config
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "FATAL --config.model.hiden: config.model has no key 'hiden'. Did you mean 'hidden'?" in err
