@@ -34,7 +34,11 @@ STATE_KEYS = ("model", "task", "data", "seed", "precision", "optimizer", "grad_a
 
 
 def _optimizer_record(optimizer: keras.optimizers.Optimizer) -> dict:
-    return keras.optimizers.serialize(optimizers.inner(optimizer))
+    inner = optimizers.inner(optimizer)
+    try:
+        return keras.optimizers.serialize(inner)
+    except Exception as e:  # noqa: BLE001 - a custom optimizer's get_config must not stop training
+        return {"class_name": type(inner).__name__, "config": None, "unrecorded": f"{type(e).__name__}: {e}"}
 
 
 def record(trainer) -> dict:
