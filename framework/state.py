@@ -42,6 +42,7 @@ _SKIP_ATTRS = {
     "_nonfinite_count",
     "_updater",
     "_given_attributes",
+    "_forward",  # the model, or its compiled forward pass
 }
 _MAX_DEPTH, _MAX_ITEMS = 3, 64  # don't wander through a trainer's data arrays
 
