@@ -7,9 +7,11 @@ overridden, `optimizer` holds that optimizer's Keras config (`built_by`,
 `added_optimizers` the ones registered with `add_optimizer`.
 
 `eval`, `continuous_eval` and `export` on a workdir start from that record
-(`for_mode`): the run's model, task, best metric and optimizer, whatever the
-config file says now. Command-line overrides go on top, with a warning where
-they change something the checkpoints depend on.
+(`for_mode`): the run's model, task, data, seed, precision, optimizer and
+checkpoint settings (its best metric), whatever the config file says now; where
+and how to run (distribution, batch size, debug limits) comes from the command
+line. Command-line overrides go on top, with a warning where they change
+something the checkpoints depend on.
 """
 
 from __future__ import annotations
@@ -118,20 +120,28 @@ def wait_for(workdir: str, timeout_secs: float, poll_secs: float = 1.0) -> bool:
 def for_mode(
     config: ml_collections.ConfigDict, overrides: Mapping[str, Any], workdir: str
 ) -> ml_collections.ConfigDict:
-    """The run's recorded config with `overrides` (path -> value) on top; `config` when none is recorded.
+    """The command line's config with the run's recorded `STATE_KEYS`, then `overrides` on top.
 
-    config: the config the command line gives (its file and overrides), used
-      where the record has nothing: no `config.json`, or an optimizer the
-      trainer builds itself.
+    What the run is (model, task, data, seed, precision, optimizer, checkpoint
+    settings) comes from `workdir/config.json`; where and how to run it
+    (distribution, batch size, debug limits, XLA) from the command line.
+
+    Args:
+      config: the config the command line gives (its file and overrides); returned
+        as it is when the workdir has no `config.json`.
+      overrides: the command line's `--config.x=` values, path -> value.
+      workdir: the run's workdir.
+
+    Returns:
+      The config to build the trainer with.
     """
     recorded = load(workdir)
     if recorded is None:
         return config
     like = config.to_dict()
-    if "optimizer" not in recorded:
-        recorded["optimizer"] = like["optimizer"]
+    merged = {**like, **{key: recorded[key] for key in STATE_KEYS if key in recorded}}
     try:
-        base = config_lib.resolve(_retyped(recorded, like))
+        base = config_lib.resolve(_retyped(merged, like))
     except config_lib.ConfigError as e:
         raise config_lib.ConfigError(f"{os.path.join(workdir, FILENAME)}: {e}") from None
     changed = []

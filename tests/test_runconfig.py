@@ -42,12 +42,15 @@ def test_later_modes_start_from_the_recorded_config_with_overrides_on_top(tmp_pa
     trained = config(**{"model.widths": (4, 8), "optimizer.boundaries": (3,), "optimizer.rates": (0.1, 0.01),
                         "optimizer.schedule": "piecewise", "checkpoint.best_metric": "loss"})  # fmt: skip
     ArrayTrainer(trained, data=blobs(n=32), model_fn=mlp, workdir=str(tmp_path)).fit()
-    given = config(**{"model.widths": (4, 8), "batch_size": 8})  # the config file now, plus overrides
+    # The config file now (edited since), plus overrides: what the run is comes from its record,
+    # where and how to run from the command line.
+    given = config(**{"model.widths": (2, 2), "batch_size": 8, "debug.limit_eval_steps": 1})
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         merged = runconfig.for_mode(given, {"batch_size": 8}, str(tmp_path))
     assert merged.checkpoint.best_metric == "loss" and merged.optimizer.schedule == "piecewise"
     assert merged.optimizer.boundaries == (3,) and merged.model.widths == (4, 8) and merged.batch_size == 8
+    assert merged.debug.limit_eval_steps == 1
     assert not [
         r for r in caplog.records if r.levelno >= logging.WARNING
     ]  # batch_size does not change what the checkpoints hold
