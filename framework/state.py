@@ -43,6 +43,8 @@ _SKIP_ATTRS = {
     "_updater",
     "_given_attributes",
     "_forward",  # the model, or its compiled forward pass
+    "checkpoint_include",
+    "checkpoint_exclude",
 }
 _MAX_DEPTH, _MAX_ITEMS = 3, 64  # don't wander through a trainer's data arrays
 
@@ -82,9 +84,9 @@ def _walk(value: Any, prefix: str, out: dict[str, list], left_out: Callable, dep
 
 def _named_attributes(trainer) -> tuple[set[str], set[str]]:
     cls = type(trainer)
-    include, exclude = set(cls.checkpoint_include), set(cls.checkpoint_exclude)
+    include, exclude = set(trainer.checkpoint_include), set(trainer.checkpoint_exclude)
     for which, names in (("checkpoint_include", include), ("checkpoint_exclude", exclude)):
-        if isinstance(getattr(cls, which), str):
+        if isinstance(getattr(trainer, which), str):
             raise TypeError(f"{cls.__name__}.{which} must be a tuple of attribute names, not a string.")
         unknown = sorted(n for n in names if not hasattr(trainer, n))
         if unknown:
