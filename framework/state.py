@@ -63,23 +63,25 @@ def _variables_of(value: Any) -> list | None:
     return None
 
 
-def _walk(value: Any, prefix: str, out: dict[str, list], left_out: Callable, depth: int = 0) -> None:
-    """Collects variable holders under `value`; `left_out(model)` says why a model is not state."""
+def _walk(
+    value: Any, prefix: str, out: dict[str, list], skipped: dict[str, str], why_not: Callable, depth: int = 0
+) -> None:
+    """Collects variable holders under `value` into `out`; models `why_not(model)` names go to `skipped`."""
     found = _variables_of(value)
     if found is not None:
-        reason = left_out(value) if isinstance(value, keras.Model) else None
+        reason = why_not(value) if isinstance(value, keras.Model) else None
         if reason:
-            out[prefix] = reason
+            skipped[prefix] = reason
         else:
             out[prefix] = found
     elif depth >= _MAX_DEPTH or not isinstance(value, (list, tuple, dict)) or len(value) > _MAX_ITEMS:
         return
     elif isinstance(value, dict):
         for key in sorted(value, key=str):
-            _walk(value[key], f"{prefix}.{key}", out, left_out, depth + 1)
+            _walk(value[key], f"{prefix}.{key}", out, skipped, why_not, depth + 1)
     else:
         for i, item in enumerate(value):
-            _walk(item, f"{prefix}.{i}", out, left_out, depth + 1)
+            _walk(item, f"{prefix}.{i}", out, skipped, why_not, depth + 1)
 
 
 def _named_attributes(trainer) -> tuple[set[str], set[str]]:
@@ -130,15 +132,14 @@ def collect(trainer) -> dict[str, list]:
     include, exclude = _named_attributes(trainer)
     given = getattr(trainer, "_given_attributes", frozenset())
     trained = {id(v) for v in trainer._updater.trained_variables()}
-    extra: dict[str, list | str] = {}
+    extra: dict[str, list] = {}
+    left_out = {f"attr.{name.lstrip('_')}": "in checkpoint_exclude" for name in sorted(exclude)}
     for name in sorted(vars(trainer)):
         if name in _SKIP_ATTRS or name in exclude:
             continue
         keep = name in include
-        _walk(getattr(trainer, name), f"attr.{name.lstrip('_')}", extra,
+        _walk(getattr(trainer, name), f"attr.{name.lstrip('_')}", extra, left_out,
               lambda model, g=name in given, k=keep: None if k else _reason_left_out(model, g, trained))  # fmt: skip
-    left_out = {name: reason for name, reason in extra.items() if isinstance(reason, str)}
-    left_out.update({f"attr.{name.lstrip('_')}": "in checkpoint_exclude" for name in exclude})
     if left_out and trainer not in _reported:
         _reported.add(trainer)
         logging.info(
@@ -146,8 +147,6 @@ def collect(trainer) -> dict[str, list]:
         )
     seen = {id(v) for vs in groups.values() for v in vs}
     for name, variables in extra.items():
-        if isinstance(variables, str):
-            continue
         fresh = [v for v in variables if id(v) not in seen]
         seen.update(id(v) for v in fresh)
         if fresh:

@@ -38,7 +38,7 @@ class SavesTheTeacher(Distiller):
 
 
 def _teacher():
-    return mlp(hidden=256, seed=7)
+    return mlp(hidden=512, seed=7)
 
 
 def _distiller(cls, workdir, epochs):
@@ -80,7 +80,9 @@ def test_a_teacher_given_to_the_constructor_is_left_out_and_the_student_resumes_
     saved.fit()
     assert "attr.teacher" not in _layout(tmp_path / "straight")
     assert len(_layout(tmp_path / "with_teacher")["attr.teacher"]) == len(saved.teacher.variables)
-    assert _bytes(tmp_path / "with_teacher") - _bytes(tmp_path / "straight") >= 0.9 * teacher_bytes
+    assert (
+        _bytes(tmp_path / "with_teacher") - _bytes(tmp_path / "straight") >= 0.5 * teacher_bytes
+    )  # compressed
 
 
 class FrozenEncoder(ArrayTrainer):
