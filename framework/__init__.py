@@ -17,9 +17,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # orbax imports JAX: keep it off accelerators
 
-from framework import config, distribute, losses, metrics  # noqa: E402
+from framework import config, console, distribute, losses, metrics  # noqa: E402
 from framework.callbacks import Periodic  # noqa: E402
 from framework.launch import run  # noqa: E402
 from framework.trainer import StepLoss, Trainer  # noqa: E402
+
+console.quiet_libraries()
 
 __all__ = ["Periodic", "StepLoss", "Trainer", "config", "distribute", "losses", "metrics", "run"]

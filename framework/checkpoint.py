@@ -38,13 +38,6 @@ from orbax.checkpoint import checkpoint_managers as policies  # noqa: E402
 from framework import state  # noqa: E402
 
 
-def _quiet_orbax(record) -> bool:
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
-logging.get_absl_logger().addFilter(_quiet_orbax)
-
-
 class CheckpointMismatch(ValueError):
     """A checkpoint that does not fit this run's variables."""
 
@@ -72,6 +65,7 @@ class Checkpoints:
             enable_async_checkpointing=cfg.async_save,
             cleanup_tmp_directories=writer,
             read_only=not writer,
+            save_interval_steps=1 if writer else 0,  # orbax warns about any other value when read-only
             create=writer,
             preservation_policy=policies.AnyPreservationPolicy(keep),
             best_fn=best_fn,
@@ -95,6 +89,25 @@ class Checkpoints:
         if not scored:
             return None
         return (max(scored) if self.best_mode == "max" else min(scored))[1]
+
+    def why_no_best(self) -> str:
+        """Why `best_step()` found nothing: no best metric configured, or none recorded."""
+        steps = self.steps()
+        recorded = sorted({k for s in steps for k in (self.metrics(s) or {})})
+        keys = f"; they record {', '.join(recorded)}" if recorded else ""
+        if not self.best_metric:
+            return (
+                f"--checkpoint=best needs config.checkpoint.best_metric (the logged key that ranks "
+                f"checkpoints, e.g. val/accuracy), and it is not set. {self.directory} holds steps "
+                f"{steps}{keys}."
+            )
+        if not steps:
+            return f"No checkpoint in {self.directory}."
+        return (
+            f"No checkpoint in {self.directory} records the best metric {self.best_metric!r} "
+            f"(steps {steps}{keys}). A checkpoint records it when the training run logs that key "
+            "at the save and sets checkpoint.best_metric to it."
+        )
 
     def read_meta(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

@@ -18,7 +18,6 @@ the Controller decides when steps run, what is logged, and what is saved.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, checks, logs, loop, optimizers, schedules, state
+from framework import callbacks, checkpoint, checks, logs, loop, optimizers, runconfig, schedules, state
 from framework.config import ConfigError
 from framework.data import DistributedInput
 
@@ -108,8 +107,7 @@ class Controller:
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
-            with tf.io.gfile.GFile(os.path.join(t.workdir, "config.json"), "w") as f:
-                json.dump(cfg.to_dict(), f, indent=2, sort_keys=True, default=str)
+            runconfig.write(t)
 
     def steps_per_call(self) -> int:
         return self.config.steps_per_execution or self.auto_steps
@@ -155,6 +153,8 @@ class Controller:
             meta = ckpts.restore_latest(groups, trainer=name)
         else:
             step = ckpts.best_step() if which == "best" else int(which)
+            if step is None and which == "best":
+                raise ValueError(ckpts.why_no_best())
             if step is None or step not in ckpts.steps():
                 raise ValueError(
                     f"No checkpoint {which!r} in {ckpts.directory}; it holds steps {ckpts.steps()}."

@@ -7,11 +7,17 @@ Modes: `train` (fit, no evaluation), `train_and_eval` (fit, evaluating every
 `config.eval_every_epochs`), `eval` (evaluate `--checkpoint`: latest, best or
 a step), `continuous_eval` (evaluate each new checkpoint once, until the final
 one), `export` (a SavedModel of `--checkpoint` under workdir/export/<step>).
-Training resumes from the workdir's latest checkpoint.
+Training resumes from the workdir's latest checkpoint; `eval`, `continuous_eval`
+and `export` start from the config the run recorded (`framework.runconfig`),
+with the command line's `--config.x=` overrides on top.
+
+A one-file script defines `get_config()` beside its trainer: it is the config
+when `--config` is absent, still overridable with `--config.x=`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -19,24 +25,34 @@ import time
 from collections.abc import Sequence
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from framework import config as config_lib
-from framework import logs, modes
+from framework import modes, runconfig
 
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-    if "config" in FLAGS:
+_NEEDS_CONFIG = "--config is required: --config=configs/<name>.py[:variant], or a get_config() in the script"
+
+
+def _define_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None) -> None:
+    """Defines `--config` (a file, or `default` when the script carries its config) and the others."""
+    for name in [n for n in FLAGS if n == "config" or n.startswith("config.")]:
+        delattr(FLAGS, name)  # run() again in this process, perhaps with another kind of config
+    if default is None:
+        config_flags.DEFINE_config_file(
+            "config", None, "Config file: path.py or path.py:arg; override keys with --config.a.b=v.",
+            lock_config=False,
+        )  # fmt: skip
+    else:
+        config_flags.DEFINE_config_dict(
+            "config", default, "The script's get_config(); override keys with --config.a.b=v.",
+            lock_config=False, sys_argv=list(argv),
+        )  # fmt: skip
+    if "workdir" in FLAGS:
         return
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Config file: path.py or path.py:arg; override keys with --config.a.b=v.",
-        lock_config=False,
-    )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and summaries.")
     flags.DEFINE_enum("mode", "train_and_eval", list(config_lib.MODES), "What to run.")
     flags.DEFINE_string("checkpoint", "latest", "For eval/export: 'latest', 'best' or a step number.")
@@ -80,13 +96,34 @@ def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
         node, walked = node[part], walked + [part]
 
 
-def _explain(argv: Sequence[str], error: Exception) -> str:
+def _script_config(argv: Sequence[str], get_config) -> ml_collections.ConfigDict | None:
+    """The script's own config when `--config` is absent; None when a file is given or none exists."""
+    if _config_argument(argv) is not None:
+        return None
+    if get_config is None:
+        get_config = getattr(sys.modules.get("__main__"), "get_config", None)
+        if not callable(get_config):
+            return None
+    try:
+        config = get_config()
+        if not isinstance(config, ml_collections.ConfigDict):
+            raise config_lib.ConfigError(
+                f"get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}."
+            )
+        for path in _override_paths(argv):
+            _check_override(config, path)
+    except config_lib.ConfigError as e:
+        _fatal(str(e))
+    return config
+
+
+def _explain(argv: Sequence[str], error: Exception, default: ml_collections.ConfigDict | None) -> str:
     """Turns a failed parse into a message naming the config key at fault."""
     spec = _config_argument(argv)
-    if spec is None:
-        return "--config is required: --config=configs/<name>.py[:variant]"
+    if spec is None and default is None:
+        return _NEEDS_CONFIG
     try:
-        base = _load_config_file(spec)
+        base = _load_config_file(spec) if spec is not None else default
         for path in _override_paths(argv):
             _check_override(base, path)
     except config_lib.ConfigError as e:
@@ -96,18 +133,18 @@ def _explain(argv: Sequence[str], error: Exception) -> str:
     return str(error)
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
+def _parse_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None = None) -> list[str]:
     """absl's parser, with config errors reported by key before any work starts."""
     FLAGS.unparse_flags()
     try:
         remaining = FLAGS(list(argv))
         if FLAGS.config is None:
-            raise config_lib.ConfigError("--config is required: --config=configs/<name>.py[:variant]")
+            raise config_lib.ConfigError(_NEEDS_CONFIG)
         config_lib.resolve(FLAGS.config)
     except config_lib.ConfigError as e:
         _fatal(str(e))
     except Exception as e:  # noqa: BLE001 - absl and ml_collections raise many kinds
-        _fatal(_explain(argv, e))
+        _fatal(_explain(argv, e, default))
     if not FLAGS.workdir:
         _fatal("--workdir is required.")
     return remaining
@@ -138,12 +175,30 @@ def summary(trainer, results: dict, seconds: float, start_step: int | None) -> s
     return "\n".join(lines)
 
 
-def run(trainer_cls, argv: Sequence[str] | None = None) -> None:
-    """Parses flags, builds `trainer_cls(config, workdir)` and runs `--mode`."""
-    _define_flags()
+def _mode_config(mode: str) -> ml_collections.ConfigDict:
+    """Training uses the command line's config; later modes the run's recorded one, overrides on top."""
+    if mode not in ("eval", "continuous_eval", "export"):
+        return FLAGS.config
+    if mode == "continuous_eval" and not runconfig.wait_for(FLAGS.workdir, FLAGS.eval_timeout_secs):
+        return FLAGS.config
+    return runconfig.for_mode(FLAGS.config, FLAGS["config"].override_values, FLAGS.workdir)
+
+
+def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> None:
+    """Parses flags, builds `trainer_cls(config, workdir)` and runs `--mode`.
+
+    Args:
+      trainer_cls: the `framework.Trainer` subclass to run.
+      argv: the command line (default `sys.argv`).
+      get_config: `() -> ConfigDict`, the config when `--config` is absent (still overridable
+        with `--config.x=`). Default: the `get_config` of the script being run, if it has one.
+    """
+    argv = list(argv) if argv is not None else list(sys.argv)
+    default = _script_config(argv, get_config)
+    _define_flags(argv, default)
 
     def main(_argv):
-        trainer = trainer_cls(FLAGS.config, workdir=FLAGS.workdir)
+        trainer = trainer_cls(_mode_config(FLAGS.mode), workdir=FLAGS.workdir)
         which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
         start_time, start_step = time.perf_counter(), None
         if FLAGS.mode == "eval":
@@ -160,7 +215,6 @@ def run(trainer_cls, argv: Sequence[str] | None = None) -> None:
             if not history and FLAGS.mode == "train_and_eval" and trainer.controller.has_eval():
                 results = {f"val/{k}": v for k, v in trainer.evaluate().items()}  # a finished run
         if trainer.is_chief:
-            logging.info("final metrics: %s", logs.to_floats(results))
             print(summary(trainer, results, time.perf_counter() - start_time, start_step))
 
-    app.run(main, argv=list(argv) if argv is not None else None, flags_parser=_parse_flags)
+    app.run(main, argv=argv, flags_parser=functools.partial(_parse_flags, default=default))

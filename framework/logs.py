@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from framework import console
+
 
 def to_floats(logs: Mapping) -> dict[str, float]:
     return {k: float(v) for k, v in logs.items()}
@@ -125,6 +127,8 @@ class Progress:
         self.enabled = enabled
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self._bar = None
+        if enabled:
+            console.show_info()  # a Trainer driven from plain Python, before any app.run
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         self.epoch, self.epochs, self.steps = epoch, epochs, steps

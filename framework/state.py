@@ -7,6 +7,11 @@ and optimizers (a GAN's second one), `keras.random.SeedGenerator`s,
 `tf.random.Generator`s, loose variables. Dropout's seed state lives in the
 model's variables, so it comes along.
 
+Models held as attributes are state unless they cannot change: a frozen
+model (no trainable weights) or one given to the constructor (a teacher) is
+left out, unless an optimizer trains its variables. `Trainer.checkpoint_include`
+and `checkpoint_exclude` name attributes to keep or leave out regardless.
+
 Variables are keyed by position inside their group, not by name: Keras names
 layers from a per-process counter (`dense_7`), so the same model built in
 another process has other names. Names and shapes are kept beside the values
@@ -15,11 +20,14 @@ to explain a mismatch.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 _SKIP_ATTRS = {
     "eval_metrics",
@@ -33,6 +41,10 @@ _SKIP_ATTRS = {
     "_nonfinite_step",
     "_nonfinite_count",
     "_updater",
+    "_given_attributes",
+    "_forward",  # the model, or its compiled forward pass
+    "checkpoint_include",
+    "checkpoint_exclude",
 }
 _MAX_DEPTH, _MAX_ITEMS = 3, 64  # don't wander through a trainer's data arrays
 
@@ -51,18 +63,56 @@ def _variables_of(value: Any) -> list | None:
     return None
 
 
-def _walk(value: Any, prefix: str, out: dict[str, list], depth: int = 0) -> None:
+def _walk(
+    value: Any, prefix: str, out: dict[str, list], skipped: dict[str, str], why_not: Callable, depth: int = 0
+) -> None:
+    """Collects variable holders under `value` into `out`; models `why_not(model)` names go to `skipped`."""
     found = _variables_of(value)
     if found is not None:
-        out[prefix] = found
+        reason = why_not(value) if isinstance(value, keras.Model) else None
+        if reason:
+            skipped[prefix] = reason
+        else:
+            out[prefix] = found
     elif depth >= _MAX_DEPTH or not isinstance(value, (list, tuple, dict)) or len(value) > _MAX_ITEMS:
         return
     elif isinstance(value, dict):
         for key in sorted(value, key=str):
-            _walk(value[key], f"{prefix}.{key}", out, depth + 1)
+            _walk(value[key], f"{prefix}.{key}", out, skipped, why_not, depth + 1)
     else:
         for i, item in enumerate(value):
-            _walk(item, f"{prefix}.{i}", out, depth + 1)
+            _walk(item, f"{prefix}.{i}", out, skipped, why_not, depth + 1)
+
+
+def _named_attributes(trainer) -> tuple[set[str], set[str]]:
+    cls = type(trainer)
+    include, exclude = set(trainer.checkpoint_include), set(trainer.checkpoint_exclude)
+    for which, names in (("checkpoint_include", include), ("checkpoint_exclude", exclude)):
+        if isinstance(getattr(trainer, which), str):
+            raise TypeError(f"{cls.__name__}.{which} must be a tuple of attribute names, not a string.")
+        unknown = sorted(n for n in names if not hasattr(trainer, n))
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}.{which} names {', '.join(map(repr, unknown))}, which the trainer does not "
+                f"have. Its attributes: {', '.join(sorted(n for n in vars(trainer) if n not in _SKIP_ATTRS))}."
+            )
+    both = include & exclude
+    if both:
+        raise ValueError(f"{cls.__name__}: {sorted(both)} in both checkpoint_include and checkpoint_exclude.")
+    return include, exclude
+
+
+def _reason_left_out(model: keras.Model, given: bool, trained: set[int]) -> str | None:
+    if not model.variables or any(id(v) in trained for v in model.variables):
+        return None
+    if not model.trainable_variables:
+        return "frozen: no trainable weights"
+    if given:
+        return "given to the constructor and trained by no optimizer"
+    return None
+
+
+_reported: weakref.WeakSet = weakref.WeakSet()
 
 
 def collect(trainer) -> dict[str, list]:
@@ -79,11 +129,22 @@ def collect(trainer) -> dict[str, list]:
         groups[f"optimizer.{name}"] = list(optimizer.variables)
     if trainer._updater.variables:  # gradient accumulation: resume mid-window
         groups["accumulation"] = list(trainer._updater.variables)
+    include, exclude = _named_attributes(trainer)
+    given = getattr(trainer, "_given_attributes", frozenset())
+    trained = {id(v) for v in trainer._updater.trained_variables()}
     extra: dict[str, list] = {}
+    left_out = {f"attr.{name.lstrip('_')}": "in checkpoint_exclude" for name in sorted(exclude)}
     for name in sorted(vars(trainer)):
-        if name in _SKIP_ATTRS:
+        if name in _SKIP_ATTRS or name in exclude:
             continue
-        _walk(getattr(trainer, name), f"attr.{name.lstrip('_')}", extra)
+        keep = name in include
+        _walk(getattr(trainer, name), f"attr.{name.lstrip('_')}", extra, left_out,
+              lambda model, g=name in given, k=keep: None if k else _reason_left_out(model, g, trained))  # fmt: skip
+    if left_out and trainer not in _reported:
+        _reported.add(trainer)
+        logging.info(
+            "Not checkpointed: %s.", "; ".join(f"{k[len('attr.') :]} ({v})" for k, v in left_out.items())
+        )
     seen = {id(v) for vs in groups.values() for v in vs}
     for name, variables in extra.items():
         fresh = [v for v in variables if id(v) not in seen]

@@ -66,7 +66,16 @@ class Trainer:
     but should not run TensorFlow ops there: the strategy (and
     `config.distribution.cpu_devices`) is set up in `Trainer.__init__`, and
     logical devices cannot be created once TensorFlow has started.
+
+    Checkpoints hold every variable of the run (`framework.state`), except
+    models held as attributes that are frozen (no trainable weights) or that
+    were given to the constructor (set before `super().__init__`: a teacher),
+    unless an optimizer trains them. `checkpoint_include` / `checkpoint_exclude`
+    name attributes to save or leave out regardless.
     """
+
+    checkpoint_include: tuple[str, ...] = ()
+    checkpoint_exclude: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -75,6 +84,7 @@ class Trainer:
         *,
         strategy: tf.distribute.Strategy | None = None,
     ):
+        self._given_attributes = frozenset(vars(self))  # set by a subclass before the build hooks
         self.config = config_lib.resolve(config)
         checks.workdir(workdir)
         self.workdir = workdir

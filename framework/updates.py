@@ -226,6 +226,10 @@ class Updater:
                 out += [*e.accumulators.values(), e.count, e.weight]
         return out
 
+    def trained_variables(self) -> list:
+        """Every variable a registered optimizer updates."""
+        return [v for e in self._entries for v in e.variables()]
+
     def named_optimizers(self) -> list[tuple[str, keras.optimizers.Optimizer]]:
         """(name, optimizer) of every registered optimizer, the trainer's own first."""
         return [(e.name, e.optimizer) for e in self._entries]
