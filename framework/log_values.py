@@ -74,7 +74,9 @@ class Layout:
         if logs is None:
             return None
         if not isinstance(logs, dict):
-            raise TypeError(f"{where} must return a dict of scalar logs (or None), got {type(logs).__name__}.")
+            raise TypeError(
+                f"{where} must return a dict of scalar logs (or None), got {type(logs).__name__}."
+            )
         index: dict[tuple[int, int], int] = {}  # a part logged under several keys is packed once
         values, weights, examples = [], [], None
         self.parts = {}

@@ -11,10 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from toys import ArrayTrainer, blobs, config, max_abs_diff, mlp, weights_of
 
 import framework
 from framework import losses
+
+from toys import ArrayTrainer, blobs, config, max_abs_diff, mlp, weights_of
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -41,7 +42,11 @@ def test_evaluate_equals_keras_evaluate_with_a_partial_last_batch(replicas):
     w = _weights(40)
     loss = losses.Term(SCCE, name="ce") + losses.Term(SCCE, name="keras_ce", reduction="sum_over_batch_size")
     trainer = ArrayTrainer(
-        config(batch_size=32, **_replicas(replicas)), data=(x, y), eval_data=(x, y, w), model_fn=mlp, loss=loss
+        config(batch_size=32, **_replicas(replicas)),
+        data=(x, y),
+        eval_data=(x, y, w),
+        model_fn=mlp,
+        loss=loss,
     )
     logs = trainer.evaluate()
 

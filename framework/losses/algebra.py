@@ -59,7 +59,8 @@ class LossResult:
 
         one = tf.constant(1.0)
         weighted = {
-            name: Weighted(stop(value), self.denominators.get(name, one)) for name, value in self.terms.items()
+            name: Weighted(stop(value), self.denominators.get(name, one))
+            for name, value in self.terms.items()
         }
         if len(weighted) == 1:
             out = {f"{prefix}loss": next(iter(weighted.values()))}
