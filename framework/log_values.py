@@ -79,7 +79,7 @@ class Layout:
             )
         index: dict[tuple[int, int], int] = {}  # a part logged under several keys is packed once
         values, weights, examples = [], [], None
-        self.parts = {}
+        layout: dict[str, list[int]] = {}  # assigned at the end: replicas trace in parallel threads
         for key, log in logs.items():
             if isinstance(log, WeightedSum):
                 parts = log.parts
@@ -97,7 +97,8 @@ class Layout:
                     values.append(_scalar(part.value, key, where))
                     weights.append(_scalar(part.weight, f"{key} (its weight)", where))
                 slots.append(index[ident])
-            self.parts[key] = slots
+            layout[key] = slots
+        self.parts = layout
         if not values:
             return None
         weights = tf.stack(weights)
