@@ -8,8 +8,9 @@ neither count nor dilute the class term's mean (its denominator is the
 global sum of weights) while still training the other two heads. The parity
 term's weight ramps linearly from 0 to its value over the first
 `task.warmup_steps` steps (a `step -> weight` schedule evaluated inside the
-compiled step). Every term is logged weighted (`loss/<head>`) and unweighted
-(`loss/<head>/raw`); metrics are per head (`class/accuracy`, ...).
+compiled step). Every term is logged weighted (`loss/<head>`), and
+unweighted (`loss/<head>/raw`) when its weight is not 1; metrics are per
+head (`class/accuracy`, ...).
 
 python experiments/multitask.py --config=configs/multitask.py --workdir=runs/multitask
 """

@@ -20,8 +20,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # orbax imports JAX: keep it off 
 from framework import config, console, distribute, losses, metrics  # noqa: E402
 from framework.callbacks import Periodic  # noqa: E402
 from framework.launch import run  # noqa: E402
+from framework.log_values import Weighted  # noqa: E402
 from framework.trainer import StepLoss, Trainer  # noqa: E402
 
 console.quiet_libraries()
 
-__all__ = ["Periodic", "StepLoss", "Trainer", "config", "distribute", "losses", "metrics", "run"]
+__all__ = ["Periodic", "StepLoss", "Trainer", "Weighted", "config", "distribute", "losses", "metrics", "run"]

@@ -181,7 +181,7 @@ class Controller:
         meta = {
             "step": t.step, "epoch": t.epoch, "step_in_epoch": step_in_epoch, "final": final,
             "stopped_early": stopped_early,
-            "epoch_sums": dict(sums.sums) if sums else {}, "trainer": type(t).__name__,
+            "epoch_sums": sums.to_json() if sums else {}, "trainer": type(t).__name__,
         }  # fmt: skip
         if self.checkpoints.save(t.step, state.collect(t), meta, metrics):
             where = f", {step_in_epoch} steps in" if step_in_epoch else ""
@@ -271,7 +271,7 @@ class Controller:
         iterator = self.train_input.iterator(t.epoch, skip=done)
         total = self.train_input.steps
         progress.start_epoch(t.epoch + 1, self.config.epochs, total)
-        epoch, interval = logs.Sums(resume.get("epoch_sums"), done), logs.Sums()
+        epoch, interval = logs.Sums.from_json(resume.get("epoch_sums"), done), logs.Sums()
         interval_start = time.perf_counter()
         every, save_every = self.config.log_every_steps, self.config.checkpoint.every_steps
         step = t.step
@@ -282,12 +282,11 @@ class Controller:
             call_start = time.perf_counter()
             sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
             ran = self._after_nonfinite(step, n, last)
-            sums = {k: float(v) for k, v in sums.items()}
             if not self.config.steps_per_execution:
                 self._tune_steps(n, time.perf_counter() - call_start)
             if ran == n:
-                epoch.add(sums, n)
-                interval.add(sums, n)
+                epoch.add(sums)
+                interval.add(sums)
             done, step = done + ran, step + ran
             self._profile(step, before=False)
             point = None
@@ -300,7 +299,7 @@ class Controller:
             else:
                 progress.update(done)
             if hooks.wants_batches:
-                batch_logs = dict(point or logs.Sums.of(sums, n).means())
+                batch_logs = dict(point or sums.means())
                 if self.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
                     batch_logs["loss"] = float("nan")
                 hooks.batch_end(done - 1, step, batch_logs)
@@ -331,7 +330,7 @@ class Controller:
         bad = int(t._nonfinite_step.numpy())
         if bad < 0:
             return n
-        terms = [f"{k}={float(v)}" for k, v in last.items() if not math.isfinite(float(v))]
+        terms = [f"{k}={v}" for k, v in last.items() if not math.isfinite(v)]
         what = (
             f"loss at step {bad}: {', '.join(terms)}"
             if terms
@@ -378,7 +377,7 @@ class Controller:
                 while done < total:
                     n = self.eval_input.call_sizes(done, self.steps_per_call())
                     call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
-                    sums.add(call_sums, n)
+                    sums.add(call_sums)
                     done += n
                 return {**sums.means(), **t.metric_results("eval")}
         finally:

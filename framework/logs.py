@@ -14,10 +14,11 @@ import time
 from collections.abc import Mapping
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import console
+from framework import console, log_values
 
 
 def to_floats(logs: Mapping) -> dict[str, float]:
@@ -25,26 +26,42 @@ def to_floats(logs: Mapping) -> dict[str, float]:
 
 
 class Sums:
-    """Host-side running sums of per-step logs over some steps; `means()` divides."""
+    """Host-side running sums of weighted log values (`framework.log_values`) over some steps.
 
-    def __init__(self, sums: Mapping[str, float] | None = None, steps: int = 0):
-        self.sums, self.steps = dict(sums or {}), steps
+    parts: key -> ``[2, k]`` array: per part, the sum of ``value * weight``
+      and the sum of weights. `means()` is exact over examples.
+    steps: steps run; counted: steps summed (fewer when nan_policy="skip"
+      left some out; None: all of them).
+    """
 
-    def add(self, sums: Mapping[str, float], steps: int) -> None:
-        """`sums` over `steps` steps; a `_counted` entry says how many of them were summed."""
-        for key, value in sums.items():
-            if key != "_counted":
-                self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.steps += int(float(sums["_counted"])) if "_counted" in sums else steps
+    def __init__(self, parts: Mapping | None = None, steps: int = 0, *, counted: int | None = None):
+        self.parts = {k: np.asarray(v, np.float64) for k, v in (parts or {}).items()}
+        self.steps = steps
+        self.counted = steps if counted is None else counted
+
+    def add(self, other: Sums) -> None:
+        for key, value in other.parts.items():
+            mine = self.parts.get(key)
+            self.parts[key] = value if mine is None or mine.shape != value.shape else mine + value
+        self.steps += other.steps
+        self.counted += other.counted
 
     def means(self) -> dict[str, float]:
-        return {k: v / self.steps for k, v in self.sums.items()} if self.steps else {}
+        """Each key's exact mean; empty when no step was summed."""
+        if not self.counted:
+            return {}
+        return {k: log_values.mean_of(v) for k, v in self.parts.items()}
+
+    def to_json(self) -> dict[str, list]:
+        return {k: v.tolist() for k, v in self.parts.items()}
 
     @classmethod
-    def of(cls, sums: Mapping[str, float], steps: int) -> Sums:
-        out = cls()
-        out.add(sums, steps)
-        return out
+    def from_json(cls, saved: Mapping | None, steps: int) -> Sums:
+        """Sums saved by `to_json` after `steps` steps; plain floats are sums of unweighted step means."""
+        parts = {
+            k: [[v], [float(steps)]] if isinstance(v, (int, float)) else v for k, v in (saved or {}).items()
+        }
+        return cls(parts, steps)
 
 
 def _json_value(value: float):

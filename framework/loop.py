@@ -6,15 +6,17 @@ change between epochs, so each function is traced once per run: a short last
 group of steps costs no retrace.
 
     train_fn(iterator, num_steps) -> (sums, last):
-        logs = replica_step(next(iterator)) averaged over replicas  # step 1
-        sums = logs
+        packed = pack(replica_step(next(iterator))) averaged over replicas  # step 1
+        sums = packed
         repeat num_steps - 1 times while `keep_going()` (tested in the loop condition):
-            logs = ...; sums += logs
-        return sums, logs
+            packed = ...; sums += packed
+        return sums, packed
 
-Per-step logs are scalars; they are averaged over replicas inside the step
-(one batched all-reduce) and summed over the call, so the host reads one
-small dict per call and nothing per step.
+Per-step logs are scalars, each with the weight it has in a mean
+(`framework.log_values`): a step packs them into one `[2, parts]` tensor
+(`v * w`, `w`), averaged over replicas inside the step (one all-reduce) and
+summed over the call, so the host reads one small array per call and
+nothing per step; means are exact over examples whatever the batch sizes.
 
 `config.jit_compile` (`xla_plan`): with one replica the whole replica step is
 XLA-compiled. With several, all-reduces and distributed variable updates need
@@ -32,28 +34,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from framework import log_values, logs
+
 ReplicaStep = Callable[[object], dict]
-
-
-def _scalar_logs(logs, where: str) -> dict[str, tf.Tensor]:
-    if logs is None:
-        return {}
-    if not isinstance(logs, dict):
-        raise TypeError(f"{where} must return a dict of scalar logs (or None), got {type(logs).__name__}.")
-    out = {}
-    for key, value in logs.items():
-        value = tf.convert_to_tensor(value)
-        if value.shape.rank != 0:
-            raise ValueError(f"{where} returned log {key!r} with shape {value.shape}; logs must be scalars.")
-        out[key] = tf.cast(value, tf.float32)
-    return out
-
-
-def _mean_over_replicas(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1 or not logs:
-        return logs
-    return context.all_reduce(tf.distribute.ReduceOp.MEAN, logs)
 
 
 def make_step_function(
@@ -65,30 +48,32 @@ def make_step_function(
     keep_going: Callable[[], tf.Tensor] | None = None,
     jit_compile: bool = False,
     finite_sums: bool = False,
-) -> Callable:
-    """Returns the tf.function `fn(iterator, num_steps) -> (sums, last)`.
+) -> StepFunction:
+    """Returns the compiled function `fn(iterator, num_steps) -> (sums, last)`; see `StepFunction`.
 
     jit_compile: XLA-compile the whole replica step (see `xla_plan`).
-    finite_sums: leave steps with a non-finite log out of the sums, and count
-      the steps summed in `sums["_counted"]` (nan_policy="skip").
+    finite_sums: leave steps with a non-finite log out of the sums
+      (nan_policy="skip"); `sums.counted` says how many were summed.
     """
+    layout = log_values.Layout()
 
-    def add(sums, logs):
+    def add(sums, packed):
         if not finite_sums:
-            return logs if sums is None else {k: sums[k] + logs[k] for k in logs}
-        ok = tf.reduce_all(tf.math.is_finite(tf.stack(list(logs.values())))) if logs else tf.constant(True)
-        kept = {k: tf.where(ok, v, 0.0) for k, v in logs.items()}
-        kept["_counted"] = tf.cast(ok, tf.float32)
-        return kept if sums is None else {k: sums[k] + kept[k] for k in kept}
-
-    aliases: dict[str, str] = {}  # log key -> the key holding the same tensor
+            return packed if sums is None else sums + packed
+        ok = tf.reduce_all(tf.math.is_finite(packed))
+        kept = tf.where(ok, packed, tf.zeros_like(packed))
+        counted = tf.reshape(tf.cast(ok, tf.float32), [1, 1]) * tf.constant([[1.0], [0.0]])
+        kept = tf.concat([kept, counted], axis=1)  # the last column counts the summed steps
+        return kept if sums is None else sums + kept
 
     def replica_fn(batch):
-        logs = _scalar_logs(replica_step(batch), where)
-        first: dict[int, str] = {}
-        for key, value in logs.items():
-            aliases[key] = first.setdefault(id(value), key)
-        return _mean_over_replicas({k: v for k, v in logs.items() if aliases[k] == k})
+        packed = layout.pack(replica_step(batch), batch, where)
+        if packed is None:
+            packed = tf.zeros([2, 0])
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1 and packed.shape[1]:
+            packed = context.all_reduce(tf.distribute.ReduceOp.MEAN, packed)
+        return packed
 
     if jit_compile:
         replica_fn = tf.function(replica_fn, jit_compile=True)
@@ -97,7 +82,7 @@ def make_step_function(
         per_replica = strategy.run(replica_fn, args=(next(iterator),))
         if on_step is not None:
             on_step()
-        return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], per_replica)
+        return strategy.experimental_local_results(per_replica)[0]
 
     def go_on(done, num_steps):
         if keep_going is None:
@@ -106,28 +91,29 @@ def make_step_function(
 
     @tf.function(autograph=True)
     def multi_step(iterator, num_steps):
-        logs = one_step(iterator)
-        sums = add(None, logs)
+        packed = one_step(iterator)
+        sums = add(None, packed)
         done = tf.constant(1, num_steps.dtype)
         # The stop test is part of the loop condition: a `break` would make
         # AutoGraph wrap the whole step in a conditional, which costs per step.
         while go_on(done, num_steps):
-            logs = one_step(iterator)
-            sums = add(sums, logs)
+            packed = one_step(iterator)
+            sums = add(sums, packed)
             done += 1
-        return sums, logs
+        return sums, packed
 
-    return StepFunction(multi_step, aliases)
+    return StepFunction(multi_step, layout, counted=finite_sums)
 
 
 class StepFunction:
-    """The compiled function, with each log that aliases another one summed once and copied back."""
+    """The compiled function; its results come back to the host as `logs.Sums` and last-step values."""
 
-    def __init__(self, function, aliases: dict[str, str]):
-        self.function, self.aliases = function, aliases
+    def __init__(self, function, layout: log_values.Layout, *, counted: bool):
+        self.function, self.layout, self.counted = function, layout, counted
         self._concrete = None
 
-    def __call__(self, iterator, num_steps):
+    def __call__(self, iterator, num_steps) -> tuple[logs.Sums, dict[str, float]]:
+        """Runs up to `num_steps` steps; returns their sums and the last step's log values."""
         # After the first call, the traced function is called directly: every
         # epoch's iterator has the same spec, and skipping tf.function's
         # dispatch saves ~0.1 ms per call.
@@ -136,12 +122,12 @@ class StepFunction:
             self._concrete = self.function.get_concrete_function(iterator, num_steps)
         else:
             sums, last = self._concrete(iterator, num_steps)
-        return self._expand(sums), self._expand(last)
-
-    def _expand(self, logs: dict) -> dict:
-        out = {key: logs[source] for key, source in self.aliases.items()}
-        out.update((k, v) for k, v in logs.items() if k not in out)  # e.g. "_counted"
-        return out
+        sums, steps = sums.numpy(), int(num_steps)
+        counted = None
+        if self.counted:
+            sums, counted = sums[:, :-1], int(sums[0, -1])
+        last_values = {k: log_values.mean_of(v) for k, v in self.layout.unpack(last.numpy()).items()}
+        return logs.Sums(self.layout.unpack(sums), steps, counted=counted), last_values
 
     def experimental_get_tracing_count(self) -> int:
         return self.function.experimental_get_tracing_count()

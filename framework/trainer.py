@@ -197,13 +197,17 @@ class Trainer:
 
         Returns the total to differentiate (its value is the global loss; its
         gradient is this replica's share, so the optimizer's sum over
-        replicas gives the global gradient) and `loss`, `loss/<term>`,
-        `loss/<term>/raw` logs, prefixed with `prefix`.
+        replicas gives the global gradient) and its logs, prefixed with
+        `prefix`: `loss`; `loss/<term>` when there are several terms;
+        `loss/<term>/raw` (unweighted) when a term's weight is not 1. Log
+        values are `framework.Weighted` (`.value`): means over steps weigh
+        each step by the term's global weight sum or example count.
         """
         loss = loss if loss is not None else self.loss
         if loss is None:
             raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
-        heads.check_batch(y, y_pred, {t.head for t in loss.flat_terms()}, sample_weight)
+        labelled = {t.head for t in loss.flat_terms() if t.reads_labels}
+        heads.check_batch(y, y_pred, labelled, sample_weight)
         result = loss(y, y_pred, sample_weight, model=self.model, step=self._step)
         return StepLoss(result.total, result.logs(prefix))
 

@@ -65,7 +65,7 @@ def test_summaries_are_readable_by_tensorboard_and_the_plot_script_renders(tmp_p
         acc = event_accumulator.EventAccumulator(str(workdir / split), size_guidance={"tensors": 0})
         acc.Reload()
         tags[split] = set(acc.Tags()["tensors"])
-    assert {"loss", "loss/ce", "loss/ce/raw", "loss/l2", "accuracy", "steps_per_sec"} <= tags["train"]
+    assert {"loss", "loss/ce", "loss/l2", "accuracy", "steps_per_sec"} <= tags["train"]
     assert {"loss", "loss/ce", "accuracy"} <= tags["eval"]
     acc = event_accumulator.EventAccumulator(str(workdir / "train"), size_guidance={"tensors": 0})
     acc.Reload()

@@ -10,7 +10,7 @@ See `framework.losses.reduction` for the reduction semantics and
 lacks.
 """
 
-from framework.losses.algebra import BatchTerm, Loss, LossResult, Regularizer, Sum, Term
+from framework.losses.algebra import BatchTerm, Loss, LossResult, PredictionTerm, Regularizer, Sum, Term
 from framework.losses.library import Dice, RankNet, Tversky, WeightedBinaryCrossentropy
 from framework.losses.reduction import evaluate
 from framework.losses.regularizers import L1, L2, ModelLosses, kernels
@@ -23,6 +23,7 @@ __all__ = [
     "L2",
     "Loss",
     "LossResult",
+    "PredictionTerm",
     "ModelLosses",
     "RankNet",
     "Regularizer",

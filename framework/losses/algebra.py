@@ -19,7 +19,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from framework.log_values import Weighted, WeightedSum
+
 Weight = float | Callable[[tf.Tensor], Any]
+REDUCTIONS = ("mean_with_sample_weight", "sum_over_batch_size")
 
 
 @dataclasses.dataclass
@@ -30,25 +33,44 @@ class LossResult:
       share (see module docstring).
     terms: name -> weighted global value; they sum to `total`.
     raw: name -> unweighted global value.
+    denominators: name -> the term's weight in means over steps: the
+      global sum of its example weights (or its global number of values)
+      for a per-example term, 1 for batch-level terms and regularizers.
     """
 
     total: tf.Tensor
     terms: dict[str, tf.Tensor]
     raw: dict[str, tf.Tensor]
+    denominators: dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)
 
-    def logs(self, prefix: str = "") -> dict[str, tf.Tensor]:
-        """`loss`, `loss/<term>` and `loss/<term>/raw`, for logging."""
-        stopped: dict[int, tf.Tensor] = {}  # a unit-weight term's value is its raw value: one tensor
+    def logs(self, prefix: str = "") -> dict[str, Weighted | WeightedSum]:
+        """`loss`; `loss/<term>` when there are several terms; `loss/<term>/raw` when its weight is not 1.
+
+        Each value carries its denominator (`framework.log_values`), so a
+        mean over steps is the mean over examples; the total's mean is the
+        sum of its terms' means.
+        """
+        stopped: dict[int, tf.Tensor] = {}
 
         def stop(value):
             if id(value) not in stopped:
                 stopped[id(value)] = tf.stop_gradient(value)
             return stopped[id(value)]
 
-        out = {f"{prefix}loss": stop(self.total)}
-        for name, value in self.terms.items():
-            out[f"{prefix}loss/{name}"] = stop(value)
-            out[f"{prefix}loss/{name}/raw"] = stop(self.raw[name])
+        one = tf.constant(1.0)
+        weighted = {
+            name: Weighted(stop(value), self.denominators.get(name, one))
+            for name, value in self.terms.items()
+        }
+        if len(weighted) == 1:
+            out = {f"{prefix}loss": next(iter(weighted.values()))}
+        else:
+            out = {f"{prefix}loss": WeightedSum(tuple(weighted.values()))}
+        for name, value in weighted.items():
+            if len(weighted) > 1:
+                out[f"{prefix}loss/{name}"] = value
+            if self.raw[name] is not self.terms[name]:
+                out[f"{prefix}loss/{name}/raw"] = Weighted(stop(self.raw[name]), value.weight)
         return out
 
 
@@ -117,6 +139,16 @@ class Term(Loss):
     `values_and_weights(...)` when some values must not count, and may add
     trace-time input checks in `validate(y_true, y_pred)`.
 
+    Sample weights: by default the term is ``sum(w * l) / sum(w)`` over the
+    global batch, the exact weighted mean (Keras calls this reduction
+    "mean_with_sample_weight"). Keras losses default to
+    "sum_over_batch_size", ``sum(w * l) / number of values``: with weights
+    that do not average 1 the two differ (weights all 0.5 give the
+    unweighted mean here, half of it in Keras). Pass
+    ``reduction="sum_over_batch_size"`` for Keras' objective; the count is
+    then the global one, so it stays exact on any number of replicas.
+    Without sample weights (or masks) the two are equal.
+
     Args:
       fn: a `keras.losses.Loss` (its unreduced per-example values are used:
         its own reduction is bypassed), or `fn(y_true, y_pred)` returning
@@ -128,12 +160,21 @@ class Term(Loss):
       name: the key in `LossResult.terms`; default: the head, else the
         loss's own name.
       mask_nan: examples whose label holds NaN count as missing (weight 0).
+      reduction: "mean_with_sample_weight" (default: divide by the global
+        sum of weights) or "sum_over_batch_size" (divide by the global
+        number of values, masked ones included, as Keras does).
+
+    Raises:
+      TypeError: `fn` or `weight` is not usable.
+      ValueError: an unknown `reduction`.
     """
 
     kind = "per_example"
     # False: labels reach the term in their own dtype (e.g. int64 class ids),
     # not cast to float32.
     cast_labels = True
+    # False: the term reads only predictions (`PredictionTerm`); its head needs no labels.
+    reads_labels = True
 
     def __init__(
         self,
@@ -143,6 +184,7 @@ class Term(Loss):
         weight: Weight = 1.0,
         name: str | None = None,
         mask_nan: bool = False,
+        reduction: str = "mean_with_sample_weight",
     ):
         if fn is None and self.kind == "per_example" and not self._defines_values():
             raise TypeError("Term needs a loss: Term(keras.losses.X()) or Term(fn).")
@@ -155,6 +197,9 @@ class Term(Loss):
         self.weight = weight
         self._name = name
         self.mask_nan = mask_nan
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"Term reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+        self.reduction = reduction
 
     @classmethod
     def _defines_values(cls) -> bool:
@@ -234,6 +279,46 @@ class Term(Loss):
         head = f".on({self.head!r})" if self.head else ""
         weight = "" if self.weight == 1.0 else f"{self.weight!r} * "
         return f"{weight}{type(self).__name__}({self.name!r}){head}"
+
+
+class PredictionTerm(Term):
+    """A per-example term that reads only the model's outputs: no labels (a VAE's KL, an auxiliary loss).
+
+    `fn(y_pred)` returns values with a leading batch axis (or a scalar mean
+    over the batch). It reduces, weighs and logs like a `Term`: the mean
+    over the global batch, with the batch's sample weights of its head.
+    Its head needs no labels in the batch.
+
+    Args:
+      fn: `fn(y_pred) -> values`; `y_pred` is the output of `head`, or,
+        with no head, the model's output (the dict of outputs of a model
+        with named outputs).
+      head: the model output the term reads; None: the whole output.
+      weight, name, reduction: as for `Term`.
+
+    Raises:
+      TypeError: `fn` is not callable.
+    """
+
+    reads_labels = False
+
+    def __init__(
+        self,
+        fn: Callable[[Any], tf.Tensor],
+        *,
+        head: str | None = None,
+        weight: Weight = 1.0,
+        name: str | None = None,
+        reduction: str = "mean_with_sample_weight",
+    ):
+        if not callable(fn):
+            raise TypeError(f"PredictionTerm expects fn(y_pred), got {fn!r}.")
+        super().__init__(fn, head=head, weight=weight, name=name, reduction=reduction)
+
+    def compute(self, y_true: None, y_pred: Any) -> tf.Tensor:
+        """`fn(y_pred)`; `y_true` is always None."""
+        del y_true
+        return self.fn(y_pred)
 
 
 class BatchTerm(Term):

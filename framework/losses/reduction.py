@@ -15,7 +15,10 @@ the global batch when the batch is split across replicas:
   weight 0 (the mean is over lists that have one), `Triplet` one value per
   own anchor weighted by its count of triplets, mined over the all-gathered
   global batch. A function that returns a scalar is taken to be the mean
-  over its replica's examples and weighted by their count.
+  over its replica's examples and weighted by their count. With
+  ``reduction="sum_over_batch_size"`` (Keras' default) the denominator is
+  the global number of values instead of the sum of weights. A
+  `PredictionTerm` reduces the same way; it reads no labels.
 * batch-level (`BatchTerm`): the term is a function of sums over the batch
   (Dice: sum(y*p), sum(y), sum(p)). The sums are all-reduced before the
   ratio, so every replica sees the statistics of the whole global batch.
@@ -31,6 +34,10 @@ upstream gradient and hands each replica its own slice). The values a
 `LossResult` exposes are the global ones (equal on every replica); `total`
 and `terms` still carry the share's gradient. With one replica none of this
 costs anything.
+
+The denominators (the global weight sums or counts; 1 for batch-level terms
+and regularizers) come back in `LossResult.denominators`: logged means over
+steps weigh each step by them (`framework.log_values`).
 
 Before anything is reduced, `Term.validate` checks each term's labels and
 predictions at trace time (in their own dtypes); then both are cast to
@@ -74,24 +81,29 @@ def _with_nan_mask(term, y_true, weight):
 
 
 def _per_example_parts(term, y_true, y_pred, weight):
-    """(local weighted sum, local weight sum) of a per-example term."""
+    """(local weighted sum, local denominator) of a per-example term.
+
+    The denominator is the sum of weights, or with
+    ``reduction="sum_over_batch_size"`` the number of values.
+    """
     y_true, weight = _with_nan_mask(term, y_true, weight)
     values, weight = term.values_and_weights(y_true, y_pred, weight)
     values = _float32(values)
     if values.shape.rank == 0:  # a mean over this replica's examples
-        count = tf.cast(tf.shape(y_pred)[0], tf.float32)
+        count = tf.cast(tf.shape(tf.nest.flatten(y_pred)[0])[0], tf.float32)
         if weight is not None:
             raise ValueError(
                 f"Loss term {term.name!r} returns a scalar, so sample weights or masks cannot "
                 "be applied; return per-example values instead."
             )
         return tf.where(count > 0, values * count, 0.0), count
+    count = values.shape.num_elements()  # static when known: one op less per step
+    count = float(count) if count is not None else tf.cast(tf.size(values), tf.float32)
     if weight is None:
-        count = values.shape.num_elements()  # static when known: one op less per step
-        return tf.reduce_sum(values), float(count) if count is not None else tf.cast(
-            tf.size(values), tf.float32
-        )
+        return tf.reduce_sum(values), count
     weight = broadcast_weight(tf.stop_gradient(_float32(weight)), values)
+    if term.reduction == "sum_over_batch_size":
+        return tf.reduce_sum(values * weight), count
     return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
 
 
@@ -117,16 +129,21 @@ def _local_parts(term, y_true, y_pred, sample_weight, model):
         if model is None:
             raise ValueError(f"Loss term {term.name!r} is a regularizer: pass model=.")
         return _float32(term.regularization(model)), None
-    y_p = _select(y_pred, term.head, "model output", term)
+    whole = not term.reads_labels and term.head is None and isinstance(y_pred, dict)
+    y_p = y_pred if whole else _select(y_pred, term.head, "model output", term)
+    weight = _select(sample_weight, term.head, "sample_weight", term) if sample_weight is not None else None
+    weight = None if weight is None else _float32(weight)
+    if not term.reads_labels:
+        y_p = tf.nest.map_structure(tf.convert_to_tensor, y_p)
+        term.validate(None, y_p)
+        return _per_example_parts(term, None, tf.nest.map_structure(_float32, y_p), weight)
     y_t = _select(y_true, term.head, "batch labels", term)
     if y_t is None:
         raise ValueError(f"Loss term {term.name!r} has no labels in the batch (head {term.head!r}).")
-    weight = _select(sample_weight, term.head, "sample_weight", term) if sample_weight is not None else None
     y_p, y_t = tf.convert_to_tensor(y_p), tf.convert_to_tensor(y_t)
     term.validate(y_t, y_p)
     y_p = _float32(y_p)
     y_t = _float32(y_t) if term.cast_labels else y_t
-    weight = None if weight is None else _float32(weight)
     _check_shapes(term, y_t, y_p)
     if term.kind == "batch":
         y_t, weight = _with_nan_mask(term, y_t, weight)
@@ -200,4 +217,6 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
         if len(weighted) > 1
         else next(iter(weighted.values()), tf.constant(0.0))
     )
-    return LossResult(total=total, terms=weighted, raw=raw)
+    one = tf.constant(1.0)
+    denominators = {t.name: reduced[t.name] if t.kind == "per_example" else one for t in terms}
+    return LossResult(total=total, terms=weighted, raw=raw, denominators=denominators)

@@ -1,0 +1,118 @@
+"""Log values that average exactly: each step's value carries the weight it has in a mean.
+
+A step returns scalar logs. Over the steps of a log interval, an epoch or an
+evaluation (and over replicas), a log is averaged as ``sum(v * w) / sum(w)``,
+so the mean is the one a single batch holding all those examples would give:
+
+* `Weighted(value, weight)`: `weight` is the step's denominator. A loss
+  term's logs use the global sum of its example weights (its number of
+  values without sample weights), or the global number of values for
+  ``reduction="sum_over_batch_size"``; batch-level terms and regularizers
+  weigh 1 per step.
+* `WeightedSum(parts)`: a sum of weighted means, each averaged with its own
+  weights, then added (a loss's total: the mean of `loss` is the sum of its
+  terms' means).
+* A plain tensor: a per-replica value weighted by the replica's number of
+  examples (the leading dimension of the batch's first tensor), so a mean
+  over a batch averages to the mean over examples.
+
+Inside the compiled loop the logs of a step are packed into one
+``[2, parts]`` tensor (row 0: ``v * w``, row 1: ``w``), averaged over
+replicas with one all-reduce and summed over steps with one add;
+`Layout.unpack` names the parts again on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+
+class Weighted(NamedTuple):
+    """A scalar log value and its weight in means over steps and replicas (see module docstring)."""
+
+    value: Any
+    weight: Any
+
+
+class WeightedSum(NamedTuple):
+    """A log that is the sum of weighted means; `value` is this step's sum."""
+
+    parts: tuple[Weighted, ...]
+
+    @property
+    def value(self) -> tf.Tensor:
+        return tf.add_n([tf.convert_to_tensor(p.value) for p in self.parts])
+
+
+def _scalar(value: Any, key: str, where: str) -> tf.Tensor:
+    value = tf.convert_to_tensor(value)
+    if value.shape.rank != 0:
+        raise ValueError(f"{where} returned log {key!r} with shape {value.shape}; logs must be scalars.")
+    return value if value.dtype == tf.float32 else tf.cast(value, tf.float32)
+
+
+def batch_examples(batch: Any) -> tf.Tensor:
+    """The leading dimension of the batch's first tensor with one (1.0 when there is none)."""
+    for leaf in tf.nest.flatten(batch):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None and shape.rank:
+            return tf.cast(tf.shape(leaf)[0], tf.float32)
+    return tf.constant(1.0)
+
+
+class Layout:
+    """Where each log key's parts sit in the packed tensor; filled while the step is traced."""
+
+    def __init__(self):
+        self.parts: dict[str, list[int]] = {}
+
+    def pack(self, logs: Any, batch: Any, where: str) -> tf.Tensor | None:
+        """`logs` (a dict from a step, or None) as a ``[2, parts]`` float32 tensor; None if empty."""
+        if logs is None:
+            return None
+        if not isinstance(logs, dict):
+            raise TypeError(
+                f"{where} must return a dict of scalar logs (or None), got {type(logs).__name__}."
+            )
+        index: dict[tuple[int, int], int] = {}  # a part logged under several keys is packed once
+        values, weights, examples = [], [], None
+        layout: dict[str, list[int]] = {}  # assigned at the end: replicas trace in parallel threads
+        for key, log in logs.items():
+            if isinstance(log, WeightedSum):
+                parts = log.parts
+            elif isinstance(log, Weighted):
+                parts = (log,)
+            else:
+                if examples is None:
+                    examples = batch_examples(batch)
+                parts = (Weighted(log, examples),)
+            slots = []
+            for part in parts:
+                ident = (id(part.value), id(part.weight))
+                if ident not in index:
+                    index[ident] = len(values)
+                    values.append(_scalar(part.value, key, where))
+                    weights.append(_scalar(part.weight, f"{key} (its weight)", where))
+                slots.append(index[ident])
+            layout[key] = slots
+        self.parts = layout
+        if not values:
+            return None
+        weights = tf.stack(weights)
+        # A replica without examples may hold NaN for a mean over nothing: it weighs 0.
+        return tf.stack([tf.math.multiply_no_nan(tf.stack(values), weights), weights])
+
+    def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
+        """key -> ``[2, k]`` array of its parts' (weighted sums, weights)."""
+        return {key: packed[:, slots] for key, slots in self.parts.items()}
+
+
+def mean_of(parts: np.ndarray) -> float:
+    """The sum over parts of ``sum(v * w) / sum(w)``; a part without weight counts 0 (as a term does)."""
+    numerators, weights = np.asarray(parts, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(weights != 0, numerators / np.where(weights != 0, weights, 1.0), 0.0)
+    return float(np.sum(means))
