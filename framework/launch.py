@@ -29,7 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from framework import config as config_lib
-from framework import modes, runconfig
+from framework import hparams, modes, runconfig
 
 FLAGS = flags.FLAGS
 
@@ -199,6 +199,8 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> N
 
     def main(_argv):
         trainer = trainer_cls(_mode_config(FLAGS.mode), workdir=FLAGS.workdir)
+        if FLAGS.mode in ("train", "train_and_eval") and trainer.is_chief:
+            hparams.write_session(FLAGS.workdir, trainer.config, _override_paths(argv))
         which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
         start_time, start_step = time.perf_counter(), None
         if FLAGS.mode == "eval":

@@ -74,7 +74,9 @@ def flag_value(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str) -> ml_collections.ConfigDict:
+def apply(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
+) -> ml_collections.ConfigDict:
     """A copy of `config` with `overrides` set, checked like `--config.key=` flags and `resolve()`.
 
     Raises:
@@ -83,7 +85,9 @@ def apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where
     out = copy.deepcopy(config)
     for path, value in overrides.items():
         if isinstance(value, config_lib.Range):
-            raise config_lib.ConfigError(f"{where}: {path} is a range; a grid needs values (or --search=optuna).")
+            raise config_lib.ConfigError(
+                f"{where}: {path} is a range; a grid needs values (or --search=optuna)."
+            )
         if value is not None and not isinstance(value, FLAG_TYPES):
             raise config_lib.ConfigError(f"{where}: {path}={value!r} cannot be passed as a --config flag.")
         try:
@@ -97,7 +101,9 @@ def apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where
         try:
             node[leaf] = tuple(value) if isinstance(value, list) else value
         except (TypeError, ValueError) as e:
-            raise config_lib.ConfigError(f"{where}: config.{path}={value!r} has the wrong type: {e}") from None
+            raise config_lib.ConfigError(
+                f"{where}: config.{path}={value!r} has the wrong type: {e}"
+            ) from None
     try:
         config_lib.resolve(out)
     except config_lib.ConfigError as e:
@@ -226,7 +232,10 @@ class Runner:
         status = status or self.on_exit(run, code)
         wall = run.state().get("wall_seconds", 0.0) + time.perf_counter() - started
         run.save_state(status=status, returncode=code, wall_seconds=round(wall, 2))
-        print(f"[{status}] {run.name}" + (f"  exit {code}, see {run.log}" if status == "failed" else ""), flush=True)
+        print(
+            f"[{status}] {run.name}" + (f"  exit {code}, see {run.log}" if status == "failed" else ""),
+            flush=True,
+        )
 
     def run(self, runs: Iterable[Run]) -> None:
         """Runs each run not finished before; SIGINT/SIGTERM stop the running ones (they checkpoint).
@@ -255,7 +264,7 @@ class Runner:
                 if running:
                     time.sleep(0.2)
         except KeyboardInterrupt:
-            for run, process, started in running.values():
+            for _, process, _ in running.values():
                 process.send_signal(signal.SIGTERM)  # the framework saves a checkpoint and exits
             for run, process, started in running.values():
                 try:

@@ -18,13 +18,14 @@ shows the runs in its HParams dashboard.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from framework import config as config_lib  # noqa: E402
-from framework import results, sweeps  # noqa: E402
+from framework import hparams, results, sweeps  # noqa: E402
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -52,8 +53,17 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, flags
 
 
-def command_line_overrides(flags: list[str]) -> dict[str, str]:
-    return dict(f[len("--config.") :].split("=", 1) for f in flags if f.startswith("--config."))
+def command_line_overrides(flags: list[str]) -> dict[str, object]:
+    """`--config.key=text` flags as values: Python literals where they parse, else the text."""
+    overrides = {}
+    for flag in flags:
+        if flag.startswith("--config."):
+            key, _, text = flag[len("--config.") :].partition("=")
+            try:
+                overrides[key] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                overrides[key] = text
+    return overrides
 
 
 def monitor_of(config, args) -> tuple[str, str]:
@@ -77,8 +87,10 @@ def summarize(runs: list[sweeps.Run], workdir: str, monitor: str, mode: str) -> 
         if row["status"] != "done":
             row["log"] = os.path.relpath(run.log)
         rows.append(row)
-    metrics = [c for c in results.columns_of(rows) if c.startswith(("val/", "best "))]
-    columns = ["run", *keys, "status", "steps", "wall_s", *metrics] + (["log"] if any("log" in r for r in rows) else [])
+    metrics = [c for c in results.columns_of(rows) if c.startswith(("val/", "best ")) and "/raw" not in c]
+    columns = ["run", *keys, "status", "steps", "wall_s", *metrics] + (
+        ["log"] if any("log" in r for r in rows) else []
+    )
     results.write_csv(os.path.join(workdir, "summary.csv"), rows, columns)
     text = f"# Sweep {workdir}\n\n{results.markdown_table(rows, columns)}\n"
     points = results.aggregate_seeds(rows, keys, ["steps", "wall_s", *metrics])
@@ -87,6 +99,9 @@ def summarize(runs: list[sweeps.Run], workdir: str, monitor: str, mode: str) -> 
         results.write_csv(os.path.join(workdir, "summary_points.csv"), points)
     with open(os.path.join(workdir, "summary.md"), "w") as f:
         f.write(text)
+    hparams.write_experiment(
+        workdir, [run.overrides for run in runs], [m for m in metrics if m.startswith("val/")]
+    )
     return text
 
 
@@ -108,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if isinstance(sweep, dict):
                 raise config_lib.ConfigError(
-                    f"get_sweep returned a search space (a dict); run it with --search=optuna, or return "
-                    f"a list of points for a grid."
+                    "get_sweep returned a search space (a dict); run it with --search=optuna, or return "
+                    "a list of points for a grid."
                 )
             overridden = set(command_line_overrides(flags))
             for i, point in enumerate(sweep):
