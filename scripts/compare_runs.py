@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="compare.png", help="the overlay plot (PNG)")
     parser.add_argument("--keys", help="comma-separated logged keys to plot, e.g. loss,val/accuracy")
     parser.add_argument("--monitor", default="val/loss", help="the key whose best value is reported")
-    parser.add_argument("--monitor_mode", choices=("min", "max"), default=None, help="default: min for losses")
+    parser.add_argument(
+        "--monitor_mode", choices=("min", "max"), default=None, help="default: min for losses"
+    )
     parser.add_argument("--csv", help="also write the table to this CSV file")
     args = parser.parse_args(argv)
     missing = [w for w in args.workdirs if not os.path.exists(os.path.join(w, "metrics.jsonl"))]
