@@ -10,14 +10,25 @@ metrics.jsonl. The plot is `plot_run.py`'s: one panel per key, one line per run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import plot_run
 
-import plot_run  # noqa: E402
 
-from framework import results  # noqa: E402
+def _load_results():
+    """framework/results.py by path: it needs only the standard library, and `import framework` would
+    start TensorFlow (seconds) for reading a few JSON files."""
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "framework", "results.py"
+    )
+    spec = importlib.util.spec_from_file_location("framework_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results = _load_results()
 
 
 def table(workdirs: list[str], monitor: str, mode: str) -> list[dict]:
