@@ -62,13 +62,15 @@ class OptunaPruning(keras.callbacks.Callback):
     Args:
       trial: an `optuna.trial.Trial`.
       monitor: a logged evaluation key, e.g. "val/accuracy".
+      finish_pruned: mark the trial pruned in the study here (a trial process, whose sweep asked
+        for the trial); in `study.optimize` the objective raises `optuna.TrialPruned` instead.
     """
 
-    def __init__(self, trial, monitor: str):
+    def __init__(self, trial, monitor: str, *, finish_pruned: bool = False):
         super().__init__()
         if not monitor.startswith("val/"):
             raise ValueError(f"OptunaPruning: monitor must be a val/ key, got {monitor!r}.")
-        self.trial, self.monitor, self.pruned = trial, monitor, False
+        self.trial, self.monitor, self.finish_pruned, self.pruned = trial, monitor, finish_pruned, False
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         value = (logs or {}).get("val_" + self.monitor[len("val/") :])
@@ -81,7 +83,8 @@ class OptunaPruning(keras.callbacks.Callback):
             )
             self.pruned = True
             self.model.stop_training = True
-            self.trial.study.tell(self.trial.number, state=import_optuna().trial.TrialState.PRUNED)
+            if self.finish_pruned:
+                self.trial.study.tell(self.trial.number, state=import_optuna().trial.TrialState.PRUNED)
 
 
 def trial_callbacks() -> list:
@@ -96,4 +99,4 @@ def trial_callbacks() -> list:
         storage=storage(spec["workdir"]),
         pruner=make_pruner(spec["pruner"], spec["startup_trials"]),
     )
-    return [OptunaPruning(optuna.trial.Trial(study, spec["trial_id"]), spec["monitor"])]
+    return [OptunaPruning(optuna.trial.Trial(study, spec["trial_id"]), spec["monitor"], finish_pruned=True)]

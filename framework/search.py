@@ -79,6 +79,7 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
         f[len("--config.") :].split("=")[0] for f in flags if f.startswith("--config.")
     }:
         raise config_lib.ConfigError(f"--config.{key} is also set by the search space.")
+    os.makedirs(args.workdir, exist_ok=True)
     study = optuna.create_study(
         study_name=STUDY,
         storage=storage(args.workdir),

@@ -114,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FATAL {e}", file=sys.stderr)
         return 2
     monitor, mode = monitor_of(config, args)
-    os.makedirs(args.workdir, exist_ok=True)
     try:
         if args.search == "optuna":
             from framework import search
@@ -132,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise config_lib.ConfigError(f"--config.{key} is also set by sweep point {i}.")
                 sweeps.apply(config, point, f"sweep point {i} {point}")
             runs = sweeps.plan(args.workdir, sweep)
+            os.makedirs(args.workdir, exist_ok=True)
             print(f"Sweep: {len(runs)} runs in {args.workdir}, {args.parallel} at a time.", flush=True)
             sweeps.Runner(args.script, args.config, flags, args.parallel).run(runs)
     except config_lib.ConfigError as e:
