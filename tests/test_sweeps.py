@@ -222,3 +222,35 @@ def test_optuna_search_prunes_a_trial_below_the_median(tmp_path):
     assert pruned_steps == 23  # stopped after 1 of 2 epochs
     rows = {row["run"]: row for row in read_csv(workdir / "summary.csv")}
     assert [rows[f"trial-00{i}"]["status"] for i in range(3)] == ["done", "done", "pruned"]
+
+
+def test_optuna_pruning_callback_in_a_hand_written_objective():
+    optuna = pytest.importorskip("optuna")
+    import keras
+
+    import toys
+
+    def objective(trial):
+        cfg = toys.config(
+            epochs=4, eval_every_epochs=2, **{"optimizer.learning_rate": trial.suggest_float("lr", 1e-6, 1.0)}
+        )
+        trainer = toys.ArrayTrainer(
+            cfg, data=toys.blobs(), eval_data=toys.blobs(seed=1), model_fn=toys.mlp,
+            metrics=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )  # fmt: skip
+        pruning_cb = pruning.OptunaPruning(trial, "val/accuracy")
+        history = trainer.fit(callbacks=[pruning_cb])
+        trial.set_user_attr("history", [h.get("val/accuracy") for h in history])
+        if pruning_cb.pruned:
+            raise optuna.TrialPruned()
+        return history[-1]["val/accuracy"]
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    study.enqueue_trial({"lr": 0.3})
+    study.enqueue_trial({"lr": 1e-6})  # learns nothing: below the first trial at its first evaluation
+    study.optimize(objective, n_trials=2)
+    good, bad = study.trials
+    assert good.state.name == "COMPLETE" and bad.state.name == "PRUNED"
+    assert good.user_attrs["history"][0] is None  # no evaluation after epoch 1: nothing reported
+    assert good.intermediate_values == {1: good.user_attrs["history"][1], 3: good.user_attrs["history"][3]}
+    assert bad.user_attrs["history"] == [None, bad.intermediate_values[1]]  # stopped after 2 of 4 epochs
