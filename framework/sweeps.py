@@ -224,7 +224,10 @@ class Runner:
         with open(run.log, "a") as log:
             log.write(f"=== attempt {state['attempts']}: {' '.join(command)}\n")
             log.flush()
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # Its own session: a terminal's Ctrl-C reaches only the sweep, which stops runs with SIGTERM.
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         print(f"[start] {run.name}  (log: {run.log})", flush=True)
         return process, time.perf_counter()
 
