@@ -63,6 +63,15 @@ def check_space(config, space: Mapping[str, Any]) -> None:
 def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> list[sweeps.Run]:
     """Runs the study's trials up to `args.trials`; returns every trial's `Run` for the summary.
 
+    Args:
+      args: scripts/sweep.py's flags: script, config, workdir, trials, parallel, pruner,
+        pruner_startup_trials, seed.
+      flags: flags for every trial process.
+      config: the config, command-line overrides applied.
+      space: get_sweep's dict: config key -> `framework.config.Range` or a fixed value.
+      monitor: the `val/` key each trial reports and whose final value is the objective.
+      mode: "max" or "min": the study's direction.
+
     Raises:
       ConfigError: Optuna is missing, `space` is not a dict of ranges, or `monitor` is not a val/ key.
     """
@@ -109,7 +118,9 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
                 **frozen.params,
             }
             run = make_run(frozen.number, frozen._trial_id, overrides)
-            if frozen.state == running:
+            if frozen.state == running and run.state().get("status") == "done":
+                on_exit(run, 0)  # finished, but the sweep stopped before recording it
+            elif frozen.state == running:
                 yield run  # interrupted: resumes from its checkpoint
         while len(study.get_trials(deepcopy=False)) < args.trials:
             trial = study.ask()
