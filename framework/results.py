@@ -78,8 +78,8 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, float) for v in value):
-        return f"{value[0]:.4g} ± {value[1]:.2g}"
+    if isinstance(value, tuple) and len(value) == 2:
+        return f"{value[0]:.4g}" if value[1] is None else f"{value[0]:.4g} ± {value[1]:.2g}"
     return str(value).replace("|", "\\|")
 
 
@@ -134,8 +134,10 @@ def aggregate_seeds(
 
     Returns:
       Rows with the point's overrides, "runs" ("done/total") and (mean, std) per metric
-      (std 0.0 for a single run); empty if no point has more than one run.
+      (std None for a single run); empty without a `seed` key or if no point has two runs.
     """
+    if "seed" not in point_keys:
+        return []
     keys = [k for k in point_keys if k != "seed"]
     groups: dict[tuple, list] = {}
     for row in rows:
@@ -150,7 +152,7 @@ def aggregate_seeds(
         for key in metric_keys:
             values = [r[key] for r in done if isinstance(r.get(key), NUMBER)]
             if values:
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                row[key] = (float(statistics.fmean(values)), float(std))
+                std = float(statistics.stdev(values)) if len(values) > 1 else None
+                row[key] = (float(statistics.fmean(values)), std)
         out.append(row)
     return out

@@ -93,10 +93,11 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
         study_name=STUDY,
         storage=storage(args.workdir),
         direction="maximize" if mode == "max" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
         pruner=make_pruner(args.pruner, args.pruner_startup_trials),
         load_if_exists=True,
     )
+    # A rerun continues the study: the seed as before would draw the same points again.
+    study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
     child = {"workdir": os.path.abspath(args.workdir), "monitor": monitor, "pruner": args.pruner,
              "startup_trials": args.pruner_startup_trials}  # fmt: skip
     runs: list[sweeps.Run] = []

@@ -84,8 +84,8 @@ def summarize(runs: list[sweeps.Run], workdir: str, monitor: str, mode: str) -> 
         row = {"run": run.name, **run.overrides, "status": state.get("status", "not run")}
         row.update(steps=result["steps"], wall_s=state.get("wall_seconds"), **result["final"])
         row[f"best {monitor}"] = result["best"]
-        if row["status"] != "done":
-            row["log"] = os.path.relpath(run.log)
+        if row["status"] not in sweeps.FINISHED:
+            row["log"] = run.log
         rows.append(row)
     metrics = [c for c in results.columns_of(rows) if c.startswith(("val/", "best ")) and "/raw" not in c]
     columns = ["run", *keys, "status", "steps", "wall_s", *metrics] + (
