@@ -254,3 +254,14 @@ def test_optuna_pruning_callback_in_a_hand_written_objective():
     assert good.user_attrs["history"][0] is None  # no evaluation after epoch 1: nothing reported
     assert good.intermediate_values == {1: good.user_attrs["history"][1], 3: good.user_attrs["history"][3]}
     assert bad.user_attrs["history"] == [None, bad.intermediate_values[1]]  # stopped after 2 of 4 epochs
+
+
+def test_without_tensorboard_runs_write_no_hparams_and_do_not_fail(monkeypatch, tmp_path):
+    from framework import hparams
+
+    monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams", None)  # as if not installed
+    config = config_lib.defaults()
+    assert not hparams.write_session(str(tmp_path), config, ["optimizer.learning_rate"])
+    assert not hparams.write_experiment(str(tmp_path), [{"seed": 0}], ["val/accuracy"])
+    assert list(tmp_path.iterdir()) == []
+    assert hparams.hparams_of(config, ["model.missing"])["optimizer.learning_rate"] == 1e-3
