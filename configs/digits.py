@@ -2,9 +2,10 @@
 
 python experiments/digits.py --config=configs/digits.py --workdir=runs/digits
 python experiments/digits.py --config=configs/digits.py:smoke --workdir=/tmp/digits
+python scripts/sweep.py experiments/digits.py --config=configs/digits.py --workdir=runs/digits-sweep
 """
 
-from framework.config import defaults
+from framework.config import choice, defaults, log_uniform, product, uniform
 
 
 def get_config(arg: str | None = None):
@@ -22,3 +23,15 @@ def get_config(arg: str | None = None):
     elif arg not in (None, ""):
         raise ValueError(f"configs/digits.py: unknown variant {arg!r}; use '' or 'smoke'.")
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """Learning rate x seed (a grid); `--sweep=search`: ranges for `--search=optuna`."""
+    if arg == "search":
+        return {
+            "optimizer.learning_rate": log_uniform(3e-4, 3e-2),
+            "model.hidden": choice([32, 64, 128]),
+            "model.dropout": uniform(0.0, 0.3),
+        }
+    rates = [1e-3, 3e-3] if arg == "smoke" else [1e-3, 3e-3, 1e-2]
+    return product({"optimizer.learning_rate": rates, "seed": range(2 if arg == "smoke" else 3)})

@@ -29,7 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from framework import config as config_lib
-from framework import modes, runconfig
+from framework import hparams, modes, pruning, runconfig
 
 FLAGS = flags.FLAGS
 
@@ -199,6 +199,8 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> N
 
     def main(_argv):
         trainer = trainer_cls(_mode_config(FLAGS.mode), workdir=FLAGS.workdir)
+        if FLAGS.mode in ("train", "train_and_eval") and trainer.is_chief:
+            hparams.write_session(FLAGS.workdir, trainer.config, _override_paths(argv))
         which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
         start_time, start_step = time.perf_counter(), None
         if FLAGS.mode == "eval":
@@ -209,7 +211,9 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> N
             print(f"Exported to {modes.export(trainer, which)}")
             return
         else:
-            history = trainer.fit(validate=FLAGS.mode == "train_and_eval")
+            history = trainer.fit(
+                validate=FLAGS.mode == "train_and_eval", callbacks=pruning.trial_callbacks()
+            )
             start_step = trainer.resumed_at_step
             results = history[-1] if history else {}
             if not history and FLAGS.mode == "train_and_eval" and trainer.controller.has_eval():

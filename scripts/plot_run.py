@@ -59,7 +59,10 @@ def default_keys(runs: dict[str, list[dict]], limit: int) -> list[str]:
 
 
 def plot(workdirs: list[str], out: str, keys: list[str] | None = None, max_panels: int = 9) -> str:
-    runs = {os.path.basename(os.path.normpath(w)) or w: read_run(w) for w in workdirs}
+    names = [os.path.basename(os.path.normpath(w)) or w for w in workdirs]
+    if len(set(names)) < len(names):  # e.g. the same point of two sweeps
+        names = [os.path.normpath(w) for w in workdirs]
+    runs = {name: read_run(w) for name, w in zip(names, workdirs)}
     keys = keys or default_keys(runs, max_panels)
     if not keys:
         raise SystemExit("nothing to plot: the runs logged no values")
