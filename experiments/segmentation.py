@@ -71,7 +71,7 @@ class DiceScore(keras.metrics.BinaryIoU):
 
 
 def unet(size: int, width: int) -> keras.Model:
-    """The seeds' simple_unet: two down steps, a bottleneck, two up steps with skips."""
+    """A simple U-Net: two down steps, a bottleneck, two up steps with skips."""
 
     def conv(x, filters):
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)

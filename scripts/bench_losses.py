@@ -1,11 +1,11 @@
-"""Loss benchmark: forward + backward of each library loss and seed example, every way to run it.
+"""Loss benchmark: forward + backward of each library loss and tutorial example, every way to run it.
 
     python scripts/bench_losses.py            # full run; refreshes "Loss benchmarks" in BENCHMARKS.md
     python scripts/bench_losses.py --short    # CI smoke run: tiny batches, mostly eager, writes nothing
 
 For every group (one loss), contestants compute the *same value* (checked)
 and its gradient with respect to the predictions (the variables, for
-regularizers): the seeds' naive form, a hand-vectorized form eager, under
+regularizers): the tutorials' naive form, a hand-vectorized form eager, under
 `tf.function` and under `tf.function(jit_compile=True)`, the Keras built-in
 where one exists, and ours (`framework.losses`, the full term evaluation).
 Each measurement times enough calls for ~`--target` seconds of wall time;

@@ -1,8 +1,8 @@
-"""The contestants of scripts/bench_losses.py: seed code, hand-vectorized forms, Keras, ours.
+"""The contestants of scripts/bench_losses.py: tutorial code, hand-vectorized forms, Keras, ours.
 
-Seed code is kept as the tutorials wrote it, except where it no longer runs:
+Tutorial code is kept as the tutorials wrote it, except where it no longer runs:
 `tf.keras.backend.binary_crossentropy` is gone in Keras 3 (`keras.ops`
-has it), and the seeds' L1 term `tf.reduce_sum(tf.abs(model.trainable_variables))`
+has it), and the tutorials' L1 term `tf.reduce_sum(tf.abs(model.trainable_variables))`
 fails on a list of differently shaped variables (shown per variable here).
 """
 
@@ -19,16 +19,16 @@ from framework import losses
 
 NOTES = (
     "Per group, every contestant computes the same value (checked) and its gradient. "
-    "*naive* is the seeds' form run eagerly (Python loops where the seed loops); *vectorized* "
+    "*naive* is the tutorials' form run eagerly (Python loops where the tutorial loops); *vectorized* "
     "is the same loss written with whole-tensor ops; *Keras* the built-in where one exists; "
     "**ours** is `framework.losses` evaluated in full (term, reduction, weights). "
     "Batches: L2 64×16; norm 256×64; Huber and focal 1024×16; weighted BCE 512×64; "
     "Dice and Tversky 16×128×128×1; triplet 128 embeddings of 64 (16 classes); RankNet 64 lists "
     "of 20; regularizers over the kernels of a 784-512-512-10 MLP.\n\n"
     "What holds from run to run (single ratios move by up to ~20% between runs, e.g. Triplet "
-    "batch_all measured 0.93-1.3× over five runs): the seeds' Python loops cost thousands of "
+    "batch_all measured 0.93-1.3× over five runs): the tutorials' Python loops cost thousands of "
     "times the vectorized loss, and AutoGraph turns them into a `tf.while_loop` that is still "
-    "~100× slower; the seeds' redundant norm costs nothing once compiled (both grappler and XLA "
+    "~100× slower; the tutorials' redundant norm costs nothing once compiled (both grappler and XLA "
     "deduplicate it), only eagerly; our full term costs ~0.3-2 ms more per call than a bare "
     "function when run eagerly (Python and small ops), nothing measurable once compiled, which "
     "the Trainer always does; XLA on CPU is not always the fastest (Dice's large reductions run "
@@ -54,7 +54,7 @@ def _total(loss: losses.Loss, scale: float = 1.0) -> Callable:
     return lambda y, p: scale * loss(y, p).total
 
 
-# ---- the seeds, verbatim (modulo removed APIs) --------------------------------------
+# ---- tutorial code, verbatim (modulo removed APIs) --------------------------------------
 
 
 def seed_l2_loops(y_true, y_pred):
@@ -92,7 +92,7 @@ def seed_huber(y_true, y_pred, delta=1.0):
 
 
 def seed_focal(y_true, logits, alpha=0.25, gamma=2.0):
-    """The seeds' `-alpha * (1 - p_t)**gamma * log(p_t)`, from clipped probabilities."""
+    """The tutorials' `-alpha * (1 - p_t)**gamma * log(p_t)`, from clipped probabilities."""
     p = tf.clip_by_value(tf.sigmoid(logits), 1e-7, 1 - 1e-7)
     p_t = y_true * p + (1 - y_true) * (1 - p)
     alpha_t = y_true * alpha + (1 - y_true) * (1 - alpha)
@@ -113,7 +113,7 @@ def seed_dice(y_true, y_pred, smooth=1.0):
     return 1 - score
 
 
-# ---- hand-written references for the losses the seeds only name ---------------------
+# ---- hand-written references for the losses the tutorials only name ---------------------
 
 
 def tversky(y, p, alpha=0.3, beta=0.7, smooth=1.0):

@@ -1,8 +1,8 @@
-"""The seeds' training-step speed claims, measured here: eager vs tf.function vs XLA, float16 vs float32.
+"""Common training-step speed claims, measured here: eager vs tf.function vs XLA, float16 vs float32.
 
     python scripts/bench_steps.py [--rounds 7] [--quick] [--markdown]
 
-The model is the seeds' example (784 -> Dense(128, relu) -> Dense(10,
+The model is the common tutorial example (784 -> Dense(128, relu) -> Dense(10,
 softmax), categorical cross-entropy, Adam), one training step per call on a
 batch of 128. Contestants:
 
@@ -10,7 +10,7 @@ batch of 128. Contestants:
   tf.function    the same step under @tf.function
   xla            @tf.function(jit_compile=True)
   mixed_float16  tf.function, Keras mixed_float16 policy + LossScaleOptimizer
-  float16 layers tf.function, the seed's dtype=tf.float16 layers (no loss scaling)
+  float16 layers tf.function, the tutorials' dtype=tf.float16 layers (no loss scaling)
 
 Steps per CPU-second (`time.process_time`) and per wall-second, medians over
 interleaved rounds, and each as a ratio to tf.function measured in the same round.

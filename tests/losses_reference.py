@@ -1,6 +1,6 @@
 """Independent float64 numpy references for the library losses, written as loops.
 
-They follow the issue's formulas literally (no vectorization tricks), so a
+They follow the textbook formulas literally (no vectorization tricks), so a
 shared mistake with the TensorFlow code is unlikely. Also: a central
 finite-difference gradient and deterministic test data.
 """

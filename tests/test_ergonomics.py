@@ -1,4 +1,4 @@
-"""Issue 8: Keras callbacks, periodic hooks, optimizer config, EMA, NaN policies, profiler, debug runs."""
+"""Keras callbacks, periodic hooks, optimizer config, EMA, NaN policies, profiler, debug runs."""
 
 import csv
 import glob

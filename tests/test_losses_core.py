@@ -34,7 +34,7 @@ def test_weighted_mean_divides_by_the_sum_of_weights():
 def test_scalar_returning_function_is_a_batch_mean():
     y, p, _ = _data()
 
-    def seed_huber(y_true, y_pred, delta=1.0):  # the seeds' form: returns reduce_mean
+    def seed_huber(y_true, y_pred, delta=1.0):  # the common tutorial form: returns reduce_mean
         error = tf.abs(y_true - y_pred)
         quadratic = tf.minimum(error, delta)
         return tf.reduce_mean(0.5 * quadratic**2 + delta * (error - quadratic))

@@ -79,7 +79,7 @@ class WeightedBinaryCrossentropy(Term):
     Exactly one of:
       pos_weight: `tf.nn.weighted_cross_entropy_with_logits` semantics:
         ``-(pos_weight * y * log(p) + (1 - y) * log(1 - p))``.
-      class_weights: ``[w0, w1]``, the seeds' form: every element's binary
+      class_weights: ``[w0, w1]``, the common tutorial form: every element's binary
         cross-entropy times ``w1 * y + w0 * (1 - y)`` (w1 on positives, w0 on
         negatives). For 0/1 labels this is ``pos_weight = w1 / w0`` scaled by
         w0; for soft labels the two forms differ.
