@@ -27,27 +27,67 @@ def keras_logs(logs: dict[str, float]) -> dict[str, float]:
 
 
 class Periodic:
-    """`fn(trainer, step, logs)` every `every_steps` steps and/or every `every_secs` seconds."""
+    """`fn(trainer, step, logs)` every `every_steps` steps and/or every `every_secs` seconds.
 
-    def __init__(self, fn: Callable, *, every_steps: int | None = None, every_secs: float | None = None):
+    The hook runs between compiled calls, when the step count is a multiple of
+    `every_steps` or when `every_secs` have passed since it last ran (or since
+    it was created); the step schedule makes the loop stop exactly on those
+    steps, the time schedule runs at the first call boundary after the time.
+
+    Args:
+      fn: called as `fn(trainer, step, logs)` with the step just completed and
+        the mean logs of the last compiled call.
+      every_steps: run on every step that is a multiple of this (>= 1).
+      every_secs: run when this many seconds have passed since the last run.
+      clock: seconds as a float, monotonic; `time.monotonic` unless a test
+        supplies its own.
+
+    Raises:
+      ValueError: neither schedule is given, `every_steps` < 1 or
+        `every_secs` < 0.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        *,
+        every_steps: int | None = None,
+        every_secs: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if not every_steps and not every_secs:
             raise ValueError("Periodic: give every_steps and/or every_secs.")
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"Periodic: every_steps must be >= 1, got {every_steps}.")
+        if every_secs is not None and every_secs < 0:
+            raise ValueError(f"Periodic: every_secs must be >= 0, got {every_secs}.")
         self.fn, self.every_steps, self.every_secs = fn, every_steps, every_secs
-        self._last_time = time.monotonic()
+        self._clock = clock
+        self._last_time = clock()
 
     def steps_to_next(self, step: int) -> int | None:
+        """Steps from `step` to the next multiple of `every_steps`; None without a step schedule."""
         return self.every_steps - step % self.every_steps if self.every_steps else None
 
-    def maybe_run(self, trainer, step: int, logs: dict[str, float]) -> None:
+    def maybe_run(self, trainer, step: int, logs: dict[str, float]) -> bool:
+        """Runs `fn` if a schedule is due at `step`.
+
+        Args:
+          trainer: passed on to `fn`.
+          step: the number of steps completed.
+          logs: passed on to `fn`.
+
+        Returns:
+          Whether `fn` ran.
+        """
         due = bool(self.every_steps) and step % self.every_steps == 0
-        now = time.monotonic()
+        now = self._clock()
         if self.every_secs and now - self._last_time >= self.every_secs:
             due = True
         if due:
             self._last_time = now
             self.fn(trainer, step, logs)
+        return due
 
 
 class Hooks:

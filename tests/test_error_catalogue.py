@@ -31,10 +31,6 @@ def two_head_model():
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-class Wrong(ArrayTrainer):
-    pass
-
-
 def test_build_model_wrong_type_names_the_hook():
     with pytest.raises(TypeError, match=r"build_model\(\) must return a keras.Model, got list"):
         ArrayTrainer(config(), data=blobs(), model_fn=lambda: [mlp()])

@@ -31,7 +31,7 @@ def test_fit_matches_keras_fit_with_sgd():
     assert (
         max_abs_diff(
             weights_of(trainer.model),
-            weights_of(reference.model if hasattr(reference, "model") else reference),
+            weights_of(reference),
         )
         <= 1e-4
     )
