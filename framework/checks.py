@@ -85,8 +85,8 @@ def first_batch(trainer, dataset: tf.data.Dataset) -> None:
     y_pred = trainer.model(x, training=False)
     for term in terms:
         owner = f"Loss term {term.name!r}"
-        labels = np.asarray(heads.select(y, term.head, "batch labels", owner))
-        classes = heads.select(y_pred, term.head, "model output", owner).shape[-1]
+        labels = np.asarray(heads.labels(y, term.head, owner))
+        classes = heads.output(y_pred, term.head, owner).shape[-1]
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             raise ValueError(
                 f"{owner}: the first training batch has class labels in [{labels.min():g}, "

@@ -14,26 +14,56 @@ import keras
 import tensorflow as tf
 
 
-def select(value: Any, head: str | None, what: str, owner: str) -> Any:
-    """`value[head]` for dict values; `value` itself for single-output ones."""
-    if isinstance(value, dict):
-        if what == "sample_weight" and head is not None and head not in value:
-            return None  # as in Keras: a head without weights weighs every example 1
-        if head is None:
-            if len(value) == 1:
-                return next(iter(value.values()))
-            raise ValueError(
-                f"{owner} has no head, but the {what} has heads {sorted(value)}; attach it with .on(<head>)."
-            )
-        if head not in value:
-            raise KeyError(f"{owner} reads head {head!r}, but the {what} has heads {sorted(value)}.")
-        return value[head]
-    if head is not None and value is not None and what == "model output":
+def output(value: Any, head: str | None, owner: str) -> Any:
+    """The model output `owner` reads: `value[head]`, or the single output.
+
+    Raises:
+      KeyError: `head` is not one of the outputs, or is given for a model with
+        a single unnamed output.
+      ValueError: no head is given and the model has several.
+    """
+    if head is not None and value is not None and not isinstance(value, dict):
         raise KeyError(
             f"{owner} reads head {head!r}, but the model has a single unnamed output; drop .on(...) "
             "or give the model named outputs."
         )
-    return value
+    return _by_head(value, head, "model output", owner)
+
+
+def labels(value: Any, head: str | None, owner: str) -> Any:
+    """The batch labels `owner` reads: `value[head]`, or the labels themselves.
+
+    Raises:
+      KeyError: the labels are keyed by head and `head` is not among them.
+      ValueError: no head is given and the labels have several.
+    """
+    return _by_head(value, head, "batch labels", owner)
+
+
+def sample_weight(value: Any, head: str | None, owner: str) -> Any:
+    """The sample weights `owner` reads; None (every example weighs 1) for a head without weights.
+
+    Raises:
+      ValueError: no head is given and the weights have several.
+    """
+    if isinstance(value, dict) and head is not None and head not in value:
+        return None  # as in Keras: a head without weights weighs every example 1
+    return _by_head(value, head, "sample_weight", owner)
+
+
+def _by_head(value: Any, head: str | None, what: str, owner: str) -> Any:
+    """`value[head]` for dict values; `value` itself otherwise."""
+    if not isinstance(value, dict):
+        return value
+    if head is None:
+        if len(value) == 1:
+            return next(iter(value.values()))
+        raise ValueError(
+            f"{owner} has no head, but the {what} has heads {sorted(value)}; attach it with .on(<head>)."
+        )
+    if head not in value:
+        raise KeyError(f"{owner} reads head {head!r}, but the {what} has heads {sorted(value)}.")
+    return value[head]
 
 
 def nan_mask(y_true: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -10,10 +10,11 @@ See `framework.losses.reduction` for the reduction semantics and
 lacks.
 """
 
-from framework.losses.algebra import BatchTerm, Loss, LossResult, PredictionTerm, Regularizer, Sum, Term
+from framework.losses.algebra import BatchTerm, Loss, PredictionTerm, Regularizer, Sum, Term
 from framework.losses.library import Dice, RankNet, Tversky, WeightedBinaryCrossentropy
 from framework.losses.reduction import evaluate
 from framework.losses.regularizers import L1, L2, ModelLosses, kernels
+from framework.losses.result import LossResult
 from framework.losses.triplet import Triplet
 
 __all__ = [

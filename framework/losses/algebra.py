@@ -11,7 +11,6 @@ of the model). See `framework.losses.reduction` for the exact semantics.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,59 +18,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from framework.log_values import Weighted, WeightedSum
+from framework.losses.reduction import evaluate
+from framework.losses.result import LossResult
 
 Weight = float | Callable[[tf.Tensor], Any]
 REDUCTIONS = ("mean_with_sample_weight", "sum_over_batch_size")
-
-
-@dataclasses.dataclass
-class LossResult:
-    """What calling a loss returns.
-
-    total: scalar float32, the global loss; its gradient is this replica's
-      share (see module docstring).
-    terms: name -> weighted global value; they sum to `total`.
-    raw: name -> unweighted global value.
-    denominators: name -> the term's weight in means over steps: the
-      global sum of its example weights (or its global number of values)
-      for a per-example term, 1 for batch-level terms and regularizers.
-    """
-
-    total: tf.Tensor
-    terms: dict[str, tf.Tensor]
-    raw: dict[str, tf.Tensor]
-    denominators: dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)
-
-    def logs(self, prefix: str = "") -> dict[str, Weighted | WeightedSum]:
-        """`loss`; `loss/<term>` when there are several terms; `loss/<term>/raw` when its weight is not 1.
-
-        Each value carries its denominator (`framework.log_values`), so a
-        mean over steps is the mean over examples; the total's mean is the
-        sum of its terms' means.
-        """
-        stopped: dict[int, tf.Tensor] = {}
-
-        def stop(value):
-            if id(value) not in stopped:
-                stopped[id(value)] = tf.stop_gradient(value)
-            return stopped[id(value)]
-
-        one = tf.constant(1.0)
-        weighted = {
-            name: Weighted(stop(value), self.denominators.get(name, one))
-            for name, value in self.terms.items()
-        }
-        if len(weighted) == 1:
-            out = {f"{prefix}loss": next(iter(weighted.values()))}
-        else:
-            out = {f"{prefix}loss": WeightedSum(tuple(weighted.values()))}
-        for name, value in weighted.items():
-            if len(weighted) > 1:
-                out[f"{prefix}loss/{name}"] = value
-            if self.raw[name] is not self.terms[name]:
-                out[f"{prefix}loss/{name}/raw"] = Weighted(stop(self.raw[name]), value.weight)
-        return out
 
 
 def _snake(name: str) -> str:
@@ -113,8 +64,6 @@ class Loss:
     def __call__(
         self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, model=None, step=None
     ) -> LossResult:
-        from framework.losses.reduction import evaluate
-
         return evaluate(self.flat_terms(), y_true, y_pred, sample_weight, model=model, step=step)
 
 

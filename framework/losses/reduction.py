@@ -52,11 +52,11 @@ from typing import Any
 import tensorflow as tf
 
 from framework import distribute, heads
-from framework.losses.algebra import LossResult, Term
+from framework.losses.result import LossResult
 
 
-def _select(value: Any, head: str | None, what: str, term: Term) -> Any:
-    return heads.select(value, head, what, f"Loss term {term.name!r}")
+def _owner(term) -> str:
+    return f"Loss term {term.name!r}"
 
 
 def _float32(x: Any) -> tf.Tensor:
@@ -107,7 +107,7 @@ def _per_example_parts(term, y_true, y_pred, weight):
     return tf.reduce_sum(values * weight), tf.reduce_sum(weight)
 
 
-def _check_shapes(term: Term, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
+def _check_shapes(term, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
     """Rejects labels that would silently broadcast against predictions.
 
     Same-rank labels and predictions must agree in every known non-batch
@@ -130,14 +130,16 @@ def _local_parts(term, y_true, y_pred, sample_weight, model):
             raise ValueError(f"Loss term {term.name!r} is a regularizer: pass model=.")
         return _float32(term.regularization(model)), None
     whole = not term.reads_labels and term.head is None and isinstance(y_pred, dict)
-    y_p = y_pred if whole else _select(y_pred, term.head, "model output", term)
-    weight = _select(sample_weight, term.head, "sample_weight", term) if sample_weight is not None else None
+    y_p = y_pred if whole else heads.output(y_pred, term.head, _owner(term))
+    weight = (
+        heads.sample_weight(sample_weight, term.head, _owner(term)) if sample_weight is not None else None
+    )
     weight = None if weight is None else _float32(weight)
     if not term.reads_labels:
         y_p = tf.nest.map_structure(tf.convert_to_tensor, y_p)
         term.validate(None, y_p)
         return _per_example_parts(term, None, tf.nest.map_structure(_float32, y_p), weight)
-    y_t = _select(y_true, term.head, "batch labels", term)
+    y_t = heads.labels(y_true, term.head, _owner(term))
     if y_t is None:
         raise ValueError(f"Loss term {term.name!r} has no labels in the batch (head {term.head!r}).")
     y_p, y_t = tf.convert_to_tensor(y_p), tf.convert_to_tensor(y_t)
@@ -151,10 +153,10 @@ def _local_parts(term, y_true, y_pred, sample_weight, model):
     return _per_example_parts(term, y_t, y_p, weight)
 
 
-def _describe_error(term: Term, y_true, y_pred, error: Exception) -> Exception:
+def _describe_error(term, y_true, y_pred, error: Exception) -> Exception:
     def shape(v):
         try:
-            return tuple(_select(v, term.head, "x", term).shape)
+            return tuple(heads.labels(v, term.head, _owner(term)).shape)
         except Exception:  # noqa: BLE001 - only used to build a message
             return "?"
 

@@ -58,12 +58,12 @@ def update(pairs: Pairs, y, y_pred, sample_weight=None, *, nan_masked: frozenset
     """
     for head, metric in pairs:
         owner = f"Metric {metric.name!r}"
-        weight = None if sample_weight is None else heads.select(sample_weight, head, "sample_weight", owner)
-        labels = heads.select(y, head, "batch labels", owner)
+        weight = None if sample_weight is None else heads.sample_weight(sample_weight, head, owner)
+        labels = heads.labels(y, head, owner)
         if head in nan_masked and labels.dtype.is_floating:
             labels, valid = heads.nan_mask(labels)
             weight = valid if weight is None else tf.cast(weight, tf.float32) * valid
-        metric.update_state(labels, heads.select(y_pred, head, "model output", owner), sample_weight=weight)
+        metric.update_state(labels, heads.output(y_pred, head, owner), sample_weight=weight)
 
 
 def build(pairs: Pairs, y, y_pred) -> None:
@@ -78,8 +78,8 @@ def build(pairs: Pairs, y, y_pred) -> None:
         owner = f"Metric {metric.name!r}"
         try:
             metric.update_state(
-                heads.select(y, head, "batch labels", owner),
-                heads.select(y_pred, head, "model output", owner),
+                heads.labels(y, head, owner),
+                heads.output(y_pred, head, owner),
             )
         except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
             raise ValueError(
