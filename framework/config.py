@@ -117,7 +117,17 @@ class ConfigError(ValueError):
     """A config key or value the framework cannot use."""
 
 
-def _near(name: str, valid: list[str]) -> str:
+def did_you_mean(name: str, valid: list[str]) -> str:
+    """A message tail for an unknown key: the closest valid keys, then all of them.
+
+    Args:
+      name: the unknown key.
+      valid: the keys that exist where `name` was looked up.
+
+    Returns:
+      `" Did you mean 'x'? Valid keys here: a, b, x."` (the first sentence only
+      when some valid key is close to `name`).
+    """
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"{hint} Valid keys here: {', '.join(sorted(valid))}."
@@ -139,7 +149,7 @@ def _merge(target: ml_collections.ConfigDict, source: Any, path: str) -> None:
             target[key].unlock()
             continue
         if key not in valid:
-            raise ConfigError(f"Unknown config key {full!r}.{_near(key, valid)}")
+            raise ConfigError(f"Unknown config key {full!r}.{did_you_mean(key, valid)}")
         default = target[key]
         if isinstance(default, ml_collections.ConfigDict):
             if not isinstance(value, (Mapping, ml_collections.ConfigDict)):

@@ -43,14 +43,19 @@ def _define_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None
         delattr(FLAGS, name)  # run() again in this process, perhaps with another kind of config
     if default is None:
         config_flags.DEFINE_config_file(
-            "config", None, "Config file: path.py or path.py:arg; override keys with --config.a.b=v.",
+            "config",
+            None,
+            "Config file: path.py or path.py:arg; override keys with --config.a.b=v.",
             lock_config=False,
-        )  # fmt: skip
+        )
     else:
         config_flags.DEFINE_config_dict(
-            "config", default, "The script's get_config(); override keys with --config.a.b=v.",
-            lock_config=False, sys_argv=list(argv),
-        )  # fmt: skip
+            "config",
+            default,
+            "The script's get_config(); override keys with --config.a.b=v.",
+            lock_config=False,
+            sys_argv=list(argv),
+        )
     if "workdir" in FLAGS:
         return
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and summaries.")
@@ -91,7 +96,7 @@ def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
             keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
             where = "config." + ".".join(walked) if walked else "config"
             raise config_lib.ConfigError(
-                f"--config.{path}: {where} has no key {part!r}.{config_lib._near(part, keys)}"
+                f"--config.{path}: {where} has no key {part!r}.{config_lib.did_you_mean(part, keys)}"
             )
         node, walked = node[part], walked + [part]
 

@@ -82,8 +82,10 @@ def load(workdir: str) -> dict | None:
 def _retyped(value: Any, like: Any) -> Any:
     """JSON has no tuples: give recorded lists back the type the current config uses."""
     if isinstance(value, Mapping):
-        return {k: _retyped(v, like[k] if isinstance(like, Mapping) and k in like else None)
-                for k, v in value.items()}  # fmt: skip
+        return {
+            k: _retyped(v, like[k] if isinstance(like, Mapping) and k in like else None)
+            for k, v in value.items()
+        }
     if isinstance(value, list) and (isinstance(like, tuple) or like is None):
         return tuple(_retyped(v, None) for v in value)
     return value

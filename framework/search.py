@@ -49,11 +49,16 @@ def check_space(config, space: Mapping[str, Any]) -> None:
             "--search=optuna: get_sweep's dict declares no range; use framework.config.uniform, "
             "log_uniform, integers or choice."
         )
-    corner = {k: (d.choices[0] if d.kind == "choice" else d.low) if isinstance(d, config_lib.Range) else d
-              for k, d in space.items()}  # fmt: skip
+    corner = {
+        k: (d.choices[0] if d.kind == "choice" else d.low) if isinstance(d, config_lib.Range) else d
+        for k, d in space.items()
+    }
     for key, dim in space.items():
-        values = [dim] if not isinstance(dim, config_lib.Range) else (
-            list(dim.choices) if dim.kind == "choice" else [dim.low, dim.high])  # fmt: skip
+        values = (
+            [dim]
+            if not isinstance(dim, config_lib.Range)
+            else (list(dim.choices) if dim.kind == "choice" else [dim.low, dim.high])
+        )
         for value in values:
             if isinstance(dim, config_lib.Range) and dim.kind == "int":
                 value = int(value)
@@ -98,8 +103,12 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
     )
     # A rerun continues the study: the seed as before would draw the same points again.
     study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
-    child = {"workdir": os.path.abspath(args.workdir), "monitor": monitor, "pruner": args.pruner,
-             "startup_trials": args.pruner_startup_trials}  # fmt: skip
+    child = {
+        "workdir": os.path.abspath(args.workdir),
+        "monitor": monitor,
+        "pruner": args.pruner,
+        "startup_trials": args.pruner_startup_trials,
+    }
     runs: list[sweeps.Run] = []
     trial_ids: dict[str, int] = {}
 

@@ -138,8 +138,13 @@ def collect(trainer) -> dict[str, list]:
         if name in _SKIP_ATTRS or name in exclude:
             continue
         keep = name in include
-        _walk(getattr(trainer, name), f"attr.{name.lstrip('_')}", extra, left_out,
-              lambda model, g=name in given, k=keep: None if k else _reason_left_out(model, g, trained))  # fmt: skip
+        _walk(
+            getattr(trainer, name),
+            f"attr.{name.lstrip('_')}",
+            extra,
+            left_out,
+            lambda model, g=name in given, k=keep: None if k else _reason_left_out(model, g, trained),
+        )
     if left_out and trainer not in _reported:
         _reported.add(trainer)
         logging.info(

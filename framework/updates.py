@@ -119,9 +119,13 @@ class _Entry:
 def _local(value, dtype, name: str, aggregation: tf.VariableAggregation) -> tf.Variable:
     """A variable each replica reads and writes alone (summed or first-replica on save)."""
     return tf.Variable(
-        value, dtype=dtype, trainable=False, name=name,
-        synchronization=tf.VariableSynchronization.ON_READ, aggregation=aggregation,
-    )  # fmt: skip
+        value,
+        dtype=dtype,
+        trainable=False,
+        name=name,
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=aggregation,
+    )
 
 
 def _variables_source(variables: Any) -> Callable[[], list]:
@@ -160,10 +164,12 @@ class Updater:
     @classmethod
     def from_config(cls, strategy: tf.distribute.Strategy, config) -> Updater:
         return cls(
-            strategy, precision=config.precision,
-            accum_steps=config.grad_accum_steps, batch_size=config.batch_size,
+            strategy,
+            precision=config.precision,
+            accum_steps=config.grad_accum_steps,
+            batch_size=config.batch_size,
             clipping=Clipping.from_config(config.optimizer),
-        )  # fmt: skip
+        )
 
     def add(
         self,
