@@ -5,23 +5,20 @@ python experiments/digits.py --config=configs/digits.py:smoke --workdir=/tmp/dig
 python scripts/sweep.py experiments/digits.py --config=configs/digits.py --workdir=runs/digits-sweep
 """
 
-from framework.config import choice, defaults, log_uniform, product, uniform
+from framework.config import choice, defaults, log_uniform, parse_arg, product, uniform
 
 
 def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/digits.py", smoke=False)
     config = defaults()
-    config.batch_size = 64
     config.epochs = 30
-    config.optimizer.name = "adam"
     config.optimizer.learning_rate = 3e-3
     config.model.hidden = 128
     config.model.dropout = 0.1
     config.task.l2 = 1e-4
     config.data.eval_fraction = 0.2
-    if arg == "smoke":
+    if arg.smoke:
         config.epochs = 3
-    elif arg not in (None, ""):
-        raise ValueError(f"configs/digits.py: unknown variant {arg!r}; use '' or 'smoke'.")
     return config
 
 

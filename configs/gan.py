@@ -4,19 +4,14 @@ python experiments/gan.py --config=configs/gan.py --workdir=runs/gan
 python experiments/gan.py --config=configs/gan.py:smoke --workdir=/tmp/gan
 """
 
-from framework.config import defaults
-
-VARIANTS = ("", "smoke")
+from framework.config import defaults, parse_arg
 
 
-def get_config(arg: str = ""):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/gan.py: unknown variant {arg!r}; valid: '' (full), 'smoke'.")
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/gan.py", smoke=False)
     config = defaults()
-    config.batch_size = 64
     config.epochs = 12
-    config.optimizer.learning_rate = 1e-3  # generator (Adam)
-    config.task.d_learning_rate = 1e-3  # discriminator (Adam)
+    config.task.d_learning_rate = 1e-3  # discriminator (Adam); the generator's is optimizer.learning_rate
     config.task.beta_1 = 0.5
     config.data.modes = 8
     config.data.radius = 2.0
@@ -29,7 +24,7 @@ def get_config(arg: str = ""):
     config.model.width = 128
     config.model.depth = 3
     config.checkpoint.best_metric = "val/modes/covered"
-    if arg == "smoke":
+    if arg.smoke:
         config.epochs = 10
         config.data.train_points = 6400
         config.data.eval_points = 1024

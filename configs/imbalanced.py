@@ -6,30 +6,25 @@ python experiments/imbalanced.py --config=configs/imbalanced.py:focal --workdir=
 python experiments/imbalanced.py --config=configs/imbalanced.py:smoke --workdir=/tmp/imbalanced
 """
 
-from framework.config import defaults
-
-VARIANTS = ("bce", "weighted", "focal", "smoke")
+from framework.config import defaults, parse_arg
 
 
-def get_config(arg: str = "bce"):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/imbalanced.py: unknown variant {arg!r}; valid: {', '.join(VARIANTS)}.")
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/imbalanced.py", loss=("bce", "weighted", "focal"), smoke=False)
     config = defaults()
     config.batch_size = 32
     config.epochs = 60
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 1e-3
     config.data.positive_share = 0.1
     config.data.eval_fraction = 0.5
     config.model.hidden = 32
     config.model.dropout = 0.2
-    config.task.loss = "weighted" if arg == "smoke" else arg
+    config.task.loss = "weighted" if arg.smoke else arg.loss
     config.task.pos_weight = 3.0  # weighted: each positive counts this many times
     config.task.focal_alpha = 0.75  # focal: weight of the positives (1 - alpha on negatives)
     config.task.focal_gamma = 2.0
     config.task.l2 = 1e-4
     config.task.at_precision = 0.9  # recall reported at this precision
     config.checkpoint.best_metric = "val/pr_auc"
-    if arg == "smoke":
+    if arg.smoke:
         config.epochs = 10
     return config

@@ -4,19 +4,14 @@ python experiments/metric_learning.py --config=configs/metric_learning.py --work
 python experiments/metric_learning.py --config=configs/metric_learning.py:smoke --workdir=/tmp/metric_learning
 """
 
-from framework.config import defaults
-
-VARIANTS = ("", "smoke")
+from framework.config import defaults, parse_arg
 
 
-def get_config(arg: str = ""):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/metric_learning.py: unknown variant {arg!r}; valid: '' (full), 'smoke'.")
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/metric_learning.py", smoke=False)
     config = defaults()
     config.batch_size = 128  # ~13 examples per digit: every anchor has positives to mine
     config.epochs = 30
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 1e-3
     config.data.eval_fraction = 0.2
     config.model.hidden = 128
     config.model.dim = 32
@@ -25,6 +20,6 @@ def get_config(arg: str = ""):
     config.task.mining = "batch_hard"
     config.task.l2 = 1e-5
     config.checkpoint.best_metric = "val/recall_at_k/1"
-    if arg == "smoke":
+    if arg.smoke:
         config.epochs = 5
     return config

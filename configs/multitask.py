@@ -4,18 +4,13 @@ python experiments/multitask.py --config=configs/multitask.py --workdir=runs/mul
 python experiments/multitask.py --config=configs/multitask.py:smoke --workdir=/tmp/multitask
 """
 
-from framework.config import defaults
-
-VARIANTS = ("", "smoke")
+from framework.config import defaults, parse_arg
 
 
-def get_config(arg: str = ""):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/multitask.py: unknown variant {arg!r}; valid: '' (full), 'smoke'.")
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/multitask.py", smoke=False)
     config = defaults()
-    config.batch_size = 64
     config.epochs = 30
-    config.optimizer.name = "adam"
     config.optimizer.learning_rate = 2e-3
     config.data.eval_fraction = 0.2
     config.data.unlabelled = 0.3  # share of training examples without a class label
@@ -27,7 +22,7 @@ def get_config(arg: str = ""):
     config.task.ink_weight = 0.5
     config.task.l2 = 1e-4
     config.checkpoint.best_metric = "val/class/accuracy"
-    if arg == "smoke":
+    if arg.smoke:
         config.epochs = 4
         config.task.warmup_steps = 40
     return config

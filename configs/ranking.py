@@ -4,19 +4,14 @@ python experiments/ranking.py --config=configs/ranking.py --workdir=runs/ranking
 python experiments/ranking.py --config=configs/ranking.py:smoke --workdir=/tmp/ranking
 """
 
-from framework.config import defaults
-
-VARIANTS = ("", "smoke")
+from framework.config import defaults, parse_arg
 
 
-def get_config(arg: str = ""):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/ranking.py: unknown variant {arg!r}; valid: '' (full), 'smoke'.")
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/ranking.py", smoke=False)
     config = defaults()
     config.batch_size = 64  # lists per global batch
     config.epochs = 20
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 1e-3
     config.data.train_lists = 2000
     config.data.eval_lists = 500
     config.data.list_size = 20
@@ -26,7 +21,7 @@ def get_config(arg: str = ""):
     config.task.k = 5
     config.task.l2 = 1e-5
     config.checkpoint.best_metric = "val/ndcg_5"
-    if arg == "smoke":
+    if arg.smoke:
         config.epochs = 3
         config.data.train_lists = 600
         config.data.eval_lists = 200

@@ -4,18 +4,13 @@ python experiments/segmentation.py --config=configs/segmentation.py --workdir=ru
 python experiments/segmentation.py --config=configs/segmentation.py:smoke --workdir=/tmp/segmentation
 """
 
-from framework.config import defaults
-
-VARIANTS = ("", "smoke")
+from framework.config import defaults, parse_arg
 
 
-def get_config(arg: str = ""):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/segmentation.py: unknown variant {arg!r}; valid: '' (full), 'smoke'.")
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/segmentation.py", smoke=False)
     config = defaults()
     config.batch_size = 32
-    config.epochs = 10
-    config.optimizer.name = "adam"
     config.optimizer.learning_rate = 2e-3
     config.data.train_images = 2000
     config.data.eval_images = 400
@@ -24,7 +19,7 @@ def get_config(arg: str = ""):
     config.task.dice_weight = 1.0
     config.task.bce_weight = 1.0
     config.checkpoint.best_metric = "val/iou"
-    if arg == "smoke":
+    if arg.smoke:
         config.epochs = 4
         config.batch_size = 16
         config.optimizer.learning_rate = 3e-3

@@ -8,6 +8,10 @@ An experiment config starts from `defaults()` and changes what it needs::
         config.model.width = 256        # free-form sections: model, data, task
         return config
 
+A variant string (`--config=configs/x.py:smoke,width=64`) reaches
+`get_config(arg)`; `parse_arg(arg, "configs/x.py", smoke=False, width=128)`
+reads it against the keys the file knows.
+
 `defaults()` is locked: assigning a key it does not know (`config.batchsize`)
 fails at once with a "did you mean" hint. `resolve()` is applied to every
 config a `Trainer` receives; it fills missing keys from the defaults, rejects
@@ -105,6 +109,73 @@ def defaults() -> ml_collections.ConfigDict:
     for section in FREE_SECTIONS:
         _section(c, section).unlock()
     return c
+
+
+def parse_arg(arg: str | None, name: str = "config", /, **spec: Any) -> ml_collections.ConfigDict:
+    """A config file's variant string, parsed against its known keys (big_vision's `parse_arg`).
+
+        def get_config(arg=None):
+            arg = parse_arg(arg, "configs/x.py", smoke=False, width=128, loss=("bce", "focal"))
+            # "" -> smoke=False, width=128, loss="bce";  "smoke,width=64" -> smoke=True, width=64
+            # "focal" or "loss=focal" -> loss="focal"
+
+    Args:
+      arg: comma-separated items; `key=value` sets a key (the value converted
+        to the type of its default), a bare `key` sets a boolean key True, and
+        a bare word that is one of a choice key's values selects it.
+      name: the config file, for error messages. `arg` and `name` are
+        positional, so any key may be in `spec`.
+      **spec: every key with its default: a bool, int, float or str, or a
+        tuple of str choices whose first element is the default.
+
+    Returns:
+      A ConfigDict with every key of `spec`.
+
+    Raises:
+      ValueError: an item names no key (the message lists the valid ones), or
+        its value does not convert to the key's type or is not one of its
+        choices.
+    """
+    values = {key: default[0] if isinstance(default, tuple) else default for key, default in spec.items()}
+    choices = {key: default for key, default in spec.items() if isinstance(default, tuple)}
+    valid = [_describe_key(key, default) for key, default in spec.items()]
+    for item in filter(None, (part.strip() for part in (arg or "").split(","))):
+        key, has_value, text = item.partition("=")
+        owner = next((k for k, options in choices.items() if item in options), None)
+        if owner is not None and not has_value:
+            values[owner] = item
+        elif key in spec and has_value:
+            values[key] = _parse_value(name, key, text, spec[key])
+        elif key in spec and isinstance(spec[key], bool):
+            values[key] = True
+        else:
+            raise ValueError(f"{name}: unknown variant {item!r}; valid: {', '.join(valid)}.")
+    return ml_collections.ConfigDict(values)
+
+
+def _describe_key(key: str, default: Any) -> str:
+    if isinstance(default, bool):
+        return key
+    if isinstance(default, tuple):
+        return f"{key}={'|'.join(default)} (or {key}'s value alone)"
+    return f"{key}=<{type(default).__name__}>"
+
+
+def _parse_value(name: str, key: str, text: str, default: Any) -> Any:
+    if isinstance(default, tuple):
+        if text not in default:
+            raise ValueError(f"{name}: {key}={text!r} is not one of {', '.join(default)}.")
+        return text
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{name}: {key}={text!r} is not a boolean (true/false).")
+        return text.lower() in ("true", "1")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(text)
+        except ValueError:
+            raise ValueError(f"{name}: {key}={text!r} is not {type(default).__name__}.") from None
+    return text
 
 
 def _section(config: ml_collections.ConfigDict, path: str) -> ml_collections.ConfigDict:

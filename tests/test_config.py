@@ -138,3 +138,34 @@ def test_unknown_key_in_config_file_fails_before_work(tmp_path):
 
 def test_check_values_is_exposed_for_modules():
     assert config_lib.PRECISIONS[0] == "float32"
+
+
+def test_parse_arg_reads_flags_typed_values_and_choices():
+    spec = dict(smoke=False, width=128, rate=0.5, name="a", loss=("bce", "focal"))
+    assert config_lib.parse_arg(None, **spec).to_dict() == {
+        "smoke": False,
+        "width": 128,
+        "rate": 0.5,
+        "name": "a",
+        "loss": "bce",
+    }
+    got = config_lib.parse_arg("smoke, width=64,rate=1e-2,name=b,focal", **spec)
+    assert got.to_dict() == {"smoke": True, "width": 64, "rate": 0.01, "name": "b", "loss": "focal"}
+    assert type(got.width) is int and type(got.rate) is float
+    assert config_lib.parse_arg("loss=focal,smoke=false", **spec).to_dict()["loss"] == "focal"
+    assert config_lib.parse_arg("smoke=1", smoke=False).smoke is True
+
+
+@pytest.mark.parametrize(
+    "arg, match",
+    [
+        ("nope", r"configs/x.py: unknown variant 'nope'; valid: smoke, width=<int>, loss=bce\|focal"),
+        ("width", r"unknown variant 'width'"),  # a non-boolean key needs a value
+        ("width=wide", r"width='wide' is not int"),
+        ("smoke=maybe", r"smoke='maybe' is not a boolean"),
+        ("loss=dice", r"loss='dice' is not one of bce, focal"),
+    ],
+)
+def test_parse_arg_names_the_file_and_the_valid_keys(arg, match):
+    with pytest.raises(ValueError, match=match):
+        config_lib.parse_arg(arg, "configs/x.py", smoke=False, width=128, loss=("bce", "focal"))
