@@ -23,7 +23,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
 import framework
-from common import batches
+from common import ArraysTrainer
 from framework import losses
 
 
@@ -51,12 +51,9 @@ def imbalanced_split(positive_share: float, eval_fraction: float, seed: int):
     return prepare(x_train, y_train), prepare(x_eval, y_eval)
 
 
-class ImbalancedTrainer(framework.Trainer):
-    def __init__(self, config, workdir=None, **kwargs):
-        self.train_data, self.eval_data = imbalanced_split(
-            config.data.positive_share, config.data.eval_fraction, config.seed
-        )
-        super().__init__(config, workdir, **kwargs)
+class ImbalancedTrainer(ArraysTrainer):
+    def load_arrays(self, config):
+        return imbalanced_split(config.data.positive_share, config.data.eval_fraction, config.seed)
 
     def build_model(self):
         return keras.Sequential(
@@ -94,12 +91,6 @@ class ImbalancedTrainer(framework.Trainer):
             keras.metrics.Precision(name="precision"),
             keras.metrics.Recall(name="recall"),
         ]
-
-    def build_train_dataset(self, input_context):
-        return batches(self.train_data, input_context, self.config.batch_size, shuffle_seed=self.config.seed)
-
-    def build_eval_dataset(self, input_context):
-        return batches(self.eval_data, input_context, self.config.batch_size)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,14 @@ from __future__ import annotations
 import keras
 
 import framework
-from common import batches
-from digits import digits_split
+from common import ArraysTrainer, digits_split
 from framework import losses, metrics
 
 
-class MetricLearningTrainer(framework.Trainer):
-    def __init__(self, config, workdir=None, **kwargs):
+class MetricLearningTrainer(ArraysTrainer):
+    def load_arrays(self, config):
         x_train, x_eval, y_train, y_eval = digits_split(config.data.eval_fraction, config.seed)
-        self.train_data, self.eval_data = (x_train, y_train), (x_eval, y_eval)
-        super().__init__(config, workdir, **kwargs)
+        return (x_train, y_train), (x_eval, y_eval)
 
     def build_model(self):
         cfg = self.config.model
@@ -47,12 +45,6 @@ class MetricLearningTrainer(framework.Trainer):
     def build_eval_metrics(self):
         # Retrieval within the eval set: the buffer holds one evaluation's embeddings.
         return [metrics.RecallAtK([1, 5], dim=self.config.model.dim, capacity=len(self.eval_data[1]))]
-
-    def build_train_dataset(self, input_context):
-        return batches(self.train_data, input_context, self.config.batch_size, shuffle_seed=self.config.seed)
-
-    def build_eval_dataset(self, input_context):
-        return batches(self.eval_data, input_context, self.config.batch_size)
 
 
 if __name__ == "__main__":

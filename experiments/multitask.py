@@ -22,8 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 import framework
-from common import batches
-from digits import digits_split
+from common import ArraysTrainer, digits_split
 from framework import losses
 
 
@@ -54,12 +53,9 @@ def linear_warmup(peak: float, steps: int):
     return lambda step: peak * tf.minimum(1.0, tf.cast(step, tf.float32) / steps)
 
 
-class MultitaskTrainer(framework.Trainer):
-    def __init__(self, config, workdir=None, **kwargs):
-        self.train_data, self.eval_data = multitask_data(
-            config.data.eval_fraction, config.data.unlabelled, config.seed
-        )
-        super().__init__(config, workdir, **kwargs)
+class MultitaskTrainer(ArraysTrainer):
+    def load_arrays(self, config):
+        return multitask_data(config.data.eval_fraction, config.data.unlabelled, config.seed)
 
     def build_model(self):
         inputs = keras.Input((64,))
@@ -90,12 +86,6 @@ class MultitaskTrainer(framework.Trainer):
             "parity": [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")],  # logit > 0: odd
             "ink": [keras.metrics.MeanAbsoluteError(name="mae")],
         }
-
-    def build_train_dataset(self, input_context):
-        return batches(self.train_data, input_context, self.config.batch_size, shuffle_seed=self.config.seed)
-
-    def build_eval_dataset(self, input_context):
-        return batches(self.eval_data, input_context, self.config.batch_size)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,34 @@
 """Mixed precision: float16 and bfloat16 train like float32; an overflow on one replica skips everywhere."""
 
+import importlib.util
+import os
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import framework
-from experiments.digits import DigitsTrainer
 from framework import losses
 
 from toys import ArrayTrainer, config, weights_of
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
+def _digits_trainer_class():
+    """experiments/digits.py as `python experiments/digits.py` runs it: `experiments/` on the path."""
+    sys.path.insert(0, EXPERIMENTS)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "experiment_digits", os.path.join(EXPERIMENTS, "digits.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(EXPERIMENTS)
+    return module.DigitsTrainer
 
 
 def _digits(precision):
@@ -19,7 +38,7 @@ def _digits(precision):
     cfg.model.update(hidden=64, dropout=0.0)
     cfg.task.l2 = 1e-4
     cfg.data.eval_fraction = 0.2
-    trainer = DigitsTrainer(cfg)
+    trainer = _digits_trainer_class()(cfg)
     return trainer, trainer.fit()
 
 
