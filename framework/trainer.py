@@ -103,7 +103,8 @@ class Trainer:
             self.loss = self.build_loss()
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
-                heads.check_loss_heads(self.model, self.loss)
+                if self._default_step("train_step"):  # a custom step may build its own heads
+                    heads.check_loss_heads(self.model, self.loss)
             self.metrics = metrics.collect(self.model, self.build_metrics())
             eval_metrics = self.build_eval_metrics()
             self.eval_metrics = (
@@ -229,6 +230,10 @@ class Trainer:
         """Updates the phase's metrics; a head whose loss masks NaN labels masks them here too."""
         nan_masked = frozenset(t.head for t in (self.loss.flat_terms() if self.loss else []) if t.mask_nan)
         metrics.update(self._phase_metrics(), y, y_pred, sample_weight, nan_masked=nan_masked)
+
+    def _default_step(self, step: str) -> bool:
+        """Whether `step` ("train_step" or "eval_step") is the base class's, not overridden."""
+        return getattr(type(self), step) is getattr(Trainer, step)
 
     def _phase_metrics(self, phase: str | None = None) -> metrics.Pairs:
         return self.eval_metrics if (phase or self._phase) == "eval" else self.metrics
