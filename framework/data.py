@@ -21,7 +21,31 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
+from framework import distribute
+
 Hook = Callable[[tf.distribute.InputContext], Any]
+
+
+def as_hook(source: tf.data.Dataset | Hook, what: str) -> Hook:
+    """A dataset hook from a `tf.data.Dataset` of global batches or a hook of per-replica batches.
+
+    Raises:
+      TypeError: `source` is neither.
+    """
+    if isinstance(source, tf.data.Dataset):
+
+        def hook(input_context):
+            if input_context.num_replicas_in_sync == 1:
+                return source
+            return distribute.split_global_batches(source, input_context)
+
+        return hook
+    if callable(source):
+        return source
+    raise TypeError(
+        f"{what} must be a tf.data.Dataset of global batches or a function input_context -> "
+        f"tf.data.Dataset of per-replica batches, got {type(source).__name__}: {source!r:.200}"
+    )
 
 
 def _fixed_batches(hook: Hook, count: int) -> Hook:

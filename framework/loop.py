@@ -147,6 +147,28 @@ class StepFunction:
         return self.function.experimental_get_tracing_count()
 
 
+def make_predict_function(strategy: tf.distribute.Strategy, predict_step: ReplicaStep) -> Callable:
+    """Returns the tf.function `fn(iterator) -> outputs` of one global batch, rows in order.
+
+    Each replica's outputs are all-gathered (replica r holds rows r-th in the
+    global batch), so every worker gets the whole batch's outputs.
+    """
+
+    def replica_fn(batch):
+        outputs = predict_step(batch)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            outputs = context.all_gather(outputs, axis=0)
+        return outputs
+
+    @tf.function
+    def predict(iterator):
+        per_replica = strategy.run(replica_fn, args=(next(iterator),))
+        return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], per_replica)
+
+    return predict
+
+
 def xla_plan(
     strategy: tf.distribute.Strategy, jit_compile: bool, *, custom_step: bool, where: str
 ) -> str | None:

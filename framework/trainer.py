@@ -178,6 +178,11 @@ class Trainer:
         self.update_metrics(y, y_pred, sample_weight)
         return step_logs
 
+    def predict_step(self, batch):
+        """The model's outputs for one batch (`x`, or `(x, y[, sample_weight])` whose labels are ignored)."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        return self._forward(x, training=False)
+
     # The step helpers need no autograph (converting them cost seconds per trace);
     # a custom train_step calling them is still converted.
     @tf.autograph.experimental.do_not_convert
@@ -276,9 +281,36 @@ class Trainer:
         """
         return self.controller.fit(validate=validate, callbacks_=callbacks)
 
-    def evaluate(self) -> dict[str, float]:
-        """Runs `eval_step` over the whole eval dataset; returns loss and metric values."""
-        return self.controller.evaluate()
+    def evaluate(self, dataset=None) -> dict[str, float]:
+        """Runs `eval_step` over a dataset; returns its loss and eval metric values.
+
+        Args:
+          dataset: None (the validation set of `build_eval_dataset`, built once
+            per Trainer), a `tf.data.Dataset` of global batches (what Keras'
+            `evaluate` takes), or a function `input_context -> tf.data.Dataset`
+            of per-replica batches. A dataset given here is read anew at each call.
+
+        Returns:
+          `loss`, `loss/<term>`... and the eval metrics' results, as floats.
+
+        Raises:
+          ValueError: no dataset given and `build_eval_dataset` returns None.
+          TypeError: `dataset` is neither a dataset nor a function.
+        """
+        return self.controller.evaluate(dataset)
+
+    def predict(self, dataset):
+        """The outputs of `predict_step` (the model, by default) over a whole dataset, in order.
+
+        Args:
+          dataset: a `tf.data.Dataset` of global batches of `x` (or `(x, y[, w])`;
+            labels are ignored), or a function `input_context -> tf.data.Dataset`
+            of per-replica batches. A short last batch is fine.
+
+        Returns:
+          numpy arrays nested like the model's outputs, one row per example.
+        """
+        return self.controller.predict(dataset)
 
     def restore(self, which: str | int = "latest") -> int | None:
         """Loads a checkpoint of the workdir: "latest", "best" or a step number; returns its step."""
