@@ -265,7 +265,12 @@ class Trainer:
             x, y, _ = keras.utils.unpack_x_y_sample_weight(zeros)
             unbuilt = [p for p in self.metrics + self.eval_metrics if not p[1].variables]
             if not self.model.built or unbuilt:
+                # Calling the model draws from its SeedGenerators (a VAE's sampling layer);
+                # Keras builds symbolically and draws nothing: put their states back.
+                existing = [(v, v.numpy()) for v in self.model.variables]
                 y_pred = self.model(x, training=False)
+                for variable, value in existing:
+                    variable.assign(value)
                 if unbuilt and y is not None:
                     metrics.build(unbuilt, y, y_pred)
             self._updater.build()
