@@ -383,12 +383,16 @@ class Controller:
         elif self.has_eval():
             eval_input = self.eval_input
         else:
-            raise ValueError("evaluate() needs build_eval_dataset() to return a dataset, or a dataset argument.")
+            raise ValueError(
+                "evaluate() needs build_eval_dataset() to return a dataset, or a dataset argument."
+            )
 
         def make():
             t._build_state(eval_input.element_spec)
             xla = self._xla_plan("eval_step")
-            return loop.make_step_function(t.strategy, t.eval_step, where="eval_step", jit_compile=xla == "step")
+            return loop.make_step_function(
+                t.strategy, t.eval_step, where="eval_step", jit_compile=xla == "step"
+            )
 
         eval_fn = self._step_fn(self.eval_fns, eval_input.element_spec, make)
         t.reset_metrics("eval")
