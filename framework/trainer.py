@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import keras
 import ml_collections
 import tensorflow as tf
+from absl import logging
 
 from framework import checks, distribute, heads, metrics, precision, schedules, updates
 from framework import config as config_lib
@@ -173,7 +174,7 @@ class Trainer:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         y_pred = self._forward(x, training=False)
         step_logs = {}
-        if self.loss is not None:
+        if self.loss is not None and self._loss_fits_outputs(y_pred):
             step_logs = self.compute_loss(y, y_pred, sample_weight).logs
         self.update_metrics(y, y_pred, sample_weight)
         return step_logs
@@ -235,6 +236,23 @@ class Trainer:
         """Updates the phase's metrics; a head whose loss masks NaN labels masks them here too."""
         nan_masked = frozenset(t.head for t in (self.loss.flat_terms() if self.loss else []) if t.mask_nan)
         metrics.update(self._phase_metrics(), y, y_pred, sample_weight, nan_masked=nan_masked)
+
+    def _loss_fits_outputs(self, y_pred) -> bool:
+        """Whether the default eval_step can apply the loss to the model's outputs.
+
+        A custom train_step may feed the loss heads it builds itself (a
+        distillation's teacher probabilities); evaluation then reports the
+        metrics only, unless eval_step is overridden too.
+        """
+        wanted = heads.loss_heads(self.loss)
+        if self._default_step("train_step") or heads.outputs_have(y_pred, wanted):
+            return True
+        logging.warning(
+            "eval_step: the loss reads heads %s, which the model's outputs do not have (train_step "
+            "builds them); evaluation reports metrics only. Override eval_step to compute a loss.",
+            sorted(wanted),
+        )
+        return False
 
     def _default_step(self, step: str) -> bool:
         """Whether `step` ("train_step" or "eval_step") is the base class's, not overridden."""
