@@ -10,6 +10,10 @@ so a run resumes by replaying: on a fresh distributed dataset the k-th
 `iter()` yields epoch k's `reshuffle_each_iteration` order, so
 `iterator(epoch, skip=n)` creates and drops the iterators of the epochs
 before, then draws and discards the `n` batches already trained on.
+
+A pipeline whose batch count does not divide among its replicas has its last
+step's rows spread over all of them (`spread_last_step`): no replica gets an
+empty batch where there are rows enough.
 """
 
 from __future__ import annotations
