@@ -84,7 +84,7 @@ def first_batch(trainer, dataset: tf.data.Dataset) -> None:
         return
     batch = next(iter(dataset.take(1)))
     x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-    y_pred = trainer.model(x, training=False)
+    y_pred = trainer._probe(x)
     for term in terms:
         owner = f"Loss term {term.name!r}"
         labels = np.asarray(heads.select(y, term.head, "batch labels", owner))

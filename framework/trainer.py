@@ -283,15 +283,23 @@ class Trainer:
             x, y, _ = keras.utils.unpack_x_y_sample_weight(zeros)
             unbuilt = [p for p in self.metrics + self.eval_metrics if not p[1].variables]
             if not self.model.built or unbuilt:
-                # Calling the model draws from its SeedGenerators (a VAE's sampling layer);
-                # Keras builds symbolically and draws nothing: put their states back.
-                existing = [(v, v.numpy()) for v in self.model.variables]
-                y_pred = self.model(x, training=False)
-                for variable, value in existing:
-                    variable.assign(value)
+                y_pred = self._probe(x)
                 if unbuilt and y is not None:
                     metrics.build(unbuilt, y, y_pred)
             self._updater.build()
+
+    def _probe(self, x):
+        """The model's outputs for `x`, leaving its existing non-trainable state as it was.
+
+        A call draws from the model's SeedGenerators (a VAE's sampling layer);
+        Keras builds a model symbolically and draws nothing, so their states
+        are put back: the run's random stream stays the one Keras' fit draws.
+        """
+        existing = [(v, v.numpy()) for v in self.model.non_trainable_variables]
+        y_pred = self.model(x, training=False)
+        for variable, value in existing:
+            variable.assign(value)
+        return y_pred
 
     # ---- phases (run by the Controller) --------------------------------------------
 

@@ -108,6 +108,34 @@ def test_a_custom_step_with_its_own_heads_trains_and_a_wrong_head_fails_when_tra
         WrongHead(config(), data=(x, y), model_fn=mlp).fit()
 
 
+class Noise(keras.layers.Layer):
+    """Draws from its own SeedGenerator at every call, in inference too."""
+
+    def __init__(self):
+        super().__init__()
+        self.seed_generator = keras.random.SeedGenerator(7)
+
+    def call(self, x):
+        return x + 0.1 * keras.random.normal(keras.ops.shape(x), seed=self.seed_generator)
+
+
+def test_the_first_batch_check_draws_nothing_from_the_models_seed_generators():
+    def noisy():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((64,)), Noise(), keras.layers.Dense(10)])
+
+    x, y = digits(0, 64)
+    model = noisy()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=CE)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=1, verbose=0)
+    trainer = ArrayTrainer(config(), data=(x, y), model_fn=noisy)
+    trainer.fit()
+    assert max_abs_diff(weights_of(trainer.model), weights_of(model)) <= 1e-6
+    np.testing.assert_array_equal(
+        trainer.model.layers[0].seed_generator.state, model.layers[0].seed_generator.state
+    )
+
+
 # ---- per-replica batches: no replica gets an empty one ---------------------------------
 
 
