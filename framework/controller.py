@@ -368,9 +368,13 @@ class Controller:
         hook = data.as_hook(source, what)
         return DistributedInput(t.strategy, hook, what, limit=self._limit(self.debug.limit_eval_steps))
 
-    def _step_fn(self, cache: dict, spec, make):
-        """The compiled function for inputs of `spec`: each new spec gets its own (a step
-        function calls its traced graph directly after its first call)."""
+    @staticmethod
+    def _compiled(cache: dict, spec, make):
+        """`cache`'s function for inputs of element spec `spec`, made by `make()` for a new spec.
+
+        A step function calls the graph of its first trace directly, so inputs
+        of another spec (a test set with other shapes) need a function of their own.
+        """
         key = str(spec)
         if key not in cache:
             cache[key] = make()
@@ -394,7 +398,7 @@ class Controller:
                 t.strategy, t.eval_step, where="eval_step", jit_compile=xla == "step"
             )
 
-        eval_fn = self._step_fn(self.eval_fns, eval_input.element_spec, make)
+        eval_fn = self._compiled(self.eval_fns, eval_input.element_spec, make)
         t.reset_metrics("eval")
         iterator = eval_input.fresh_iterator()
         total, done, sums = eval_input.steps, 0, logs.Sums()
@@ -418,7 +422,7 @@ class Controller:
             t._build_state(source.element_spec)
             return loop.make_predict_function(t.strategy, t.predict_step)
 
-        predict_fn = self._step_fn(self.predict_fns, source.element_spec, make)
+        predict_fn = self._compiled(self.predict_fns, source.element_spec, make)
         iterator, outputs = source.fresh_iterator(), []
         with optimizers.ema_weights(t.optimizer):
             for _ in range(source.steps):

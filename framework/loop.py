@@ -148,10 +148,10 @@ class StepFunction:
 
 
 def make_predict_function(strategy: tf.distribute.Strategy, predict_step: ReplicaStep) -> Callable:
-    """Returns the tf.function `fn(iterator) -> outputs` of one global batch, rows in order.
+    """Returns `fn(iterator) -> outputs` of one global batch, its rows in order.
 
-    Each replica's outputs are all-gathered (replica r holds rows r-th in the
-    global batch), so every worker gets the whole batch's outputs.
+    Replicas hold consecutive slices of the global batch in replica order;
+    their outputs are all-gathered, so every worker gets the whole batch's.
     """
 
     def replica_fn(batch):

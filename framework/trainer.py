@@ -336,7 +336,8 @@ class Trainer:
         Args:
           dataset: a `tf.data.Dataset` of global batches of `x` (or `(x, y[, w])`;
             labels are ignored), or a function `input_context -> tf.data.Dataset`
-            of per-replica batches. A short last batch is fine.
+            of per-replica batches (each step's rows then come in replica order).
+            A short last batch is fine.
 
         Returns:
           numpy arrays nested like the model's outputs, one row per example.
