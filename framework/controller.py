@@ -23,10 +23,11 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, checks, logs, loop, optimizers, runconfig, schedules, state
+from framework import callbacks, checkpoint, checks, data, logs, loop, optimizers, runconfig, schedules, state
 from framework.config import ConfigError
 from framework.data import DistributedInput
 
@@ -41,7 +42,9 @@ class Controller:
         self.debug = trainer.config.debug
         self.train_input: DistributedInput | None = None
         self.eval_input: DistributedInput | None = None
-        self.train_fn = self.eval_fn = None
+        self.train_fn = None
+        self.eval_fns: dict = {}  # one per input spec
+        self.predict_fns: dict = {}
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
@@ -358,27 +361,69 @@ class Controller:
             f"Non-finite {what}. The update was skipped; the weights hold the values before that step.{gave_up}"
         )
 
-    def evaluate(self) -> dict[str, float]:
+    def _input_of(self, source, what: str) -> DistributedInput:
+        """A fresh distributed input for a dataset (global batches) or hook given to evaluate/predict."""
         t = self.trainer
-        if not self.has_eval():
-            raise ValueError("evaluate() needs build_eval_dataset() to return a dataset.")
-        if self.eval_fn is None:
-            t._build_state(self.eval_input.element_spec)
+        hook = data.as_hook(source, what)
+        return DistributedInput(t.strategy, hook, what, limit=self._limit(self.debug.limit_eval_steps))
+
+    @staticmethod
+    def _compiled(cache: dict, spec, make):
+        """`cache`'s function for inputs of element spec `spec`, made by `make()` for a new spec.
+
+        A step function calls the graph of its first trace directly, so inputs
+        of another spec (a test set with other shapes) need a function of their own.
+        """
+        key = str(spec)
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    def evaluate(self, dataset=None) -> dict[str, float]:
+        t = self.trainer
+        if dataset is not None:
+            eval_input = self._input_of(dataset, "evaluate(dataset)")
+        elif self.has_eval():
+            eval_input = self.eval_input
+        else:
+            raise ValueError(
+                "evaluate() needs build_eval_dataset() to return a dataset, or a dataset argument."
+            )
+
+        def make():
+            t._build_state(eval_input.element_spec)
             xla = self._xla_plan("eval_step")
-            self.eval_fn = loop.make_step_function(
+            return loop.make_step_function(
                 t.strategy, t.eval_step, where="eval_step", jit_compile=xla == "step"
             )
+
+        eval_fn = self._compiled(self.eval_fns, eval_input.element_spec, make)
         t.reset_metrics("eval")
-        iterator = self.eval_input.fresh_iterator()
-        total, done, sums = self.eval_input.steps, 0, logs.Sums()
+        iterator = eval_input.fresh_iterator()
+        total, done, sums = eval_input.steps, 0, logs.Sums()
         t._phase = "eval"  # the eval step is traced at its first call: it updates the eval metrics
         try:
             with optimizers.ema_weights(t.optimizer):
                 while done < total:
-                    n = self.eval_input.call_sizes(done, self.steps_per_call())
-                    call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
+                    n = eval_input.call_sizes(done, self.steps_per_call())
+                    call_sums, _ = eval_fn(iterator, tf.constant(n, tf.int64))
                     sums.add(call_sums)
                     done += n
                 return {**sums.means(), **t.metric_results("eval")}
         finally:
             t._phase = "train"
+
+    def predict(self, dataset):
+        t = self.trainer
+        source = self._input_of(dataset, "predict(dataset)")
+
+        def make():
+            t._build_state(source.element_spec)
+            return loop.make_predict_function(t.strategy, t.predict_step)
+
+        predict_fn = self._compiled(self.predict_fns, source.element_spec, make)
+        iterator, outputs = source.fresh_iterator(), []
+        with optimizers.ema_weights(t.optimizer):
+            for _ in range(source.steps):
+                outputs.append(tf.nest.map_structure(lambda v: v.numpy(), predict_fn(iterator)))
+        return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)

@@ -125,10 +125,23 @@ def global_batches(
     right for data that fits in memory; shard files for large datasets.
     drop_remainder: drop a short last global batch (TPUs need static shapes).
     """
+    return split_global_batches(
+        dataset.batch(global_batch_size, drop_remainder=drop_remainder), input_context
+    )
+
+
+def split_global_batches(
+    dataset: tf.data.Dataset, input_context: tf.distribute.InputContext
+) -> tf.data.Dataset:
+    """A dataset of global batches cut into this input pipeline's per-replica batches.
+
+    Of the N replicas in sync, replica r gets rows [n*r//N, n*(r+1)//N) of
+    each global batch of n rows, so any layout sees the same global batches.
+    `dataset` must yield the same batches on every worker.
+    """
     replicas = input_context.num_replicas_in_sync
     local = replicas // input_context.num_input_pipelines
     first = input_context.input_pipeline_id * local
-    batches = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
 
     def rows(replica, element):
         def cut(t):
@@ -141,9 +154,9 @@ def global_batches(
         return args[0] if len(args) == 1 else args
 
     if local == 1:
-        return batches.map(lambda *e: rows(first, pack(e)))
-    count = tf.get_static_value(batches.cardinality())
-    sliced = batches.flat_map(
+        return dataset.map(lambda *e: rows(first, pack(e)))
+    count = tf.get_static_value(dataset.cardinality())
+    sliced = dataset.flat_map(
         lambda *e: tf.data.Dataset.range(local).map(lambda i: rows(first + tf.cast(i, tf.int32), pack(e)))
     )
     if count is not None and count >= 0:
