@@ -14,6 +14,16 @@
 
 The Trainer defines what a step is (`build_*`, `train_step`, `eval_step`);
 the Controller decides when steps run, what is logged, and what is saved.
+
+Several workers (MultiWorkerMirroredStrategy, TPU slices with several hosts)
+run this loop in lockstep, and every collective must be issued by every
+worker in the same order. Reading a metric or any other sync-on-read variable
+on the host is such a collective. So every worker reads metrics, snapshots
+the state for a checkpoint (`save`) and takes host-side decisions that change
+what runs next (stop, preempt, restore) at the same points, from values all
+workers computed together (`distribute.any_worker`); only then does the chief
+alone write them (checkpoints, metrics.jsonl, TensorBoard, progress). Nothing
+that issues a collective may sit behind `is_chief`.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import TYPE_CHECKING
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, checks, logs, loop, optimizers, schedules, state
+from framework import callbacks, checkpoint, checks, distribute, logs, loop, optimizers, schedules, state
 from framework.config import ConfigError
 from framework.data import DistributedInput
 
@@ -98,6 +108,9 @@ class Controller:
         )  # fmt: skip
         if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
             self._restore_or_set_aside()
+            distribute.any_worker(t.strategy, False)  # every worker has read before the chief writes
+            if cfg.nan_policy == "restore" and self.resume is None:
+                self.save()  # something to go back to
         elif cfg.nan_policy == "restore":
             raise ConfigError(
                 "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
@@ -139,8 +152,6 @@ class Controller:
             logging.warning("checkpoint.allow_mismatch: another run's checkpoints moved to %s.", moved)
             self.checkpoints = None
             self.open_checkpoints(writer=True)
-        if self.config.nan_policy == "restore" and self.checkpoints and not self.checkpoints.steps():
-            self.save()  # something to go back to
 
     def restore(self, which: str | int = "latest") -> int | None:
         t = self.trainer
@@ -231,10 +242,15 @@ class Controller:
                 progress.end_epoch(epoch_logs)
                 history.append(epoch_logs)
                 hooks.epoch_end(t.epoch - 1, epoch_logs)
+                self._agree(preemption, hooks)
                 final = t.epoch == epochs or hooks.stop
                 due = ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0
                 if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
                     self.save(metrics=epoch_logs, final=final, stopped_early=hooks.stop)
+                elif preemption.requested:
+                    self.save()
+                if preemption.requested and not final:
+                    self._exit_preempted(t.step)
         hooks.train_end(epoch_logs)
         return history
 
@@ -252,7 +268,7 @@ class Controller:
         return bounds
 
     def _profile(self, step: int, *, before: bool) -> None:
-        if not self.config.profile_steps or not self.trainer.workdir:
+        if not self.config.profile_steps or not self.trainer.workdir or not self.trainer.is_chief:
             return
         first, last = self.config.profile_steps
         if before and step == first - 1:
@@ -305,15 +321,26 @@ class Controller:
                     batch_logs["loss"] = float("nan")
                 hooks.batch_end(done - 1, step, batch_logs)
             self.skipped_in_call = False
+            self._agree(preemption, hooks)
             if preemption.requested:
                 self.save(step_in_epoch=done, sums=epoch)
-                if self.checkpoints is not None:
-                    self.checkpoints.wait()
-                logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
-                raise SystemExit(0)
+                self._exit_preempted(step)
             if save_every and step % save_every == 0 and done < total:
                 self.save(step_in_epoch=done, sums=epoch, metrics=point)
         return {**epoch.means(), **t.metric_results(), **self._optimizer_logs()}
+
+    def _agree(self, preemption: checkpoint.Preemption, hooks: callbacks.Hooks) -> None:
+        """Every worker stops, or is preempted, when any one is: one all-reduce between compiled calls."""
+        preempted, stop = distribute.any_worker(self.trainer.strategy, preemption.requested, hooks.stop)
+        preemption.requested = preempted
+        if stop:
+            self.trainer.model.stop_training = True
+
+    def _exit_preempted(self, step: int) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.wait()
+        logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
+        raise SystemExit(0)
 
     def _optimizer_logs(self) -> dict[str, float]:
         t = self.trainer
@@ -347,6 +374,7 @@ class Controller:
             self.nan_restores += 1
             ckpts = self.open_checkpoints(writer=True)
             ckpts.wait()  # a save of the last good step may still be in flight
+            distribute.any_worker(t.strategy, False)  # ... on the chief: the others read it after this
             latest = ckpts.steps()[-1]
             ckpts.restore(state.collect(t), latest)
             t._step.assign(bad)  # go on from the batch after the offending one
