@@ -156,7 +156,8 @@ class Checkpoints:
         """Renames the whole checkpoint directory (kept, not deleted); returns the new path."""
         self._manager.close()
         moved = f"{self.directory}.set-aside-{int(time.time())}"
-        os.rename(self.directory, moved)
+        if self.writer:  # on a shared filesystem the chief's rename is everyone's
+            os.rename(self.directory, moved)
         return moved
 
     # ---- writing -----------------------------------------------------------

@@ -21,7 +21,7 @@ worker in the same order. Reading a metric or any other sync-on-read variable
 on the host is such a collective. So every worker reads metrics, snapshots
 the state for a checkpoint (`save`) and takes host-side decisions that change
 what runs next (stop, preempt, restore) at the same points, from values all
-workers computed together (`distribute.any_worker`); only then does the chief
+workers computed together (`distribute.mean_over_workers`); only then does the chief
 alone write them (checkpoints, metrics.jsonl, TensorBoard, progress). Nothing
 that issues a collective may sit behind `is_chief`.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -203,6 +204,12 @@ class Controller:
     def fit(self, *, validate: bool = True, callbacks_: list | None = None) -> list[dict[str, float]]:
         try:
             return self._fit(validate, callbacks_)
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
+            if distribute.num_workers(self.trainer.strategy) > 1:
+                lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e)))) or ["unknown"]
+                logging.error("Lost contact with worker(s) %s: this worker stops too. Rerun every worker with "
+                              "the same command to resume from the last checkpoint.", ", ".join(lost))  # fmt: skip
+            raise
         finally:
             if self.checkpoints is not None:
                 self.checkpoints.close()  # waits for pending writes; reopened on demand
@@ -299,8 +306,7 @@ class Controller:
             sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
             ran = self._after_nonfinite(step, n, last)
             sums = {k: float(v) for k, v in sums.items()}
-            if not self.config.steps_per_execution:
-                self._tune_steps(n, time.perf_counter() - call_start)
+            call_seconds = time.perf_counter() - call_start
             if ran == n:
                 epoch.add(sums, n)
                 interval.add(sums, n)
@@ -321,7 +327,7 @@ class Controller:
                     batch_logs["loss"] = float("nan")
                 hooks.batch_end(done - 1, step, batch_logs)
             self.skipped_in_call = False
-            self._agree(preemption, hooks)
+            self._agree(preemption, hooks, steps=n, seconds=call_seconds)
             if preemption.requested:
                 self.save(step_in_epoch=done, sums=epoch)
                 self._exit_preempted(step)
@@ -329,12 +335,28 @@ class Controller:
                 self.save(step_in_epoch=done, sums=epoch, metrics=point)
         return {**epoch.means(), **t.metric_results(), **self._optimizer_logs()}
 
-    def _agree(self, preemption: checkpoint.Preemption, hooks: callbacks.Hooks) -> None:
-        """Every worker stops, or is preempted, when any one is: one all-reduce between compiled calls."""
-        preempted, stop = distribute.any_worker(self.trainer.strategy, preemption.requested, hooks.stop)
-        preemption.requested = preempted
-        if stop:
+    def _agree(
+        self,
+        preemption: checkpoint.Preemption,
+        hooks: callbacks.Hooks,
+        *,
+        steps: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        """Host decisions every worker takes alike, from one all-reduce between compiled calls.
+
+        All stop, or are preempted, when any one is; auto steps_per_execution
+        is tuned on the mean call time, so every worker cuts the epoch into the
+        same calls.
+        """
+        preempted, stop, mean_seconds = distribute.mean_over_workers(
+            self.trainer.strategy, [float(preemption.requested), float(hooks.stop), seconds]
+        )
+        preemption.requested = preempted > 0
+        if stop > 0:
             self.trainer.model.stop_training = True
+        if steps and not self.config.steps_per_execution:
+            self._tune_steps(steps, mean_seconds)
 
     def _exit_preempted(self, step: int) -> None:
         if self.checkpoints is not None:

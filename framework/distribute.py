@@ -208,28 +208,34 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
 _agreements: dict[int, tuple[tf.distribute.Strategy, object]] = {}
 
 
-def any_worker(strategy: tf.distribute.Strategy, *flags: bool) -> tuple[bool, ...]:
-    """For each flag, whether any worker raised it: one all-reduce, which is also a barrier.
+def mean_over_workers(strategy: tf.distribute.Strategy, values: list[float]) -> list[float]:
+    """The mean of `values` over every replica of every worker: one all-reduce, also a barrier.
 
     Host-side decisions that change which collectives run next (stop, save,
-    restore) must be taken from agreed values: every worker calls this at the
-    same point of its loop. With one worker it returns `flags` without
-    communicating.
+    restore, how many steps a compiled call takes) must be taken from agreed
+    values: every worker calls this at the same point of its loop. With one
+    worker it returns `values` without communicating.
     """
     if num_workers(strategy) == 1:
-        return tuple(bool(f) for f in flags)
+        return [float(v) for v in values]
     if id(strategy) not in _agreements:
 
         @tf.function
         def agree(values):
             def replica(local):
-                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(local))
+                return tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.MEAN, tf.identity(local)
+                )
 
             return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
 
         _agreements[id(strategy)] = (strategy, agree)
-    summed = _agreements[id(strategy)][1](tf.constant([float(bool(f)) for f in flags]))
-    return tuple(bool(v > 0) for v in summed.numpy())
+    return [float(v) for v in _agreements[id(strategy)][1](tf.constant(values, tf.float64)).numpy()]
+
+
+def any_worker(strategy: tf.distribute.Strategy, *flags: bool) -> tuple[bool, ...]:
+    """For each flag, whether any worker raised it (see `mean_over_workers`)."""
+    return tuple(v > 0 for v in mean_over_workers(strategy, [float(bool(f)) for f in flags]))
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:

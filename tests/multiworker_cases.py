@@ -49,7 +49,10 @@ class Blobs(framework.Trainer):
         inputs = keras.Input((6,))
         hidden = keras.layers.Dense(16, activation="relu")(inputs)
         if self.config.task.heads:
-            outputs = {"cls": keras.layers.Dense(3, name="cls")(hidden), "aux": keras.layers.Dense(3, name="aux")(hidden)}
+            outputs = {
+                "cls": keras.layers.Dense(3, name="cls")(hidden),
+                "aux": keras.layers.Dense(3, name="aux")(hidden),
+            }
         else:
             outputs = keras.layers.Dense(3, dtype="float32")(hidden)
         return keras.Model(inputs, outputs)
@@ -65,7 +68,10 @@ class Blobs(framework.Trainer):
         if kind == "heads":
             return {
                 "cls": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                "aux": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")],
+                "aux": [
+                    keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                    keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2"),
+                ],
             }
         return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
@@ -117,7 +123,10 @@ class Embeddings(Blobs):
     """RecallAtK gathers every replica's embeddings into one buffer per replica."""
 
     def build_metrics(self):
-        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), RecallAtK([1, 3], dim=3, capacity=256)]
+        return [
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            RecallAtK([1, 3], dim=3, capacity=256),
+        ]
 
 
 def base_config(**task):
@@ -139,7 +148,9 @@ def base_config(**task):
 def _callbacks():
     return [
         keras.callbacks.EarlyStopping(monitor="loss", min_delta=0.08, patience=0),
-        keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0, min_lr=1e-5),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="loss", factor=0.5, patience=0, min_delta=10.0, min_lr=1e-5
+        ),
     ]
 
 
@@ -149,13 +160,16 @@ def _gan():
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     config = _load_config("gan", "smoke")
     config.epochs = 2
+    config.data.train_points, config.data.eval_points = 640, 128
     return gan.GanTrainer, config
 
 
 def _load_config(name: str, variant: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"config_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"config_{name}", os.path.join(ROOT, "configs", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
@@ -183,9 +197,14 @@ CASES = {
     "f1": lambda: (F1Labels, base_config()),
     "heads": lambda: (Blobs, base_config(metrics="heads", heads=True, eval=True)),
     "eval_best_midepoch": lambda: _with(
-        Blobs, base_config(eval=True), epochs=3, **{
-            "checkpoint.every_steps": 3, "checkpoint.best_metric": "val/accuracy", "checkpoint.max_to_keep": 1,
-        }
+        Blobs,
+        base_config(eval=True),
+        epochs=3,
+        **{
+            "checkpoint.every_steps": 3,
+            "checkpoint.best_metric": "val/accuracy",
+            "checkpoint.max_to_keep": 1,
+        },
     ),  # fmt: skip
     "ema_accum": lambda: _with(Blobs, base_config(eval=True), grad_accum_steps=2, **{"optimizer.ema": 0.9}),
     "mixed_overflow": _mixed,
@@ -238,7 +257,9 @@ def run_case(name: str, strategy, root: str, step_seconds: float) -> dict:
     if step_seconds:
         callbacks = [*callbacks, _slow_calls(step_seconds)]
     history = trainer.fit(validate=bool(config.task.get("eval", True)), callbacks=callbacks)
-    models = [trainer.model] + [m for m in vars(trainer).values() if isinstance(m, keras.Model) and m is not trainer.model]
+    models = [trainer.model] + [
+        m for m in vars(trainer).values() if isinstance(m, keras.Model) and m is not trainer.model
+    ]
     return {
         "weights": [w.tolist() for m in models for w in m.get_weights()],
         "history": history,
