@@ -203,6 +203,7 @@ CASES = {
         **{
             "checkpoint.every_steps": 3,
             "checkpoint.best_metric": "val/accuracy",
+            "checkpoint.best_mode": "min",
             "checkpoint.max_to_keep": 1,
         },
     ),  # fmt: skip

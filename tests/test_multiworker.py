@@ -130,7 +130,9 @@ def assert_close_logs(got, want, where, tol=TOLERANCE):
     for i, (g, w) in enumerate(zip(got, want)):
         assert set(g) == set(w), f"{where}[{i}]: keys differ: {sorted(set(g) ^ set(w))}"
         for key, value in w.items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and np.isnan(value):
+                assert np.isnan(g[key]), f"{where}[{i}][{key!r}]: {g[key]} vs {value}"
+            elif isinstance(value, (int, float)):
                 assert abs(g[key] - value) <= tol * max(1.0, abs(value)), (
                     f"{where}[{i}][{key!r}]: {g[key]} vs {value}"
                 )
@@ -148,13 +150,14 @@ def assert_same_run(got, want, where, tol=TOLERANCE):
 
 
 def tree(root):
-    """Relative paths under root, TensorBoard event files' host/pid/time suffix removed."""
+    """Relative paths under root; names made of a host, pid, time or hash made generic."""
     out = []
     for base, _, files in os.walk(root):
         for name in files:
             name = re.sub(r"^events\.out\.tfevents\..*", "events.out.tfevents", name)
+            name = re.sub(r"^[0-9a-f]{32}$", "<chunks>", name)  # tensorstore's: how many varies
             out.append(os.path.relpath(os.path.join(base, name), root))
-    return sorted(out)
+    return sorted(p for i, p in enumerate(out) if not p.endswith("<chunks>") or p not in out[:i])
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +203,7 @@ def test_keep_best_and_mid_epoch_checkpoints_are_the_reference_ones(matrix):
         return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
     assert kept(tmp / "mw") == kept(tmp / "ref")
-    assert len(kept(tmp / "ref")) == 2  # the latest and the best by val/accuracy
+    assert kept(tmp / "ref") == [5, 15]  # the latest, and the "best" (best_mode="min": the lowest)
 
 
 @pytest.mark.slow
