@@ -6,6 +6,9 @@ the workers share their processes across cases. Both workers must end on the
 reference's weights, log its values, take its steps. Then faults: a worker
 killed (the other exits, naming it; a rerun resumes), a worker preempted
 (SIGTERM to one: both save at one step and exit 0; a rerun resumes).
+Everything here is marked slow (each group starts three TensorFlow processes:
+minutes); CI runs it, `-m "not slow"` skips it. The quick two-worker run with a
+metric and checkpoints is tests/test_distribute.py.
 """
 
 import json
@@ -170,6 +173,7 @@ def matrix(tmp_path_factory):
     return tmp, load(tmp / "ref.json"), [load(tmp / f"w{i}.json") for i in range(2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", MATRIX)
 def test_two_workers_equal_one_process(matrix, case):
     tmp, reference, workers = matrix
@@ -180,6 +184,7 @@ def test_two_workers_equal_one_process(matrix, case):
     assert tree(tmp / "mw" / case) == tree(tmp / "ref" / case)  # the chief's files, and nothing else
 
 
+@pytest.mark.slow
 def test_the_matrix_cases_exercise_what_they_name(matrix):
     """Guards against a case that silently stopped testing its feature."""
     _, reference, _ = matrix
@@ -195,6 +200,7 @@ def test_the_matrix_cases_exercise_what_they_name(matrix):
     assert reference["nan_restore"]["step"] == reference["metrics"]["step"]
 
 
+@pytest.mark.slow
 def test_keep_best_and_mid_epoch_checkpoints_are_the_reference_ones(matrix):
     tmp, _, _ = matrix
 
