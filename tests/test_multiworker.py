@@ -220,11 +220,14 @@ def test_every_experiment_smoke_config_trains_on_two_workers(tmp_path):
     processes = [reference, *workers]
     check_ok(processes, finish(processes))
     want = load(tmp_path / "ref.json")
-    for index in range(2):
-        got = load(tmp_path / f"w{index}.json")
-        for case in cases:
-            assert got[case]["step"] == want[case]["step"], (case, index)
-            assert got[case]["history"], (case, index)
+    got = [load(tmp_path / f"w{index}.json") for index in range(2)]
+    for case in cases:
+        for index in range(2):
+            assert got[index][case]["step"] == want[case]["step"], (case, index)
+            assert got[index][case]["history"], (case, index)
+        # Dropout draws per replica, so only the workers' weights are compared: they stay in sync.
+        for a, b in zip(got[0][case]["weights"], got[1][case]["weights"]):
+            np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=case)
 
 
 # ---- faults ---------------------------------------------------------------------------------
