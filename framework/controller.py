@@ -14,12 +14,23 @@
 
 The Trainer defines what a step is (`build_*`, `train_step`, `eval_step`);
 the Controller decides when steps run, what is logged, and what is saved.
+
+Several workers (MultiWorkerMirroredStrategy, TPU slices with several hosts)
+run this loop in lockstep, and every collective must be issued by every
+worker in the same order. Reading a metric or any other sync-on-read variable
+on the host is such a collective. So every worker reads metrics, snapshots
+the state for a checkpoint (`save`) and takes host-side decisions that change
+what runs next (stop, preempt, restore) at the same points, from values all
+workers computed together (`distribute.mean_over_workers`); only then does the chief
+alone write them (checkpoints, metrics.jsonl, TensorBoard, progress). Nothing
+that issues a collective may sit behind `is_chief`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -27,7 +38,19 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, checks, data, logs, loop, optimizers, runconfig, schedules, state
+from framework import (
+    callbacks,
+    checkpoint,
+    checks,
+    data,
+    distribute,
+    logs,
+    loop,
+    optimizers,
+    runconfig,
+    schedules,
+    state,
+)
 from framework.config import ConfigError
 from framework.data import DistributedInput
 
@@ -100,6 +123,9 @@ class Controller:
         )  # fmt: skip
         if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
             self._restore_or_set_aside()
+            distribute.any_worker(t.strategy, False)  # every worker has read before the chief writes
+            if cfg.nan_policy == "restore" and self.resume is None:
+                self.save()  # something to go back to
         elif cfg.nan_policy == "restore":
             raise ConfigError(
                 "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
@@ -140,8 +166,6 @@ class Controller:
             logging.warning("checkpoint.allow_mismatch: another run's checkpoints moved to %s.", moved)
             self.checkpoints = None
             self.open_checkpoints(writer=True)
-        if self.config.nan_policy == "restore" and self.checkpoints and not self.checkpoints.steps():
-            self.save()  # something to go back to
 
     def restore(self, which: str | int = "latest") -> int | None:
         t = self.trainer
@@ -195,6 +219,12 @@ class Controller:
     def fit(self, *, validate: bool = True, callbacks_: list | None = None) -> list[dict[str, float]]:
         try:
             return self._fit(validate, callbacks_)
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
+            if distribute.num_workers(self.trainer.strategy) > 1:
+                lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e)))) or ["unknown"]
+                logging.error("Lost contact with worker(s) %s: this worker stops too. Rerun every worker with "
+                              "the same command to resume from the last checkpoint.", ", ".join(lost))  # fmt: skip
+            raise
         finally:
             if self.checkpoints is not None:
                 self.checkpoints.close()  # waits for pending writes; reopened on demand
@@ -234,10 +264,15 @@ class Controller:
                 progress.end_epoch(epoch_logs)
                 history.append(epoch_logs)
                 hooks.epoch_end(t.epoch - 1, epoch_logs)
+                self._agree(preemption, hooks)
                 final = t.epoch == epochs or hooks.stop
                 due = ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0
                 if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
                     self.save(metrics=epoch_logs, final=final, stopped_early=hooks.stop)
+                elif preemption.requested:
+                    self.save()
+                if preemption.requested and not final:
+                    self._exit_preempted(t.step)
         hooks.train_end(epoch_logs)
         return history
 
@@ -255,7 +290,7 @@ class Controller:
         return bounds
 
     def _profile(self, step: int, *, before: bool) -> None:
-        if not self.config.profile_steps or not self.trainer.workdir:
+        if not self.config.profile_steps or not self.trainer.workdir or not self.trainer.is_chief:
             return
         first, last = self.config.profile_steps
         if before and step == first - 1:
@@ -284,10 +319,9 @@ class Controller:
             hooks.batch_begin(done)
             call_start = time.perf_counter()
             sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
-            ran = self._after_nonfinite(step, n, last)
-            if not self.config.steps_per_execution:
-                self._tune_steps(n, time.perf_counter() - call_start)
-            if ran == n:
+            ran, clean = self._after_nonfinite(step, n, last)
+            call_seconds = time.perf_counter() - call_start
+            if clean:
                 epoch.add(sums)
                 interval.add(sums)
             done, step = done + ran, step + ran
@@ -307,15 +341,42 @@ class Controller:
                     batch_logs["loss"] = float("nan")
                 hooks.batch_end(done - 1, step, batch_logs)
             self.skipped_in_call = False
+            self._agree(preemption, hooks, steps=n, seconds=call_seconds)
             if preemption.requested:
                 self.save(step_in_epoch=done, sums=epoch)
-                if self.checkpoints is not None:
-                    self.checkpoints.wait()
-                logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
-                raise SystemExit(0)
+                self._exit_preempted(step)
             if save_every and step % save_every == 0 and done < total:
                 self.save(step_in_epoch=done, sums=epoch, metrics=point)
         return {**epoch.means(), **t.metric_results(), **self._optimizer_logs()}
+
+    def _agree(
+        self,
+        preemption: checkpoint.Preemption,
+        hooks: callbacks.Hooks,
+        *,
+        steps: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        """Host decisions every worker takes alike, from one all-reduce between compiled calls.
+
+        All stop, or are preempted, when any one is; auto steps_per_execution
+        is tuned on the mean call time, so every worker cuts the epoch into the
+        same calls.
+        """
+        preempted, stop, mean_seconds = distribute.mean_over_workers(
+            self.trainer.strategy, [float(preemption.requested), float(hooks.stop), seconds]
+        )
+        preemption.requested = preempted > 0
+        if stop > 0:
+            self.trainer.model.stop_training = True
+        if steps and not self.config.steps_per_execution:
+            self._tune_steps(steps, mean_seconds)
+
+    def _exit_preempted(self, step: int) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.wait()
+        logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
+        raise SystemExit(0)
 
     def _optimizer_logs(self) -> dict[str, float]:
         t = self.trainer
@@ -327,12 +388,16 @@ class Controller:
             out["nonfinite_steps"] = float(t._nonfinite_count.numpy())
         return out
 
-    def _after_nonfinite(self, step: int, n: int, last: dict) -> int:
-        """Applies config.nan_policy after a call; returns how many steps it ran."""
+    def _after_nonfinite(self, step: int, n: int, last: dict) -> tuple[int, bool]:
+        """Applies config.nan_policy after a call.
+
+        Returns how many steps it ran, and whether its log sums count (not
+        after a restore: they hold the offending step's values).
+        """
         t = self.trainer
         bad = int(t._nonfinite_step.numpy())
         if bad < 0:
-            return n
+            return n, True
         terms = [f"{k}={v}" for k, v in last.items() if not math.isfinite(v)]
         what = (
             f"loss at step {bad}: {', '.join(terms)}"
@@ -344,18 +409,19 @@ class Controller:
             logging.warning("Non-finite %s; the update was skipped (nan_policy='skip').", what)
             t._nonfinite_step.assign(-1)
             self.skipped_in_call = True
-            return n
+            return n, True
         if policy == "restore" and self.nan_restores < self.config.nan_max_retries:
             self.nan_restores += 1
             ckpts = self.open_checkpoints(writer=True)
             ckpts.wait()  # a save of the last good step may still be in flight
+            distribute.any_worker(t.strategy, False)  # ... on the chief: the others read it after this
             latest = ckpts.steps()[-1]
             ckpts.restore(state.collect(t), latest)
             t._step.assign(bad)  # go on from the batch after the offending one
             t._nonfinite_step.assign(-1)
             logging.warning("Non-finite %s; restored checkpoint %d and continued after that batch (%d/%d).",
                             what, latest, self.nan_restores, self.config.nan_max_retries)  # fmt: skip
-            return bad - step
+            return bad - step, False
         gave_up = f" Gave up after {self.nan_restores} restores." if policy == "restore" else ""
         raise FloatingPointError(
             f"Non-finite {what}. The update was skipped; the weights hold the values before that step.{gave_up}"
