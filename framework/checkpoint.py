@@ -12,6 +12,10 @@ names and shapes.
   cleans up on the next start.
 * Only the chief writes. Every process reads the chief's directory: without
   `jax.distributed` each TF worker would believe it is orbax's process 0.
+  Every process must nonetheless call `save` at the same points: reading the
+  state is a collective under multi-worker strategies (a metric's or an
+  accumulator's sync-on-read variable is summed over all replicas when read),
+  so every worker reads it jointly and then only the writer writes.
 * Restoring tries the newest checkpoint first; one that fails to read is
   renamed `<step>.unreadable-<time>` (kept, never deleted) with a warning,
   and the next older one is tried.
@@ -165,7 +169,8 @@ class Checkpoints:
         """Renames the whole checkpoint directory (kept, not deleted); returns the new path."""
         self._manager.close()
         moved = f"{self.directory}.set-aside-{int(time.time())}"
-        os.rename(self.directory, moved)
+        if self.writer:  # on a shared filesystem the chief's rename is everyone's
+            os.rename(self.directory, moved)
         return moved
 
     # ---- writing -----------------------------------------------------------
@@ -173,10 +178,13 @@ class Checkpoints:
     def save(
         self, step: int, groups: dict[str, list], meta: dict[str, Any], metrics: dict | None = None
     ) -> bool:
-        """Starts writing checkpoint `step` (asynchronously); False if not the writer or already saved."""
+        """Starts writing checkpoint `step` (asynchronously); False if not the writer or already saved.
+
+        Every process calls it: the snapshot of `groups` is taken jointly (see the module docstring).
+        """
+        arrays, layout = state.snapshot(groups)
         if not self.writer or step in self._manager.all_steps():
             return False
-        arrays, layout = state.snapshot(groups)
         if metrics is not None and self.best_metric not in metrics:
             metrics = None
         self._manager.save(

@@ -6,7 +6,9 @@
   is traced or written: the default step needs `(x, y)` or `(x, y,
   sample_weight)` with numeric tensors, and integer class labels of a sparse
   cross-entropy term must lie in `[0, classes)`: on CPU an out-of-range label
-  silently gives a garbage loss instead of an error.
+  silently gives a garbage loss instead of an error. A custom `train_step`
+  decides itself what the loss reads (it may build its own heads), so these
+  checks stay out of it; `compute_loss` still names a mismatch when traced.
 """
 
 from __future__ import annotations
@@ -75,14 +77,14 @@ def _sparse_ce(term) -> bool:
 
 def first_batch(trainer, dataset: tf.data.Dataset) -> None:
     """Runs the model on one batch and checks sparse labels against the number of classes."""
-    if trainer.loss is None:
+    if trainer.loss is None or not trainer._default_step("train_step"):
         return
     terms = [t for t in trainer.loss.flat_terms() if t.kind == "per_example" and _sparse_ce(t)]
     if not terms:
         return
     batch = next(iter(dataset.take(1)))
     x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-    y_pred = trainer.model(x, training=False)
+    y_pred = trainer._probe(x)
     for term in terms:
         owner = f"Loss term {term.name!r}"
         labels = np.asarray(heads.labels(y, term.head, owner))

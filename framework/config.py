@@ -74,6 +74,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.distribution.strategy = "auto"
     c.distribution.cpu_devices = 0  # >0: split the host CPU into N logical devices
     c.distribution.tpu = "local"  # TPUClusterResolver address; "local" on a TPU VM
+    c.distribution.peer_timeout_secs = 30  # multi_worker: a worker silent this long is lost; the rest exit
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # any Keras 3 optimizer (framework.schedules)
@@ -280,6 +281,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _positive(config, "log_every_steps")
     _positive(config, "eval_every_epochs")
     _positive(config, "distribution.cpu_devices", allow_zero=True)
+    _positive(config, "distribution.peer_timeout_secs")
     _positive(config, "checkpoint.every_steps", allow_zero=True)
     _positive(config, "checkpoint.every_epochs", allow_zero=True)
     _positive(config, "checkpoint.max_to_keep")

@@ -14,19 +14,43 @@
 
 The Trainer defines what a step is (`build_*`, `train_step`, `eval_step`);
 the Controller decides when steps run, what is logged, and what is saved.
+
+Several workers (MultiWorkerMirroredStrategy, TPU slices with several hosts)
+run this loop in lockstep, and every collective must be issued by every
+worker in the same order. Reading a metric or any other sync-on-read variable
+on the host is such a collective. So every worker reads metrics, snapshots
+the state for a checkpoint (`save`) and takes host-side decisions that change
+what runs next (stop, preempt, restore) at the same points, from values all
+workers computed together (`distribute.mean_over_workers`); only then does the chief
+alone write them (checkpoints, metrics.jsonl, TensorBoard, progress). Nothing
+that issues a collective may sit behind `is_chief`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, checks, logs, loop, optimizers, runconfig, schedules, state
+from framework import (
+    callbacks,
+    checkpoint,
+    checks,
+    data,
+    distribute,
+    logs,
+    loop,
+    optimizers,
+    runconfig,
+    schedules,
+    state,
+)
 from framework.config import ConfigError
 from framework.data import DistributedInput
 
@@ -41,7 +65,9 @@ class Controller:
         self.debug = trainer.config.debug
         self.train_input: DistributedInput | None = None
         self.eval_input: DistributedInput | None = None
-        self.train_fn = self.eval_fn = None
+        self.train_fn = None
+        self.eval_fns: dict = {}  # one per input spec
+        self.predict_fns: dict = {}
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
@@ -97,6 +123,9 @@ class Controller:
         )  # fmt: skip
         if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
             self._restore_or_set_aside()
+            distribute.any_worker(t.strategy, False)  # every worker has read before the chief writes
+            if cfg.nan_policy == "restore" and self.resume is None:
+                self.save()  # something to go back to
         elif cfg.nan_policy == "restore":
             raise ConfigError(
                 "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
@@ -137,8 +166,6 @@ class Controller:
             logging.warning("checkpoint.allow_mismatch: another run's checkpoints moved to %s.", moved)
             self.checkpoints = None
             self.open_checkpoints(writer=True)
-        if self.config.nan_policy == "restore" and self.checkpoints and not self.checkpoints.steps():
-            self.save()  # something to go back to
 
     def restore(self, which: str | int = "latest") -> int | None:
         t = self.trainer
@@ -192,6 +219,12 @@ class Controller:
     def fit(self, *, validate: bool = True, callbacks_: list | None = None) -> list[dict[str, float]]:
         try:
             return self._fit(validate, callbacks_)
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
+            if distribute.num_workers(self.trainer.strategy) > 1:
+                lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e)))) or ["unknown"]
+                logging.error("Lost contact with worker(s) %s: this worker stops too. Rerun every worker with "
+                              "the same command to resume from the last checkpoint.", ", ".join(lost))  # fmt: skip
+            raise
         finally:
             if self.checkpoints is not None:
                 self.checkpoints.close()  # waits for pending writes; reopened on demand
@@ -231,10 +264,15 @@ class Controller:
                 progress.end_epoch(epoch_logs)
                 history.append(epoch_logs)
                 hooks.epoch_end(t.epoch - 1, epoch_logs)
+                self._agree(preemption, hooks)
                 final = t.epoch == epochs or hooks.stop
                 due = ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0
                 if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
                     self.save(metrics=epoch_logs, final=final, stopped_early=hooks.stop)
+                elif preemption.requested:
+                    self.save()
+                if preemption.requested and not final:
+                    self._exit_preempted(t.step)
         hooks.train_end(epoch_logs)
         return history
 
@@ -252,7 +290,7 @@ class Controller:
         return bounds
 
     def _profile(self, step: int, *, before: bool) -> None:
-        if not self.config.profile_steps or not self.trainer.workdir:
+        if not self.config.profile_steps or not self.trainer.workdir or not self.trainer.is_chief:
             return
         first, last = self.config.profile_steps
         if before and step == first - 1:
@@ -281,10 +319,9 @@ class Controller:
             hooks.batch_begin(done)
             call_start = time.perf_counter()
             sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
-            ran = self._after_nonfinite(step, n, last)
-            if not self.config.steps_per_execution:
-                self._tune_steps(n, time.perf_counter() - call_start)
-            if ran == n:
+            ran, clean = self._after_nonfinite(step, n, last)
+            call_seconds = time.perf_counter() - call_start
+            if clean:
                 epoch.add(sums)
                 interval.add(sums)
             done, step = done + ran, step + ran
@@ -304,15 +341,42 @@ class Controller:
                     batch_logs["loss"] = float("nan")
                 hooks.batch_end(done - 1, step, batch_logs)
             self.skipped_in_call = False
+            self._agree(preemption, hooks, steps=n, seconds=call_seconds)
             if preemption.requested:
                 self.save(step_in_epoch=done, sums=epoch)
-                if self.checkpoints is not None:
-                    self.checkpoints.wait()
-                logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
-                raise SystemExit(0)
+                self._exit_preempted(step)
             if save_every and step % save_every == 0 and done < total:
                 self.save(step_in_epoch=done, sums=epoch, metrics=point)
         return {**epoch.means(), **t.metric_results(), **self._optimizer_logs()}
+
+    def _agree(
+        self,
+        preemption: checkpoint.Preemption,
+        hooks: callbacks.Hooks,
+        *,
+        steps: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        """Host decisions every worker takes alike, from one all-reduce between compiled calls.
+
+        All stop, or are preempted, when any one is; auto steps_per_execution
+        is tuned on the mean call time, so every worker cuts the epoch into the
+        same calls.
+        """
+        preempted, stop, mean_seconds = distribute.mean_over_workers(
+            self.trainer.strategy, [float(preemption.requested), float(hooks.stop), seconds]
+        )
+        preemption.requested = preempted > 0
+        if stop > 0:
+            self.trainer.model.stop_training = True
+        if steps and not self.config.steps_per_execution:
+            self._tune_steps(steps, mean_seconds)
+
+    def _exit_preempted(self, step: int) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.wait()
+        logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
+        raise SystemExit(0)
 
     def _optimizer_logs(self) -> dict[str, float]:
         t = self.trainer
@@ -324,12 +388,16 @@ class Controller:
             out["nonfinite_steps"] = float(t._nonfinite_count.numpy())
         return out
 
-    def _after_nonfinite(self, step: int, n: int, last: dict) -> int:
-        """Applies config.nan_policy after a call; returns how many steps it ran."""
+    def _after_nonfinite(self, step: int, n: int, last: dict) -> tuple[int, bool]:
+        """Applies config.nan_policy after a call.
+
+        Returns how many steps it ran, and whether its log sums count (not
+        after a restore: they hold the offending step's values).
+        """
         t = self.trainer
         bad = int(t._nonfinite_step.numpy())
         if bad < 0:
-            return n
+            return n, True
         terms = [f"{k}={v}" for k, v in last.items() if not math.isfinite(v)]
         what = (
             f"loss at step {bad}: {', '.join(terms)}"
@@ -341,44 +409,87 @@ class Controller:
             logging.warning("Non-finite %s; the update was skipped (nan_policy='skip').", what)
             t._nonfinite_step.assign(-1)
             self.skipped_in_call = True
-            return n
+            return n, True
         if policy == "restore" and self.nan_restores < self.config.nan_max_retries:
             self.nan_restores += 1
             ckpts = self.open_checkpoints(writer=True)
             ckpts.wait()  # a save of the last good step may still be in flight
+            distribute.any_worker(t.strategy, False)  # ... on the chief: the others read it after this
             latest = ckpts.steps()[-1]
             ckpts.restore(state.collect(t), latest)
             t._step.assign(bad)  # go on from the batch after the offending one
             t._nonfinite_step.assign(-1)
             logging.warning("Non-finite %s; restored checkpoint %d and continued after that batch (%d/%d).",
                             what, latest, self.nan_restores, self.config.nan_max_retries)  # fmt: skip
-            return bad - step
+            return bad - step, False
         gave_up = f" Gave up after {self.nan_restores} restores." if policy == "restore" else ""
         raise FloatingPointError(
             f"Non-finite {what}. The update was skipped; the weights hold the values before that step.{gave_up}"
         )
 
-    def evaluate(self) -> dict[str, float]:
+    def _input_of(self, source, what: str) -> DistributedInput:
+        """A fresh distributed input for a dataset (global batches) or hook given to evaluate/predict."""
         t = self.trainer
-        if not self.has_eval():
-            raise ValueError("evaluate() needs build_eval_dataset() to return a dataset.")
-        if self.eval_fn is None:
-            t._build_state(self.eval_input.element_spec)
+        hook = data.as_hook(source, what)
+        return DistributedInput(t.strategy, hook, what, limit=self._limit(self.debug.limit_eval_steps))
+
+    @staticmethod
+    def _compiled(cache: dict, spec, make):
+        """`cache`'s function for inputs of element spec `spec`, made by `make()` for a new spec.
+
+        A step function calls the graph of its first trace directly, so inputs
+        of another spec (a test set with other shapes) need a function of their own.
+        """
+        key = str(spec)
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    def evaluate(self, dataset=None) -> dict[str, float]:
+        t = self.trainer
+        if dataset is not None:
+            eval_input = self._input_of(dataset, "evaluate(dataset)")
+        elif self.has_eval():
+            eval_input = self.eval_input
+        else:
+            raise ValueError(
+                "evaluate() needs build_eval_dataset() to return a dataset, or a dataset argument."
+            )
+
+        def make():
+            t._build_state(eval_input.element_spec)
             xla = self._xla_plan("eval_step")
-            self.eval_fn = loop.make_step_function(
+            return loop.make_step_function(
                 t.strategy, t.eval_step, where="eval_step", jit_compile=xla == "step"
             )
+
+        eval_fn = self._compiled(self.eval_fns, eval_input.element_spec, make)
         t.reset_metrics("eval")
-        iterator = self.eval_input.fresh_iterator()
-        total, done, sums = self.eval_input.steps, 0, logs.Sums()
+        iterator = eval_input.fresh_iterator()
+        total, done, sums = eval_input.steps, 0, logs.Sums()
         t._phase = "eval"  # the eval step is traced at its first call: it updates the eval metrics
         try:
             with optimizers.ema_weights(t.optimizer):
                 while done < total:
-                    n = self.eval_input.call_sizes(done, self.steps_per_call())
-                    call_sums, _ = self.eval_fn(iterator, tf.constant(n, tf.int64))
+                    n = eval_input.call_sizes(done, self.steps_per_call())
+                    call_sums, _ = eval_fn(iterator, tf.constant(n, tf.int64))
                     sums.add(call_sums)
                     done += n
                 return {**sums.means(), **t.metric_results("eval")}
         finally:
             t._phase = "train"
+
+    def predict(self, dataset):
+        t = self.trainer
+        source = self._input_of(dataset, "predict(dataset)")
+
+        def make():
+            t._build_state(source.element_spec)
+            return loop.make_predict_function(t.strategy, t.predict_step)
+
+        predict_fn = self._compiled(self.predict_fns, source.element_spec, make)
+        iterator, outputs = source.fresh_iterator(), []
+        with optimizers.ema_weights(t.optimizer):
+            for _ in range(source.steps):
+                outputs.append(tf.nest.map_structure(lambda v: v.numpy(), predict_fn(iterator)))
+        return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)

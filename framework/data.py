@@ -10,6 +10,10 @@ so a run resumes by replaying: on a fresh distributed dataset the k-th
 `iter()` yields epoch k's `reshuffle_each_iteration` order, so
 `iterator(epoch, skip=n)` creates and drops the iterators of the epochs
 before, then draws and discards the `n` batches already trained on.
+
+A pipeline whose batch count does not divide among its replicas has its last
+step's rows spread over all of them (`spread_last_step`): no replica gets an
+empty batch where there are rows enough.
 """
 
 from __future__ import annotations
@@ -21,7 +25,31 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
+from framework import distribute
+
 Hook = Callable[[tf.distribute.InputContext], Any]
+
+
+def as_hook(source: tf.data.Dataset | Hook, what: str) -> Hook:
+    """A dataset hook from a `tf.data.Dataset` of global batches or a hook of per-replica batches.
+
+    Raises:
+      TypeError: `source` is neither.
+    """
+    if isinstance(source, tf.data.Dataset):
+
+        def hook(input_context):
+            if input_context.num_replicas_in_sync == 1:
+                return source
+            return distribute.split_global_batches(source, input_context)
+
+        return hook
+    if callable(source):
+        return source
+    raise TypeError(
+        f"{what} must be a tf.data.Dataset of global batches or a function input_context -> "
+        f"tf.data.Dataset of per-replica batches, got {type(source).__name__}: {source!r:.200}"
+    )
 
 
 def _fixed_batches(hook: Hook, count: int) -> Hook:
@@ -37,6 +65,47 @@ def _fixed_batches(hook: Hook, count: int) -> Hook:
         return dataset
 
     return fixed
+
+
+def spread_last_step(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Per-replica batches regrouped so that no replica gets an empty batch when avoidable.
+
+    `distribute_datasets_from_function` deals a pipeline's batches to its
+    `replicas` in turn; when their count is not a multiple of `replicas`, the
+    last step gives the replicas without a batch an empty one (a BatchNorm's
+    statistics turn NaN; some kernels fail on it). Each group of `replicas`
+    consecutive batches (one global step) is concatenated and cut again:
+    replica r gets rows [n*r//R, n*(r+1)//R) of its n rows. Equal batches come
+    out unchanged and every step keeps its examples, so training stays exact.
+    A dataset whose batch count is a multiple of `replicas` (or infinite) is
+    returned as it is.
+    """
+    count = int(dataset.cardinality())
+    leaves = tf.nest.flatten(dataset.element_spec)
+    batched = all(isinstance(s, tf.TensorSpec) and s.shape.rank for s in leaves)
+    if replicas == 1 or not batched or count == tf.data.INFINITE_CARDINALITY or count % replicas == 0:
+        return dataset
+
+    def merge(t):
+        if isinstance(t, tf.RaggedTensor):
+            return t.merge_dims(0, 1)
+        return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))
+
+    def rows(step, r):
+        def cut(t):
+            n = tf.shape(t, out_type=tf.int64)[0]
+            return t[n * r // replicas : n * (r + 1) // replicas]
+
+        return tf.nest.map_structure(cut, step)
+
+    def split(*group):
+        step = tf.nest.map_structure(merge, group[0] if len(group) == 1 else group)
+        return tf.data.Dataset.range(replicas).map(lambda r: rows(step, r))
+
+    spread = dataset.ragged_batch(replicas).flat_map(split)
+    if count >= 0:
+        spread = spread.apply(tf.data.experimental.assert_cardinality(-(-count // replicas) * replicas))
+    return spread
 
 
 def _host_only(strategy: tf.distribute.Strategy) -> bool:
@@ -76,10 +145,14 @@ class DistributedInput:
                 raise TypeError(
                     f"{name}() must return a tf.data.Dataset, got {type(dataset).__name__}: {dataset!r:.200}"
                 )
+            per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+            cardinality = int(dataset.cardinality())
+            if not isinstance(strategy, tf.distribute.TPUStrategy):  # TPUs need static shapes
+                dataset = spread_last_step(dataset, per_pipeline)
             info.update(
-                cardinality=int(dataset.cardinality()),
+                cardinality=cardinality,
                 element_spec=dataset.element_spec,
-                per_pipeline=input_context.num_replicas_in_sync // input_context.num_input_pipelines,
+                per_pipeline=per_pipeline,
                 context=input_context,
             )
             return dataset

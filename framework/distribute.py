@@ -84,6 +84,38 @@ def _fresh_collective_keys(cls):
     return cls
 
 
+def _configure_coordination(peer_timeout_secs: int) -> None:
+    """TensorFlow's coordination service, with heartbeats that notice a lost worker.
+
+    When a worker stops sending heartbeats for `peer_timeout_secs`, the
+    service fails every other worker's pending and next collective with an
+    error naming the lost task, and they exit; rerunning every worker resumes
+    from the last checkpoint. MultiWorkerMirroredStrategy keeps a
+    configuration made before it is created.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster = resolver.cluster_spec()
+    if resolver.task_type not in ("chief", "worker"):
+        return
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in cluster.jobs
+    ]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=int(peer_timeout_secs * 1000),
+    )
+
+
 def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
     """Builds the strategy named by `config.distribution`."""
     name = dist.strategy
@@ -94,6 +126,7 @@ def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
                 "config.distribution.strategy='multi_worker' needs the TF_CONFIG environment "
                 "variable describing the cluster and this worker's task."
             )
+        _configure_coordination(dist.peer_timeout_secs)
         return _fresh_collective_keys(tf.distribute.MultiWorkerMirroredStrategy)()
     if name == "tpu" or (name == "auto" and _tpu_present()):
         return _tpu_strategy(dist.tpu)
@@ -125,10 +158,23 @@ def global_batches(
     right for data that fits in memory; shard files for large datasets.
     drop_remainder: drop a short last global batch (TPUs need static shapes).
     """
+    return split_global_batches(
+        dataset.batch(global_batch_size, drop_remainder=drop_remainder), input_context
+    )
+
+
+def split_global_batches(
+    dataset: tf.data.Dataset, input_context: tf.distribute.InputContext
+) -> tf.data.Dataset:
+    """A dataset of global batches cut into this input pipeline's per-replica batches.
+
+    Of the N replicas in sync, replica r gets rows [n*r//N, n*(r+1)//N) of
+    each global batch of n rows, so any layout sees the same global batches.
+    `dataset` must yield the same batches on every worker.
+    """
     replicas = input_context.num_replicas_in_sync
     local = replicas // input_context.num_input_pipelines
     first = input_context.input_pipeline_id * local
-    batches = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
 
     def rows(replica, element):
         def cut(t):
@@ -141,9 +187,9 @@ def global_batches(
         return args[0] if len(args) == 1 else args
 
     if local == 1:
-        return batches.map(lambda *e: rows(first, pack(e)))
-    count = tf.get_static_value(batches.cardinality())
-    sliced = batches.flat_map(
+        return dataset.map(lambda *e: rows(first, pack(e)))
+    count = tf.get_static_value(dataset.cardinality())
+    sliced = dataset.flat_map(
         lambda *e: tf.data.Dataset.range(local).map(lambda i: rows(first + tf.cast(i, tf.int32), pack(e)))
     )
     if count is not None and count >= 0:
@@ -161,6 +207,48 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes that run this strategy's steps together (hosts of a TPU slice, multi-worker tasks)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return int(strategy.extended._num_workers)
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return int(strategy.extended.num_hosts)
+    return 1
+
+
+_agreements: dict[int, tuple[tf.distribute.Strategy, object]] = {}
+
+
+def mean_over_workers(strategy: tf.distribute.Strategy, values: list[float]) -> list[float]:
+    """The mean of `values` over every replica of every worker: one all-reduce, also a barrier.
+
+    Host-side decisions that change which collectives run next (stop, save,
+    restore, how many steps a compiled call takes) must be taken from agreed
+    values: every worker calls this at the same point of its loop. With one
+    worker it returns `values` without communicating.
+    """
+    if num_workers(strategy) == 1:
+        return [float(v) for v in values]
+    if id(strategy) not in _agreements:
+
+        @tf.function
+        def agree(values):
+            def replica(local):
+                return tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.MEAN, tf.identity(local)
+                )
+
+            return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
+
+        _agreements[id(strategy)] = (strategy, agree)
+    return [float(v) for v in _agreements[id(strategy)][1](tf.constant(values, tf.float64)).numpy()]
+
+
+def any_worker(strategy: tf.distribute.Strategy, *flags: bool) -> tuple[bool, ...]:
+    """For each flag, whether any worker raised it (see `mean_over_workers`)."""
+    return tuple(v > 0 for v in mean_over_workers(strategy, [float(bool(f)) for f in flags]))
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:

@@ -93,6 +93,16 @@ def check_loss_heads(model: keras.Model, loss) -> None:
             )
 
 
+def loss_heads(loss) -> set:
+    """The heads a loss's terms read (regularizers read none)."""
+    return {t.head for t in loss.flat_terms() if t.kind != "regularizer" and t.head is not None}
+
+
+def outputs_have(y_pred: Any, wanted: set) -> bool:
+    """Whether predictions `y_pred` have every head in `wanted` (a single output has none)."""
+    return wanted <= set(y_pred) if isinstance(y_pred, dict) else not wanted
+
+
 def check_batch(y: Any, y_pred: Any, used_heads: set, sample_weight: Any = None) -> None:
     """Labels (and weights) must be keyed like the model's outputs; missing labels for used heads fail."""
     if isinstance(sample_weight, dict) and isinstance(y_pred, dict):

@@ -122,7 +122,11 @@ class RunLog:
                     for i, name in enumerate(names):
                         tf.summary.scalar(name, values[i])
 
-            self._scalar_fns[key] = write
+            # Traced here, called as a concrete function: a new RunLog's writer is
+            # then not taken for a retrace of another one's by TensorFlow.
+            self._scalar_fns[key] = write.get_concrete_function(
+                tf.TensorSpec([], tf.int64), tf.TensorSpec([len(names)], tf.float32)
+            )
         return self._scalar_fns[key]
 
     def close(self) -> None:

@@ -79,6 +79,8 @@ def export(trainer, which: str | int = "latest") -> str:
     """Writes `workdir/export/<step>`; returns the path."""
     step = _restore(trainer, which)
     path = os.path.join(trainer.workdir, "export", str(step))
+    if not trainer.is_chief:  # the chief's export is the one; the others restored alongside it
+        return path
     x = _sample_inputs(trainer)
     with optimizers.ema_weights(trainer.optimizer):  # serve the averaged weights when config.optimizer.ema
         trainer.model.export(path, format="tf_saved_model", verbose=False)

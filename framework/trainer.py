@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import keras
 import ml_collections
 import tensorflow as tf
+from absl import logging
 
 from framework import checks, distribute, heads, metrics, precision, schedules, updates
 from framework import config as config_lib
@@ -113,7 +114,8 @@ class Trainer:
             self.loss = self.build_loss()
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
-                heads.check_loss_heads(self.model, self.loss)
+                if self._default_step("train_step"):  # a custom step may build its own heads
+                    heads.check_loss_heads(self.model, self.loss)
             self.metrics = metrics.collect(self.model, self.build_metrics())
             eval_metrics = self.build_eval_metrics()
             self.eval_metrics = (
@@ -182,10 +184,15 @@ class Trainer:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         y_pred = self._forward(x, training=False)
         step_logs = {}
-        if self.loss is not None:
+        if self.loss is not None and self._loss_fits_outputs(y_pred):
             step_logs = self.compute_loss(y, y_pred, sample_weight).logs
         self.update_metrics(y, y_pred, sample_weight)
         return step_logs
+
+    def predict_step(self, batch):
+        """The model's outputs for one batch (`x`, or `(x, y[, sample_weight])` whose labels are ignored)."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        return self._forward(x, training=False)
 
     # The step helpers need no autograph (converting them cost seconds per trace);
     # a custom train_step calling them is still converted.
@@ -244,6 +251,27 @@ class Trainer:
         nan_masked = frozenset(t.head for t in (self.loss.flat_terms() if self.loss else []) if t.mask_nan)
         metrics.update(self._phase_metrics(), y, y_pred, sample_weight, nan_masked=nan_masked)
 
+    def _loss_fits_outputs(self, y_pred) -> bool:
+        """Whether the default eval_step can apply the loss to the model's outputs.
+
+        A custom train_step may feed the loss heads it builds itself (a
+        distillation's teacher probabilities); evaluation then reports the
+        metrics only, unless eval_step is overridden too.
+        """
+        wanted = heads.loss_heads(self.loss)
+        if self._default_step("train_step") or heads.outputs_have(y_pred, wanted):
+            return True
+        logging.warning(
+            "eval_step: the loss reads heads %s, which the model's outputs do not have (train_step "
+            "builds them); evaluation reports metrics only. Override eval_step to compute a loss.",
+            sorted(wanted),
+        )
+        return False
+
+    def _default_step(self, step: str) -> bool:
+        """Whether `step` ("train_step" or "eval_step") is the base class's, not overridden."""
+        return getattr(type(self), step) is getattr(Trainer, step)
+
     def _phase_metrics(self, phase: str | None = None) -> metrics.Pairs:
         return self.eval_metrics if (phase or self._phase) == "eval" else self.metrics
 
@@ -269,10 +297,23 @@ class Trainer:
             x, y, _ = keras.utils.unpack_x_y_sample_weight(zeros)
             unbuilt = [p for p in self.metrics + self.eval_metrics if not p[1].variables]
             if not self.model.built or unbuilt:
-                y_pred = self.model(x, training=False)
+                y_pred = self._probe(x)
                 if unbuilt and y is not None:
                     metrics.build(unbuilt, y, y_pred)
             self._updater.build()
+
+    def _probe(self, x):
+        """The model's outputs for `x`, leaving its existing non-trainable state as it was.
+
+        A call draws from the model's SeedGenerators (a VAE's sampling layer);
+        Keras builds a model symbolically and draws nothing, so their states
+        are put back: the run's random stream stays the one Keras' fit draws.
+        """
+        existing = [(v, v.numpy()) for v in self.model.non_trainable_variables]
+        y_pred = self.model(x, training=False)
+        for variable, value in existing:
+            variable.assign(value)
+        return y_pred
 
     # ---- phases (run by the Controller) --------------------------------------------
 
@@ -285,9 +326,37 @@ class Trainer:
         """
         return self.controller.fit(validate=validate, callbacks_=callbacks)
 
-    def evaluate(self) -> dict[str, float]:
-        """Runs `eval_step` over the whole eval dataset; returns loss and metric values."""
-        return self.controller.evaluate()
+    def evaluate(self, dataset=None) -> dict[str, float]:
+        """Runs `eval_step` over a dataset; returns its loss and eval metric values.
+
+        Args:
+          dataset: None (the validation set of `build_eval_dataset`, built once
+            per Trainer), a `tf.data.Dataset` of global batches (what Keras'
+            `evaluate` takes), or a function `input_context -> tf.data.Dataset`
+            of per-replica batches. A dataset given here is read anew at each call.
+
+        Returns:
+          `loss`, `loss/<term>`... and the eval metrics' results, as floats.
+
+        Raises:
+          ValueError: no dataset given and `build_eval_dataset` returns None.
+          TypeError: `dataset` is neither a dataset nor a function.
+        """
+        return self.controller.evaluate(dataset)
+
+    def predict(self, dataset):
+        """The outputs of `predict_step` (the model, by default) over a whole dataset, in order.
+
+        Args:
+          dataset: a `tf.data.Dataset` of global batches of `x` (or `(x, y[, w])`;
+            labels are ignored), or a function `input_context -> tf.data.Dataset`
+            of per-replica batches (each step's rows then come in replica order).
+            A short last batch is fine.
+
+        Returns:
+          numpy arrays nested like the model's outputs, one row per example.
+        """
+        return self.controller.predict(dataset)
 
     def restore(self, which: str | int = "latest") -> int | None:
         """Loads a checkpoint of the workdir: "latest", "best" or a step number; returns its step."""

@@ -52,6 +52,9 @@ class BlobsTrainer(framework.Trainer):
         ce = losses.Term(keras.losses.SparseCategoricalCrossentropy(from_logits=True), name="ce")
         return ce + losses.L2(1e-3)
 
+    def build_metrics(self):
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
     def build_train_dataset(self, input_context):
         dataset = tf.data.Dataset.from_tensor_slices(blobs())
         dataset = dataset.shuffle(80, seed=self.config.seed, reshuffle_each_iteration=True)

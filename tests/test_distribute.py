@@ -78,6 +78,7 @@ def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(
     outputs = _run_workers(workdir, tmp_path)
     reference.fit()
     assert "Final metrics:" in outputs[0][0] and "Final metrics:" not in outputs[1][0]  # the chief reports
+    assert "accuracy" in outputs[0][0]  # a metric, read by both workers at every log point and save
     _assert_workers_hold(tmp_path, reference.model.get_weights())
 
     # Only the chief wrote to the shared workdir: one record per log point, one config.json.

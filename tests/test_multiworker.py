@@ -1,0 +1,303 @@
+"""Two real worker processes on 127.0.0.1 against one process on the same global batches.
+
+Each case of tests/multiworker_cases.py trains under MultiWorkerMirroredStrategy
+in two worker processes and under OneDeviceStrategy in a reference process;
+the workers share their processes across cases. Both workers must end on the
+reference's weights, log its values, take its steps. Then faults: a worker
+killed (the other exits, naming it; a rerun resumes), a worker preempted
+(SIGTERM to one: both save at one step and exit 0; a rerun resumes).
+Everything here is marked slow (each group starts three TensorFlow processes:
+minutes); CI runs it, `-m "not slow"` skips it. The quick two-worker run with a
+metric and checkpoints is tests/test_distribute.py.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "multiworker_cases.py")
+MATRIX = (
+    "metrics", "f1", "heads", "eval_best_midepoch", "ema_accum", "mixed_overflow", "nan_skip", "nan_restore",
+    "callbacks", "gan",
+)  # fmt: skip
+EXPERIMENTS = (
+    "digits",
+    "imbalanced",
+    "segmentation",
+    "multitask",
+    "metric_learning",
+    "ranking",
+    "gan",
+)
+TOLERANCE = 1e-5
+# float16 sums of half batches differ from the full batch's in the last float16 digit
+FLOAT16_TOLERANCE = {"mixed_overflow": 1e-4}
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _env(tf_config=None):
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    env.pop("TF_CONFIG", None)
+    if tf_config:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def _start(cases, root, out, *, strategy, tf_config=None, extra=()):
+    args = [
+        sys.executable, SCRIPT, f"--strategy={strategy}", f"--root={root}", f"--cases={','.join(cases)}",
+        f"--out={out}", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=_env(tf_config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def start_workers(cases, root, tmp, *, tag="", extra=()):
+    """Two worker processes on loopback; each writes its results to tmp/w<index><tag>.json."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    return [
+        _start(
+            cases,
+            root,
+            tmp / f"w{i}{tag}.json",
+            strategy="multi_worker",
+            extra=extra,
+            tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}},
+        )  # fmt: skip
+        for i in range(2)
+    ]
+
+
+def finish(processes, timeout=900):
+    """Waits for every process; returns their stderr. Kills them all if one hangs."""
+    outputs = []
+    try:
+        for p in processes:
+            outputs.append(p.communicate(timeout=timeout)[1])
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return outputs
+
+
+def check_ok(processes, errors):
+    for p, err in zip(processes, errors):
+        assert p.returncode == 0, err[-4000:]
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def records(workdir):
+    """metrics.jsonl without wall-clock values."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in ("time", "steps_per_sec")} for r in rows]
+
+
+def assert_close_logs(got, want, where, tol=TOLERANCE):
+    assert len(got) == len(want), f"{where}: {len(got)} records, reference {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert set(g) == set(w), f"{where}[{i}]: keys differ: {sorted(set(g) ^ set(w))}"
+        for key, value in w.items():
+            if isinstance(value, (int, float)) and np.isnan(value):
+                assert np.isnan(g[key]), f"{where}[{i}][{key!r}]: {g[key]} vs {value}"
+            elif isinstance(value, (int, float)):
+                assert abs(g[key] - value) <= tol * max(1.0, abs(value)), (
+                    f"{where}[{i}][{key!r}]: {g[key]} vs {value}"
+                )
+            else:
+                assert g[key] == value, f"{where}[{i}][{key!r}]: {g[key]} vs {value}"
+
+
+def assert_same_run(got, want, where, tol=TOLERANCE):
+    assert got["step"] == want["step"] and got["epoch"] == want["epoch"], where
+    assert len(got["weights"]) == len(want["weights"]), where
+    for i, (g, w) in enumerate(zip(got["weights"], want["weights"])):
+        np.testing.assert_allclose(np.array(g), np.array(w), atol=tol, err_msg=f"{where}: weight {i}")
+    assert_close_logs(got["history"], want["history"], f"{where} history", tol)
+    assert abs(got["lr"] - want["lr"]) <= TOLERANCE * want["lr"], where
+
+
+def tree(root):
+    """Relative paths under root; names made of a host, pid, time or hash made generic."""
+    out = []
+    for base, _, files in os.walk(root):
+        for name in files:
+            name = re.sub(r"^events\.out\.tfevents\..*", "events.out.tfevents", name)
+            name = re.sub(r"^[0-9a-f]{32}$", "<chunks>", name)  # tensorstore's: how many varies
+            out.append(os.path.relpath(os.path.join(base, name), root))
+    return sorted(p for i, p in enumerate(out) if not p.endswith("<chunks>") or p not in out[:i])
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("matrix")
+    reference = _start(MATRIX, tmp / "ref", tmp / "ref.json", strategy="one_device")
+    workers = start_workers(MATRIX, tmp / "mw", tmp)
+    errors = finish([reference, *workers])
+    check_ok([reference, *workers], errors)
+    return tmp, load(tmp / "ref.json"), [load(tmp / f"w{i}.json") for i in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MATRIX)
+def test_two_workers_equal_one_process(matrix, case):
+    tmp, reference, workers = matrix
+    tol = FLOAT16_TOLERANCE.get(case, TOLERANCE)
+    for index, results in enumerate(workers):
+        assert_same_run(results[case], reference[case], f"{case} on worker {index}", tol)
+    assert_close_logs(records(tmp / "mw" / case), records(tmp / "ref" / case), f"{case} metrics.jsonl", tol)
+    assert tree(tmp / "mw" / case) == tree(tmp / "ref" / case)  # the chief's files, and nothing else
+
+
+@pytest.mark.slow
+def test_the_matrix_cases_exercise_what_they_name(matrix):
+    """Guards against a case that silently stopped testing its feature."""
+    _, reference, _ = matrix
+    last = {case: r["history"][-1] for case, r in reference.items()}
+    assert {"recall_at_k/1", "recall_at_k/3", "accuracy"} <= set(last["metrics"])
+    assert {"f1", "f1_each/0", "accuracy"} <= set(last["f1"])
+    assert {"cls/accuracy", "aux/top2", "val/aux/top2", "val/loss"} <= set(last["heads"])
+    assert last["nan_skip"]["nonfinite_steps"] == 2  # one poisoned batch per epoch
+    assert last["mixed_overflow"]["loss_scale"] < 32768  # the overflow halved the scale
+    callbacks = reference["callbacks"]
+    assert 1 < len(callbacks["history"]) < 12  # EarlyStopping stopped it ...
+    assert callbacks["lr"] < 0.01 / 2  # ... after ReduceLROnPlateau had lowered the rate
+    assert reference["nan_restore"]["step"] == reference["metrics"]["step"]
+
+
+@pytest.mark.slow
+def test_keep_best_and_mid_epoch_checkpoints_are_the_reference_ones(matrix):
+    tmp, _, _ = matrix
+
+    def kept(root):
+        directory = root / "eval_best_midepoch" / "checkpoints"
+        return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+    assert kept(tmp / "mw") == kept(tmp / "ref")
+    assert kept(tmp / "ref") == [5, 15]  # the latest, and the "best" (best_mode="min": the lowest)
+
+
+@pytest.mark.slow
+def test_every_experiment_smoke_config_trains_on_two_workers(tmp_path):
+    cases = [f"smoke/{name}" for name in EXPERIMENTS]
+    reference = _start(cases, tmp_path / "ref", tmp_path / "ref.json", strategy="one_device")
+    workers = start_workers(cases, tmp_path / "mw", tmp_path)
+    processes = [reference, *workers]
+    check_ok(processes, finish(processes))
+    want = load(tmp_path / "ref.json")
+    got = [load(tmp_path / f"w{index}.json") for index in range(2)]
+    for case in cases:
+        for index in range(2):
+            assert got[index][case]["step"] == want[case]["step"], (case, index)
+            assert got[index][case]["history"], (case, index)
+        # Dropout draws per replica, so only the workers' weights are compared: they stay in sync.
+        for a, b in zip(got[0][case]["weights"], got[1][case]["weights"]):
+            np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=case)
+
+
+# ---- faults ---------------------------------------------------------------------------------
+
+SLOW_STEPS = ("--step_seconds=0.15", "--peer_timeout_secs=10")
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("long")
+    reference = _start(["long"], tmp / "ref", tmp / "ref.json", strategy="one_device")
+    check_ok([reference], finish([reference]))
+    return load(tmp / "ref.json")["long"]
+
+
+def _wait_for_checkpoint(directory, processes, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+            return
+        for p in processes:
+            assert p.poll() is None, p.communicate()[1][-4000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint in {directory} after {timeout}s")
+
+
+def _resume_and_compare(tmp_path, reference):
+    workers = start_workers(["long"], tmp_path / "mw", tmp_path, tag="_rerun")
+    check_ok(workers, finish(workers))
+    for index in range(2):
+        got = load(tmp_path / f"w{index}_rerun.json")["long"]
+        assert got["step"] == reference["step"]
+        for i, (g, w) in enumerate(zip(got["weights"], reference["weights"])):
+            np.testing.assert_allclose(np.array(g), np.array(w), atol=TOLERANCE, err_msg=f"weight {i}")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(tmp_path, long_reference):
+    workers = start_workers(["long"], tmp_path / "mw", tmp_path, extra=SLOW_STEPS)
+    try:
+        _wait_for_checkpoint(tmp_path / "mw" / "long" / "checkpoints", workers)
+        workers[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = workers[0].communicate(timeout=120)
+        survived = time.monotonic() - killed_at
+    finally:
+        finish(workers, timeout=1)
+    assert workers[0].returncode != 0
+    assert survived < 60, survived
+    assert "/job:worker/replica:0/task:1" in err, err[-3000:]
+    print(f"surviving worker exited {survived:.1f}s after its peer was killed")
+    _resume_and_compare(tmp_path, long_reference)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(tmp_path, long_reference):
+    workers = start_workers(["long"], tmp_path / "mw", tmp_path, extra=SLOW_STEPS)
+    try:
+        _wait_for_checkpoint(tmp_path / "mw" / "long" / "checkpoints", workers)
+        workers[1].send_signal(signal.SIGTERM)
+        signalled_at = time.monotonic()
+        errors = [w.communicate(timeout=60)[1] for w in workers]
+        took = time.monotonic() - signalled_at
+    finally:
+        finish(workers, timeout=1)
+    check_ok(workers, errors)
+    steps = [re.findall(r"Preempted: saved step (\d+)", err) for err in errors]
+    assert steps[0] and steps[0] == steps[1], steps
+    saved = sorted(int(n) for n in os.listdir(tmp_path / "mw" / "long" / "checkpoints") if n.isdigit())
+    assert int(steps[0][0]) == saved[-1]
+    assert not os.path.exists(tmp_path / "w0.json")  # preempted before the case finished
+    print(f"both workers saved step {steps[0][0]} and exited 0, {took:.1f}s after SIGTERM")
+    _resume_and_compare(tmp_path, long_reference)
