@@ -159,8 +159,13 @@ class Checkpoints:
         if self.writer:
             moved = f"{path}.unreadable-{int(time.time())}"
             os.rename(path, moved)
-            logging.warning("Checkpoint %s is unreadable (%s: %.200s); kept as %s, trying the previous one.",
-                            path, type(error).__name__, error, moved)  # fmt: skip
+            logging.warning(
+                "Checkpoint %s is unreadable (%s: %.200s); kept as %s, trying the previous one.",
+                path,
+                type(error).__name__,
+                error,
+                moved,
+            )
         else:
             logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, error)
         self._manager.reload()

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -75,16 +77,25 @@ def _sparse_ce(term) -> bool:
     )
 
 
-def first_batch(trainer, dataset: tf.data.Dataset) -> None:
-    """Runs the model on one batch and checks sparse labels against the number of classes."""
-    if trainer.loss is None or not trainer._default_step("train_step"):
+def first_batch(loss, model_outputs: Callable[[Any], Any], dataset: tf.data.Dataset) -> None:
+    """Runs the model on one batch and checks sparse labels against the number of classes.
+
+    Args:
+      loss: the loss the default train_step applies (None: nothing to check).
+      model_outputs: `x -> the model's outputs`, leaving the model's state as it was.
+      dataset: the host's training batches.
+
+    Raises:
+      ValueError: a sparse cross-entropy term's labels lie outside the model's classes.
+    """
+    if loss is None:
         return
-    terms = [t for t in trainer.loss.flat_terms() if t.kind == "per_example" and _sparse_ce(t)]
+    terms = [t for t in loss.flat_terms() if t.kind == "per_example" and _sparse_ce(t)]
     if not terms:
         return
     batch = next(iter(dataset.take(1)))
     x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-    y_pred = trainer._probe(x)
+    y_pred = model_outputs(x)
     for term in terms:
         owner = f"Loss term {term.name!r}"
         labels = np.asarray(heads.labels(y, term.head, owner))

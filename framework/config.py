@@ -77,7 +77,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.distribution.peer_timeout_secs = 30  # multi_worker: a worker silent this long is lost; the rest exit
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"  # any Keras 3 optimizer (framework.schedules)
+    c.optimizer.name = "adam"  # any Keras 3 optimizer (framework.optimizer_builder)
     c.optimizer.learning_rate = 1e-3  # the peak rate of a schedule
     c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine | piecewise
     c.optimizer.warmup_steps = 0

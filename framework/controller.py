@@ -1,4 +1,4 @@
-"""Controller: the host side of a run, around a Trainer's compiled steps.
+"""Controller: the host side of a run, around a runner's compiled steps.
 
     fit():
         inputs; checks on the first batch; compiled train function; restore the latest checkpoint
@@ -12,8 +12,10 @@
                 on SIGTERM: save and exit 0; every_steps: save
             evaluate; epoch record; save at epoch boundaries and at the end
 
-The Trainer defines what a step is (`build_*`, `train_step`, `eval_step`);
-the Controller decides when steps run, what is logged, and what is saved.
+The runner (`framework.runner.Runner`: a `Trainer`) defines what a step is
+(`build_*`, `train_step`, `eval_step`); the Controller decides when steps
+run, what is logged, and what is saved, and asks the runner for nothing
+beyond that interface.
 
 Several workers (MultiWorkerMirroredStrategy, TPU slices with several hosts)
 run this loop in lockstep, and every collective must be issued by every
@@ -28,44 +30,48 @@ that issues a collective may sit behind `is_chief`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import (
-    callbacks,
-    checkpoint,
-    checks,
-    data,
-    distribute,
-    logs,
-    loop,
-    optimizers,
-    runconfig,
-    schedules,
-    state,
-)
+from framework import callbacks, checkpoint, data, distribute, logs, runconfig
 from framework.config import ConfigError
 from framework.data import DistributedInput
+from framework.profiling import StepProfiler
+from framework.runner import Runner, StepFunction
 
-if TYPE_CHECKING:
-    from framework.trainer import Trainer
+
+@dataclasses.dataclass
+class _Interval:
+    """Log sums since the last log point, and when it was."""
+
+    sums: logs.Sums = dataclasses.field(default_factory=logs.Sums)
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def steps_per_sec(self) -> float:
+        return self.sums.steps / max(time.perf_counter() - self.start, 1e-9)
 
 
 class Controller:
-    def __init__(self, trainer: Trainer):
+    """Runs a runner's phases: fit (with evaluation and checkpoints), evaluate, predict, restore.
+
+    Args:
+      trainer: the runner whose steps run (a `framework.Trainer`).
+    """
+
+    def __init__(self, trainer: Runner):
         self.trainer = trainer
         self.config = trainer.config
         self.debug = trainer.config.debug
         self.train_input: DistributedInput | None = None
         self.eval_input: DistributedInput | None = None
-        self.train_fn = None
+        self.train_fn: StepFunction | None = None
         self.eval_fns: dict = {}  # one per input spec
         self.predict_fns: dict = {}
         self.checkpoints: checkpoint.Checkpoints | None = None
@@ -74,69 +80,64 @@ class Controller:
         self.auto_steps = 32
         self.nan_restores = 0
         self.skipped_in_call = False
+        self.profiler = StepProfiler(self.config.profile_steps, trainer.workdir, enabled=trainer.is_chief)
 
     # ---- inputs and compiled functions ----------------------------------------
 
     def _limit(self, limit: int) -> int:
         return self.debug.fast_dev_run or limit
 
+    def _epochs(self) -> int:
+        return 1 if self.debug.fast_dev_run else self.config.epochs
+
     def has_eval(self) -> bool:
+        """Whether the runner's `build_eval_dataset` gives a dataset (built once, on the first call)."""
         t = self.trainer
         if self.eval_input is None:
             self.eval_input = DistributedInput(
-                t.strategy, t.build_eval_dataset, "build_eval_dataset", optional=True,
+                t.strategy,
+                t.build_eval_dataset,
+                "build_eval_dataset",
+                optional=True,
                 limit=self._limit(self.debug.limit_eval_steps),
-            )  # fmt: skip
+            )
         return self.eval_input.present
 
-    def _xla_plan(self, step: str) -> str | None:
-        from framework.trainer import Trainer  # the base class, for "was the step overridden?"
-
-        t = self.trainer
-        custom = getattr(type(t), step) is not getattr(Trainer, step)
-        plan = loop.xla_plan(t.strategy, self.config.jit_compile, custom_step=custom, where=step)
-        if plan == "forward" and t._forward is t.model:
-            t._forward = loop.compile_forward(t.model)
-        return plan
-
     def _prepare_train(self) -> None:
+        """Once per Controller: input, checks, compiled function, checkpoints, schedules, run records."""
         if self.train_fn is not None:
             return
-        from framework.trainer import Trainer
-
-        t, cfg = self.trainer, self.config
+        t = self.trainer
         self.train_input = DistributedInput(
-            t.strategy, t.build_train_dataset, "build_train_dataset", steps_per_epoch=cfg.steps_per_epoch,
-            limit=self._limit(self.debug.limit_train_steps), overfit_batches=self.debug.overfit_batches,
-        )  # fmt: skip
-        checks.element_spec(
-            self.train_input.element_spec, default_step=type(t).train_step is Trainer.train_step
+            t.strategy,
+            t.build_train_dataset,
+            "build_train_dataset",
+            steps_per_epoch=self.config.steps_per_epoch,
+            limit=self._limit(self.debug.limit_train_steps),
+            overfit_batches=self.debug.overfit_batches,
         )
-        t._build_state(self.train_input.element_spec)
-        checks.first_batch(t, self.train_input.host_dataset())
-        xla = self._xla_plan("train_step")
-        self.train_fn = loop.make_step_function(
-            t.strategy, t._updater.counting_examples(t.train_step), where="train_step",
-            on_step=lambda: t._step.assign_add(1),
-            keep_going=None if cfg.nan_policy == "skip" else lambda: t._nonfinite_step < 0,
-            jit_compile=xla == "step", finite_sums=cfg.nan_policy == "skip",
-        )  # fmt: skip
-        if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
-            self._restore_or_set_aside()
-            distribute.any_worker(t.strategy, False)  # every worker has read before the chief writes
-            if cfg.nan_policy == "restore" and self.resume is None:
-                self.save()  # something to go back to
-        elif cfg.nan_policy == "restore":
-            raise ConfigError(
-                "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
-            )
-        epochs = 1 if self.debug.fast_dev_run else cfg.epochs
-        for _, optimizer in t._updater.named_optimizers():
-            schedules.fit_schedule(optimizer, epochs * self.train_input.steps // cfg.grad_accum_steps)
+        t.check_train_input(self.train_input.element_spec, self.train_input.host_dataset())
+        self.train_fn = t.make_train_function()
+        self._resume_from_checkpoints()
+        t.fit_schedules(self._epochs() * self.train_input.steps // self.config.grad_accum_steps)
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
-            runconfig.write(t)
+            runconfig.write(t.workdir, t.run_record())
+
+    def _resume_from_checkpoints(self) -> None:
+        """Restores the workdir's latest checkpoint; under nan_policy="restore", makes sure one exists."""
+        if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
+            self._restore_or_set_aside()
+            distribute.any_worker(
+                self.trainer.strategy, False
+            )  # every worker has read before the chief writes
+            if self.config.nan_policy == "restore" and self.resume is None:
+                self.save()  # something to go back to
+        elif self.config.nan_policy == "restore":
+            raise ConfigError(
+                "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
+            )
 
     def steps_per_call(self) -> int:
         return self.config.steps_per_execution or self.auto_steps
@@ -171,11 +172,11 @@ class Controller:
         t = self.trainer
         if self.train_input is None and not self.has_eval():
             raise ValueError("restore() before fit() needs build_eval_dataset() to return a dataset.")
-        t._build_state((self.train_input or self.eval_input).element_spec)
+        t.build_state((self.train_input or self.eval_input).element_spec)
         ckpts = self.open_checkpoints(writer=self.train_input is not None)
         if ckpts is None:
             raise ValueError("restore() needs a workdir.")
-        groups, name = state.collect(t), type(t).__name__
+        groups, name = t.checkpoint_state(), type(t).__name__
         if which == "latest":
             meta = ckpts.restore_latest(groups, trainer=name)
         else:
@@ -206,15 +207,19 @@ class Controller:
             return
         t = self.trainer
         meta = {
-            "step": t.step, "epoch": t.epoch, "step_in_epoch": step_in_epoch, "final": final,
+            "step": t.step,
+            "epoch": t.epoch,
+            "step_in_epoch": step_in_epoch,
+            "final": final,
             "stopped_early": stopped_early,
-            "epoch_sums": sums.to_json() if sums else {}, "trainer": type(t).__name__,
-        }  # fmt: skip
-        if self.checkpoints.save(t.step, state.collect(t), meta, metrics):
+            "epoch_sums": sums.to_json() if sums else {},
+            "trainer": type(t).__name__,
+        }
+        if self.checkpoints.save(t.step, t.checkpoint_state(), meta, metrics):
             where = f", {step_in_epoch} steps in" if step_in_epoch else ""
             logging.info("Checkpoint at step %d (epoch %d%s).", t.step, t.epoch, where)
 
-    # ---- phases -------------------------------------------------------------------
+    # ---- fit ----------------------------------------------------------------------
 
     def fit(self, *, validate: bool = True, callbacks_: list | None = None) -> list[dict[str, float]]:
         try:
@@ -222,8 +227,11 @@ class Controller:
         except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
             if distribute.num_workers(self.trainer.strategy) > 1:
                 lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e)))) or ["unknown"]
-                logging.error("Lost contact with worker(s) %s: this worker stops too. Rerun every worker with "
-                              "the same command to resume from the last checkpoint.", ", ".join(lost))  # fmt: skip
+                logging.error(
+                    "Lost contact with worker(s) %s: this worker stops too. Rerun every worker with "
+                    "the same command to resume from the last checkpoint.",
+                    ", ".join(lost),
+                )
             raise
         finally:
             if self.checkpoints is not None:
@@ -237,12 +245,15 @@ class Controller:
         t.resumed_at_step = t.step
         if self.resume:
             logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
-        t._nonfinite_step.assign(-1)
+        t.clear_nonfinite()
         has_eval = validate and self.has_eval()
-        epochs = 1 if self.debug.fast_dev_run else cfg.epochs
+        epochs = self._epochs()
         if self.resume and self.resume.get("stopped_early"):
-            logging.info("The run in %s was stopped early by a callback at epoch %d; nothing to train.",
-                         t.workdir, t.epoch)  # fmt: skip
+            logging.info(
+                "The run in %s was stopped early by a callback at epoch %d; nothing to train.",
+                t.workdir,
+                t.epoch,
+            )
             return []
         hooks = callbacks.Hooks(
             t, [*t.build_callbacks(), *(callbacks_ or [])], epochs=epochs, steps=self.train_input.steps
@@ -284,70 +295,79 @@ class Controller:
             bounds.append(save_every - step % save_every)
         if hooks.steps_to_next(step):
             bounds.append(hooks.steps_to_next(step))
-        if self.config.profile_steps:
-            first, last = self.config.profile_steps
-            bounds += [b for b in (first - 1 - step, last - step) if b > 0]
-        return bounds
-
-    def _profile(self, step: int, *, before: bool) -> None:
-        if not self.config.profile_steps or not self.trainer.workdir or not self.trainer.is_chief:
-            return
-        first, last = self.config.profile_steps
-        if before and step == first - 1:
-            tf.profiler.experimental.start(self.trainer.workdir)
-        elif not before and first - 1 < step and step >= last and not getattr(self, "_profiled", False):
-            tf.profiler.experimental.stop()
-            self._profiled = True
-            logging.info("Profiled steps %d-%d into %s/plugins/profile.", first, last, self.trainer.workdir)
+        return bounds + self.profiler.bounds(step)
 
     def _train_epoch(self, progress, preemption, hooks) -> dict[str, float]:
+        """One epoch of compiled calls; between them, what the module docstring's loop lists."""
+        t = self.trainer
+        done, epoch, iterator = self._start_epoch(progress)
+        total, step, interval = self.train_input.steps, t.step, _Interval()
+        while done < total and not hooks.stop:
+            n = self.train_input.call_sizes(done, min(self._bounds(step, hooks)))
+            self.profiler.before_call(step)
+            hooks.batch_begin(done)
+            sums, ran, counted, seconds = self._call(iterator, step, n)
+            if counted:
+                epoch.add(sums)
+                interval.sums.add(sums)
+            done, step = done + ran, step + ran
+            self.profiler.after_call(step)
+            point = self._log_point(step, done, interval, progress)
+            self._batch_end(hooks, done, step, point, sums)
+            self._agree(preemption, hooks, steps=n, seconds=seconds)
+            self._save_in_epoch(preemption, step, done, epoch, point)
+        return {**epoch.means(), **t.metric_results(), **t.optimizer_logs()}
+
+    def _start_epoch(self, progress: logs.Progress) -> tuple[int, logs.Sums, object]:
+        """(steps already trained in this epoch, their log sums, the epoch's iterator past them)."""
         t = self.trainer
         resume, self.resume = self.resume or {}, None
         done = resume.get("step_in_epoch", 0)
         if not done:
             t.reset_metrics()
         iterator = self.train_input.iterator(t.epoch, skip=done)
-        total = self.train_input.steps
-        progress.start_epoch(t.epoch + 1, self.config.epochs, total)
-        epoch, interval = logs.Sums.from_json(resume.get("epoch_sums"), done), logs.Sums()
-        interval_start = time.perf_counter()
-        every, save_every = self.config.log_every_steps, self.config.checkpoint.every_steps
-        step = t.step
-        while done < total and not hooks.stop:
-            n = self.train_input.call_sizes(done, min(self._bounds(step, hooks)))
-            self._profile(step, before=True)
-            hooks.batch_begin(done)
-            call_start = time.perf_counter()
-            sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
-            ran, clean = self._after_nonfinite(step, n, last)
-            call_seconds = time.perf_counter() - call_start
-            if clean:
-                epoch.add(sums)
-                interval.add(sums)
-            done, step = done + ran, step + ran
-            self._profile(step, before=False)
-            point = None
-            if step % every == 0 or done == total:
-                rate = interval.steps / max(time.perf_counter() - interval_start, 1e-9)
-                point = {**interval.means(), **t.metric_results(), **self._optimizer_logs()}
-                self.run_log.write("train", step, t.epoch + 1, {**point, "steps_per_sec": rate})
-                progress.update(done, point, rate=rate)
-                interval, interval_start = logs.Sums(), time.perf_counter()
-            else:
-                progress.update(done)
-            if hooks.wants_batches:
-                batch_logs = dict(point or sums.means())
-                if self.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
-                    batch_logs["loss"] = float("nan")
-                hooks.batch_end(done - 1, step, batch_logs)
-            self.skipped_in_call = False
-            self._agree(preemption, hooks, steps=n, seconds=call_seconds)
-            if preemption.requested:
-                self.save(step_in_epoch=done, sums=epoch)
-                self._exit_preempted(step)
-            if save_every and step % save_every == 0 and done < total:
-                self.save(step_in_epoch=done, sums=epoch, metrics=point)
-        return {**epoch.means(), **t.metric_results(), **self._optimizer_logs()}
+        progress.start_epoch(t.epoch + 1, self.config.epochs, self.train_input.steps)
+        return done, logs.Sums.from_json(resume.get("epoch_sums"), done), iterator
+
+    def _call(self, iterator, step: int, n: int) -> tuple[logs.Sums, int, bool, float]:
+        """One compiled call of `n` steps, then config.nan_policy.
+
+        Returns its log sums, the steps it ran, whether its sums count, and its duration.
+        """
+        start = time.perf_counter()
+        sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
+        ran, counted = self._after_nonfinite(step, n, last)
+        return sums, ran, counted, time.perf_counter() - start
+
+    def _log_point(self, step: int, done: int, interval: _Interval, progress: logs.Progress) -> dict | None:
+        """At log points (every log_every_steps, and the epoch's end): the logs, written and shown."""
+        if step % self.config.log_every_steps and done < self.train_input.steps:
+            progress.update(done)
+            return None
+        t, rate = self.trainer, interval.steps_per_sec()
+        point = {**interval.sums.means(), **t.metric_results(), **t.optimizer_logs()}
+        self.run_log.write("train", step, t.epoch + 1, {**point, "steps_per_sec": rate})
+        progress.update(done, point, rate=rate)
+        interval.sums, interval.start = logs.Sums(), time.perf_counter()
+        return point
+
+    def _batch_end(self, hooks: callbacks.Hooks, done: int, step: int, point: dict | None, sums) -> None:
+        """Keras batch hooks and Periodic hooks, with the log point's logs or the call's means."""
+        if hooks.wants_batches:
+            batch_logs = dict(point or sums.means())
+            if self.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
+                batch_logs["loss"] = float("nan")
+            hooks.batch_end(done - 1, step, batch_logs)
+        self.skipped_in_call = False
+
+    def _save_in_epoch(self, preemption, step: int, done: int, epoch: logs.Sums, point: dict | None) -> None:
+        """On preemption: save and exit; every checkpoint.every_steps: save."""
+        if preemption.requested:
+            self.save(step_in_epoch=done, sums=epoch)
+            self._exit_preempted(step)
+        save_every = self.config.checkpoint.every_steps
+        if save_every and step % save_every == 0 and done < self.train_input.steps:
+            self.save(step_in_epoch=done, sums=epoch, metrics=point)
 
     def _agree(
         self,
@@ -378,16 +398,6 @@ class Controller:
         logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
         raise SystemExit(0)
 
-    def _optimizer_logs(self) -> dict[str, float]:
-        t = self.trainer
-        out = {}
-        for i, (name, optimizer) in enumerate(t._updater.named_optimizers()):
-            out["lr" if i == 0 else f"lr/{name}"] = schedules.current_learning_rate(optimizer)
-        out.update(t._updater.logs())
-        if self.config.nan_policy == "skip":
-            out["nonfinite_steps"] = float(t._nonfinite_count.numpy())
-        return out
-
     def _after_nonfinite(self, step: int, n: int, last: dict) -> tuple[int, bool]:
         """Applies config.nan_policy after a call.
 
@@ -395,7 +405,7 @@ class Controller:
         after a restore: they hold the offending step's values).
         """
         t = self.trainer
-        bad = int(t._nonfinite_step.numpy())
+        bad = t.nonfinite_step()
         if bad < 0:
             return n, True
         terms = [f"{k}={v}" for k, v in last.items() if not math.isfinite(v)]
@@ -407,7 +417,7 @@ class Controller:
         policy = self.config.nan_policy
         if policy == "skip":
             logging.warning("Non-finite %s; the update was skipped (nan_policy='skip').", what)
-            t._nonfinite_step.assign(-1)
+            t.clear_nonfinite()
             self.skipped_in_call = True
             return n, True
         if policy == "restore" and self.nan_restores < self.config.nan_max_retries:
@@ -416,11 +426,16 @@ class Controller:
             ckpts.wait()  # a save of the last good step may still be in flight
             distribute.any_worker(t.strategy, False)  # ... on the chief: the others read it after this
             latest = ckpts.steps()[-1]
-            ckpts.restore(state.collect(t), latest)
-            t._step.assign(bad)  # go on from the batch after the offending one
-            t._nonfinite_step.assign(-1)
-            logging.warning("Non-finite %s; restored checkpoint %d and continued after that batch (%d/%d).",
-                            what, latest, self.nan_restores, self.config.nan_max_retries)  # fmt: skip
+            ckpts.restore(t.checkpoint_state(), latest)
+            t.set_step(bad)  # go on from the batch after the offending one
+            t.clear_nonfinite()
+            logging.warning(
+                "Non-finite %s; restored checkpoint %d and continued after that batch (%d/%d).",
+                what,
+                latest,
+                self.nan_restores,
+                self.config.nan_max_retries,
+            )
             return bad - step, False
         gave_up = f" Gave up after {self.nan_restores} restores." if policy == "restore" else ""
         raise FloatingPointError(
@@ -457,39 +472,32 @@ class Controller:
             )
 
         def make():
-            t._build_state(eval_input.element_spec)
-            xla = self._xla_plan("eval_step")
-            return loop.make_step_function(
-                t.strategy, t.eval_step, where="eval_step", jit_compile=xla == "step"
-            )
+            t.build_state(eval_input.element_spec)
+            return t.make_eval_function()
 
         eval_fn = self._compiled(self.eval_fns, eval_input.element_spec, make)
         t.reset_metrics("eval")
         iterator = eval_input.fresh_iterator()
         total, done, sums = eval_input.steps, 0, logs.Sums()
-        t._phase = "eval"  # the eval step is traced at its first call: it updates the eval metrics
-        try:
-            with optimizers.ema_weights(t.optimizer):
-                while done < total:
-                    n = eval_input.call_sizes(done, self.steps_per_call())
-                    call_sums, _ = eval_fn(iterator, tf.constant(n, tf.int64))
-                    sums.add(call_sums)
-                    done += n
-                return {**sums.means(), **t.metric_results("eval")}
-        finally:
-            t._phase = "train"
+        with t.eval_phase():
+            while done < total:
+                n = eval_input.call_sizes(done, self.steps_per_call())
+                call_sums, _ = eval_fn(iterator, tf.constant(n, tf.int64))
+                sums.add(call_sums)
+                done += n
+            return {**sums.means(), **t.metric_results("eval")}
 
     def predict(self, dataset):
         t = self.trainer
         source = self._input_of(dataset, "predict(dataset)")
 
         def make():
-            t._build_state(source.element_spec)
-            return loop.make_predict_function(t.strategy, t.predict_step)
+            t.build_state(source.element_spec)
+            return t.make_predict_function()
 
         predict_fn = self._compiled(self.predict_fns, source.element_spec, make)
         iterator, outputs = source.fresh_iterator(), []
-        with optimizers.ema_weights(t.optimizer):
+        with t.eval_phase():
             for _ in range(source.steps):
                 outputs.append(tf.nest.map_structure(lambda v: v.numpy(), predict_fn(iterator)))
         return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)

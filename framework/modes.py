@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import logs, optimizers
+from framework import keras_internals, logs
 
 
 def _restore(trainer, which: str | int) -> int:
@@ -82,7 +82,9 @@ def export(trainer, which: str | int = "latest") -> str:
     if not trainer.is_chief:  # the chief's export is the one; the others restored alongside it
         return path
     x = _sample_inputs(trainer)
-    with optimizers.ema_weights(trainer.optimizer):  # serve the averaged weights when config.optimizer.ema
+    with keras_internals.ema_weights(
+        trainer.optimizer
+    ):  # serve the averaged weights when config.optimizer.ema
         trainer.model.export(path, format="tf_saved_model", verbose=False)
         expected = tf.nest.map_structure(np.asarray, trainer.model(x, training=False))
     reloaded = tf.saved_model.load(path)

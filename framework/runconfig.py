@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import config as config_lib
-from framework import optimizers
+from framework import keras_internals
 
 FILENAME = "config.json"
 # Keys whose value shapes the variables or the checkpoints' meaning; overriding them for eval warns.
@@ -36,33 +36,44 @@ STATE_KEYS = ("model", "task", "data", "seed", "precision", "optimizer", "grad_a
 
 
 def _optimizer_record(optimizer: keras.optimizers.Optimizer) -> dict:
-    inner = optimizers.inner(optimizer)
+    inner = keras_internals.inner(optimizer)
     try:
         return keras.optimizers.serialize(inner)
     except Exception as e:  # noqa: BLE001 - a custom optimizer's get_config must not stop training
         return {"class_name": type(inner).__name__, "config": None, "unrecorded": f"{type(e).__name__}: {e}"}
 
 
-def record(trainer) -> dict:
-    """The trainer's config as it runs: `config.json`'s content."""
-    from framework.trainer import Trainer  # the base class, for "was build_optimizer overridden?"
+def record(
+    config: ml_collections.ConfigDict,
+    named_optimizers: list[tuple[str, keras.optimizers.Optimizer]],
+    *,
+    built_by: str | None = None,
+) -> dict:
+    """The config as a run uses it: `config.json`'s content.
 
-    out = trainer.config.to_dict()
-    named = trainer._updater.named_optimizers()
-    if type(trainer).build_optimizer is not Trainer.build_optimizer:
-        built_by = f"{type(trainer).__name__}.build_optimizer"
-        out["optimizer"] = {"built_by": built_by, **_optimizer_record(named[0][1])}
-    if len(named) > 1:
-        out["added_optimizers"] = {name: _optimizer_record(opt) for name, opt in named[1:]}
+    Args:
+      config: the run's resolved config.
+      named_optimizers: (name, optimizer) pairs, the primary one first.
+      built_by: the hook that built the primary optimizer when it was not
+        `config.optimizer` (its settings are then recorded instead).
+
+    Returns:
+      The config as a dict, with the optimizers' own settings where the config does not hold them.
+    """
+    out = config.to_dict()
+    if built_by:
+        out["optimizer"] = {"built_by": built_by, **_optimizer_record(named_optimizers[0][1])}
+    if len(named_optimizers) > 1:
+        out["added_optimizers"] = {name: _optimizer_record(opt) for name, opt in named_optimizers[1:]}
     return out
 
 
-def write(trainer) -> None:
+def write(workdir: str, content: dict) -> None:
     """Writes `workdir/config.json` (atomically: an evaluator may be waiting for it)."""
-    path = os.path.join(trainer.workdir, FILENAME)
+    path = os.path.join(workdir, FILENAME)
     partial = f"{path}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(partial, "w") as f:
-        json.dump(record(trainer), f, indent=2, sort_keys=True, default=str)
+        json.dump(content, f, indent=2, sort_keys=True, default=str)
     tf.io.gfile.rename(partial, path, overwrite=True)
 
 

@@ -29,23 +29,6 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-_SKIP_ATTRS = {
-    "eval_metrics",
-    "model",
-    "optimizer",
-    "metrics",
-    "strategy",
-    "config",
-    "loss",
-    "_step",
-    "_nonfinite_step",
-    "_nonfinite_count",
-    "_updater",
-    "_given_attributes",
-    "_forward",  # the model, or its compiled forward pass
-    "checkpoint_include",
-    "checkpoint_exclude",
-}
 _MAX_DEPTH, _MAX_ITEMS = 3, 64  # don't wander through a trainer's data arrays
 
 
@@ -84,7 +67,7 @@ def _walk(
             _walk(item, f"{prefix}.{i}", out, skipped, why_not, depth + 1)
 
 
-def _named_attributes(trainer) -> tuple[set[str], set[str]]:
+def _named_attributes(trainer, skip: frozenset[str]) -> tuple[set[str], set[str]]:
     cls = type(trainer)
     include, exclude = set(trainer.checkpoint_include), set(trainer.checkpoint_exclude)
     for which, names in (("checkpoint_include", include), ("checkpoint_exclude", exclude)):
@@ -94,7 +77,7 @@ def _named_attributes(trainer) -> tuple[set[str], set[str]]:
         if unknown:
             raise ValueError(
                 f"{cls.__name__}.{which} names {', '.join(map(repr, unknown))}, which the trainer does not "
-                f"have. Its attributes: {', '.join(sorted(n for n in vars(trainer) if n not in _SKIP_ATTRS))}."
+                f"have. Its attributes: {', '.join(sorted(n for n in vars(trainer) if n not in skip))}."
             )
     both = include & exclude
     if both:
@@ -115,27 +98,47 @@ def _reason_left_out(model: keras.Model, given: bool, trained: set[int]) -> str 
 _reported: weakref.WeakSet = weakref.WeakSet()
 
 
-def collect(trainer) -> dict[str, list]:
-    """Group name -> variables, in a deterministic order."""
+def collect(
+    trainer,
+    *,
+    counters: list[tf.Variable],
+    updater,
+    skip: frozenset[str],
+    given: frozenset[str],
+) -> dict[str, list]:
+    """Group name -> variables, in a deterministic order.
+
+    Args:
+      trainer: its model, optimizer, metrics and the variables held in its
+        other attributes (see the module docstring).
+      counters: the trainer's own variables (its step), the "trainer" group.
+      updater: the trainer's `framework.updates.Updater` (added optimizers,
+        accumulation variables, the variables the optimizers train).
+      skip: attributes the trainer holds for the framework, not walked.
+      given: attributes set before the trainer's build hooks ran.
+
+    Returns:
+      Variables by group: model, optimizer, metrics, trainer, then added
+      optimizers, accumulation and `attr.<name>` for other attributes.
+    """
     groups: dict[str, list] = {
         "model": list(trainer.model.variables),
         "optimizer": list(trainer.optimizer.variables),
         "metrics": list(
             {id(v): v for _, m in trainer.metrics + trainer.eval_metrics for v in m.variables}.values()
         ),
-        "trainer": [trainer._step],
+        "trainer": list(counters),
     }
-    for name, optimizer in trainer._updater.named_optimizers()[1:]:
+    for name, optimizer in updater.named_optimizers()[1:]:
         groups[f"optimizer.{name}"] = list(optimizer.variables)
-    if trainer._updater.variables:  # gradient accumulation: resume mid-window
-        groups["accumulation"] = list(trainer._updater.variables)
-    include, exclude = _named_attributes(trainer)
-    given = getattr(trainer, "_given_attributes", frozenset())
-    trained = {id(v) for v in trainer._updater.trained_variables()}
+    if updater.variables:  # gradient accumulation: resume mid-window
+        groups["accumulation"] = list(updater.variables)
+    include, exclude = _named_attributes(trainer, skip)
+    trained = {id(v) for v in updater.trained_variables()}
     extra: dict[str, list] = {}
     left_out = {f"attr.{name.lstrip('_')}": "in checkpoint_exclude" for name in sorted(exclude)}
     for name in sorted(vars(trainer)):
-        if name in _SKIP_ATTRS or name in exclude:
+        if name in skip or name in exclude:
             continue
         keep = name in include
         _walk(

@@ -27,6 +27,7 @@ non-finite losses).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import keras
@@ -34,7 +35,19 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
-from framework import checks, distribute, heads, metrics, precision, schedules, updates
+from framework import (
+    checks,
+    distribute,
+    heads,
+    keras_internals,
+    loop,
+    metrics,
+    optimizer_builder,
+    precision,
+    runconfig,
+    state,
+    updates,
+)
 from framework import config as config_lib
 from framework.controller import Controller
 from framework.losses import Loss
@@ -55,9 +68,12 @@ def _expect(value: Any, types: type | tuple[type, ...], hook: str, what: str) ->
 
 def _counter(name: str, initial: int) -> tf.Variable:
     return tf.Variable(
-        initial, dtype=tf.int64, trainable=False, name=name,
+        initial,
+        dtype=tf.int64,
+        trainable=False,
+        name=name,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-    )  # fmt: skip
+    )
 
 
 class Trainer:
@@ -77,6 +93,28 @@ class Trainer:
 
     checkpoint_include: tuple[str, ...] = ()
     checkpoint_exclude: tuple[str, ...] = ()
+
+    # Attributes the framework sets: not walked for variables to checkpoint (`framework.state`).
+    _FRAMEWORK_ATTRIBUTES = frozenset(
+        {
+            "eval_metrics",
+            "model",
+            "optimizer",
+            "metrics",
+            "strategy",
+            "config",
+            "loss",
+            "_step",
+            "_nonfinite_step",
+            "_nonfinite_count",
+            "_updater",
+            "_given_attributes",
+            "_controller",
+            "_forward",  # the model, or its compiled forward pass
+            "checkpoint_include",
+            "checkpoint_exclude",
+        }
+    )
 
     def __init__(
         self,
@@ -98,7 +136,7 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         self.epoch = 0
         self.resumed_at_step = 0
-        self.controller = Controller(self)
+        self._controller: Controller | None = None
         self._updater = updates.Updater.from_config(self.strategy, self.config)
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
@@ -114,7 +152,7 @@ class Trainer:
             self.loss = self.build_loss()
             if self.loss is not None:
                 _expect(self.loss, Loss, "build_loss", "a framework.losses.Loss")
-                if self._default_step("train_step"):  # a custom step may build its own heads
+                if self.uses_default_step("train_step"):  # a custom step may build its own heads
                     heads.check_loss_heads(self.model, self.loss)
             self.metrics = metrics.collect(self.model, self.build_metrics())
             eval_metrics = self.build_eval_metrics()
@@ -157,8 +195,8 @@ class Trainer:
         return []
 
     def build_optimizer(self) -> keras.optimizers.Optimizer:
-        """Default: `config.optimizer` (name, schedule, weight decay, EMA); see framework.schedules."""
-        return schedules.build(self.config.optimizer)
+        """Default: `config.optimizer` (name, schedule, weight decay, EMA); see framework.optimizer_builder."""
+        return optimizer_builder.build(self.config.optimizer)
 
     def add_optimizer(self, optimizer: keras.optimizers.Optimizer, variables, *, name: str | None = None):
         """Registers a second optimizer (a GAN's) for `apply_gradients(optimizer=...)`.
@@ -259,7 +297,7 @@ class Trainer:
         metrics only, unless eval_step is overridden too.
         """
         wanted = heads.loss_heads(self.loss)
-        if self._default_step("train_step") or heads.outputs_have(y_pred, wanted):
+        if self.uses_default_step("train_step") or heads.outputs_have(y_pred, wanted):
             return True
         logging.warning(
             "eval_step: the loss reads heads %s, which the model's outputs do not have (train_step "
@@ -268,8 +306,8 @@ class Trainer:
         )
         return False
 
-    def _default_step(self, step: str) -> bool:
-        """Whether `step` ("train_step" or "eval_step") is the base class's, not overridden."""
+    def uses_default_step(self, step: str) -> bool:
+        """Whether the method named `step` ("train_step", "eval_step", ...) is the base class's, not overridden."""
         return getattr(type(self), step) is getattr(Trainer, step)
 
     def _phase_metrics(self, phase: str | None = None) -> metrics.Pairs:
@@ -288,8 +326,11 @@ class Trainer:
     def reset_metrics(self, phase: str = "train") -> None:
         metrics.reset(self._phase_metrics(phase))
 
-    def _build_state(self, element_spec) -> None:
-        """Creates model and optimizer variables before anything is traced or restored."""
+    def build_state(self, element_spec) -> None:
+        """Creates model, metric and optimizer variables for inputs of `element_spec`.
+
+        Runs before anything is traced or restored; a no-op once they exist.
+        """
         with self.strategy.scope():
             zeros = tf.nest.map_structure(
                 lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), element_spec
@@ -297,12 +338,12 @@ class Trainer:
             x, y, _ = keras.utils.unpack_x_y_sample_weight(zeros)
             unbuilt = [p for p in self.metrics + self.eval_metrics if not p[1].variables]
             if not self.model.built or unbuilt:
-                y_pred = self._probe(x)
+                y_pred = self.model_outputs(x)
                 if unbuilt and y is not None:
                     metrics.build(unbuilt, y, y_pred)
             self._updater.build()
 
-    def _probe(self, x):
+    def model_outputs(self, x):
         """The model's outputs for `x`, leaving its existing non-trainable state as it was.
 
         A call draws from the model's SeedGenerators (a VAE's sampling layer);
@@ -315,7 +356,111 @@ class Trainer:
             variable.assign(value)
         return y_pred
 
+    # ---- what the host loop asks (framework.runner.Runner) ---------------------------
+
+    def check_train_input(self, element_spec, first_batches: tf.data.Dataset) -> None:
+        """Checks the training input against the step and builds the state for it.
+
+        Raises:
+          TypeError, ValueError: the batches cannot feed the step; the message names why.
+        """
+        default_step = self.uses_default_step("train_step")
+        checks.element_spec(element_spec, default_step=default_step)
+        self.build_state(element_spec)
+        checks.first_batch(self.loss if default_step else None, self.model_outputs, first_batches)
+
+    def checkpoint_state(self) -> dict[str, list]:
+        """The variables a checkpoint holds, in named groups (see `framework.state`)."""
+        return state.collect(
+            self,
+            counters=[self._step],
+            updater=self._updater,
+            skip=self._FRAMEWORK_ATTRIBUTES,
+            given=self._given_attributes,
+        )
+
+    def run_record(self) -> dict:
+        """The config as this trainer runs it (`config.json` in the workdir)."""
+        built_by = (
+            None if self.uses_default_step("build_optimizer") else f"{type(self).__name__}.build_optimizer"
+        )
+        return runconfig.record(self.config, self._updater.named_optimizers(), built_by=built_by)
+
+    def set_step(self, step: int) -> None:
+        """Sets the global step (a restore that goes on after an offending batch)."""
+        self._step.assign(step)
+
+    def nonfinite_step(self) -> int:
+        """The step whose loss or gradients were non-finite since the last clear; -1: none."""
+        return int(self._nonfinite_step.numpy())
+
+    def clear_nonfinite(self) -> None:
+        """Forgets the non-finite step: the compiled train function goes on."""
+        self._nonfinite_step.assign(-1)
+
+    def optimizer_logs(self) -> dict[str, float]:
+        """`lr` (`lr/<name>` for added optimizers), the updater's logs, and `nonfinite_steps` under "skip"."""
+        out = {}
+        for i, (name, optimizer) in enumerate(self._updater.named_optimizers()):
+            out["lr" if i == 0 else f"lr/{name}"] = optimizer_builder.current_learning_rate(optimizer)
+        out.update(self._updater.logs())
+        if self.config.nan_policy == "skip":
+            out["nonfinite_steps"] = float(self._nonfinite_count.numpy())
+        return out
+
+    def fit_schedules(self, total_updates: int) -> None:
+        """Sets the length of `decay_steps = 0` schedules to the run's `total_updates`."""
+        for _, optimizer in self._updater.named_optimizers():
+            optimizer_builder.fit_schedule(optimizer, total_updates)
+
+    @contextlib.contextmanager
+    def eval_phase(self):
+        """Eval steps trace and run in here: they feed the eval metrics and see the EMA weights."""
+        self._phase = "eval"  # the eval step is traced at its first call: it updates the eval metrics
+        try:
+            with keras_internals.ema_weights(self.optimizer):
+                yield
+        finally:
+            self._phase = "train"
+
+    def make_train_function(self) -> loop.StepFunction:
+        """The compiled train function; it stops after a non-finite step unless nan_policy is "skip"."""
+        skip = self.config.nan_policy == "skip"
+        return loop.make_step_function(
+            self.strategy,
+            self._updater.counting_examples(self.train_step),
+            where="train_step",
+            on_step=lambda: self._step.assign_add(1),
+            keep_going=None if skip else lambda: self._nonfinite_step < 0,
+            jit_compile=self._xla_plan("train_step") == "step",
+            finite_sums=skip,
+        )
+
+    def make_eval_function(self) -> loop.StepFunction:
+        """The compiled eval function (after `build_state` for the eval input)."""
+        jit = self._xla_plan("eval_step") == "step"
+        return loop.make_step_function(self.strategy, self.eval_step, where="eval_step", jit_compile=jit)
+
+    def make_predict_function(self):
+        """The compiled predict function: `fn(iterator) -> one batch of predict_step outputs`."""
+        return loop.make_predict_function(self.strategy, self.predict_step)
+
+    def _xla_plan(self, step: str) -> str | None:
+        plan = loop.xla_plan(
+            self.strategy, self.config.jit_compile, custom_step=not self.uses_default_step(step), where=step
+        )
+        if plan == "forward" and self._forward is self.model:
+            self._forward = loop.compile_forward(self.model)
+        return plan
+
     # ---- phases (run by the Controller) --------------------------------------------
+
+    @property
+    def controller(self) -> Controller:
+        """The host loop that runs this trainer's phases; made at the first phase that needs it."""
+        if self._controller is None:
+            self._controller = Controller(self)
+        return self._controller
 
     def fit(self, *, validate: bool = True, callbacks: list | None = None) -> list[dict[str, float]]:
         """Trains for `config.epochs`, resuming from the workdir's checkpoints; one log dict per epoch.

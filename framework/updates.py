@@ -17,7 +17,7 @@ most one optimizer update. In replica context, per `apply_gradients` call:
     optimizer.apply(G), with Keras' own all-reduce switched off (G is already reduced)
 
 Keras' own clipping, accumulation and float16 finiteness check are wrong or
-fail under distribution; `framework.optimizers` says why and what we take over.
+fail under distribution; `framework.keras_internals` says why and what we take over.
 
 Counting: `Trainer.step` counts micro-batches (`train_step` calls);
 `optimizer.iterations` counts applied updates, so learning-rate schedules see
@@ -44,8 +44,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from framework import distribute, optimizers, precision
-from framework.optimizers import Clipping, refill
+from framework import distribute, keras_internals, precision
+from framework.keras_internals import Clipping, refill
 
 
 def _run_if(pred: tf.Tensor, fn: Callable[[], None], otherwise: Callable[[], None] | None = None) -> None:
@@ -186,10 +186,12 @@ class Updater:
         """
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"Expected a keras.optimizers.Optimizer, got {type(optimizer).__name__}.")
-        inner = optimizers.check_usable(optimizer, self.strategy)
-        if any(e.optimizer is optimizer or optimizers.inner(e.optimizer) is inner for e in self._entries):
+        inner = keras_internals.check_usable(optimizer, self.strategy)
+        if any(
+            e.optimizer is optimizer or keras_internals.inner(e.optimizer) is inner for e in self._entries
+        ):
             raise ValueError(f"Optimizer {inner.name!r} is already registered.")
-        own = optimizers.take_clipping(optimizer)
+        own = keras_internals.take_clipping(optimizer)
         clipping = self.clipping if primary else Clipping()
         if own.active and clipping.active and own != clipping:
             raise ValueError(
@@ -197,7 +199,7 @@ class Updater:
                 "use one of them."
             )
         optimizer = precision.wrap_optimizer(optimizer, self.precision)
-        optimizers.install_passthrough(optimizer)
+        keras_internals.install_passthrough(optimizer)
         names = {e.name for e in self._entries}
         name = name or inner.name
         while name in names:
@@ -244,7 +246,7 @@ class Updater:
         if optimizer is None:
             return self._entries[0]
         for e in self._entries:
-            if e.optimizer is optimizer or optimizers.inner(e.optimizer) is optimizer:
+            if e.optimizer is optimizer or keras_internals.inner(e.optimizer) is optimizer:
                 return e
         raise ValueError(
             f"apply_gradients(optimizer={getattr(optimizer, 'name', optimizer)!r}): the trainer does not "
@@ -293,7 +295,7 @@ class Updater:
         """
         entry = self.entry(optimizer)
         grads, variables = list(grads), list(variables)
-        with optimizers.pre_reduced():
+        with keras_internals.pre_reduced():
             if self.accum_steps == 1 and distribute.num_replicas() == 1:
                 self._update(entry, grads, variables, None, on_nonfinite, loss=loss)
                 return

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import framework  # noqa: E402
-from framework import checkpoint, losses, state  # noqa: E402
+from framework import checkpoint, losses  # noqa: E402
 from framework.data import DistributedInput  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def bench_save_restore(rounds: int, scale: float = 1.0) -> dict:
     cfg = framework.config.defaults()
     cfg.model.scale = scale
     trainer = Big(cfg)
-    trainer._build_state(trainer.build_train_dataset(tf.distribute.InputContext()).element_spec)
-    groups = state.collect(trainer)
+    trainer.build_state(trainer.build_train_dataset(tf.distribute.InputContext()).element_spec)
+    groups = trainer.checkpoint_state()
     rng = np.random.default_rng(0)
     for variables in groups.values():  # trained values do not compress like fresh zeros
         for v in variables:

@@ -266,7 +266,7 @@ def run_case(name: str, strategy, root: str, step_seconds: float) -> dict:
         "history": history,
         "step": trainer.step,
         "epoch": trainer.epoch,
-        "lr": float(framework.schedules.current_learning_rate(trainer.optimizer)),
+        "lr": float(framework.optimizer_builder.current_learning_rate(trainer.optimizer)),
     }
 
 

@@ -1,4 +1,4 @@
-"""The optimizer a config asks for: `config.optimizer` -> a Keras optimizer.
+"""Where the optimizer is built: `config.optimizer` -> a Keras optimizer and its schedule.
 
     config.optimizer.name = "adamw"          # any Keras 3 optimizer: sgd, adam, adamw, lion, rmsprop, ...
     config.optimizer.learning_rate = 1e-3    # the peak rate
@@ -55,6 +55,18 @@ def learning_rate(cfg: ml_collections.ConfigDict):
 
 
 def build(cfg: ml_collections.ConfigDict) -> keras_optimizers.Optimizer:
+    """The Keras optimizer `config.optimizer` describes (`Trainer.build_optimizer`'s default).
+
+    Args:
+      cfg: the `config.optimizer` section.
+
+    Returns:
+      A new, unbuilt Keras optimizer.
+
+    Raises:
+      ConfigError: the schedule's settings disagree, or Keras cannot build
+        `cfg.name` with the given options (the message lists them).
+    """
     kwargs = dict(cfg.options.to_dict())
     kwargs["learning_rate"] = learning_rate(cfg)
     if cfg.weight_decay:
