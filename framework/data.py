@@ -18,6 +18,7 @@ empty batch where there are rows enough.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -114,6 +115,38 @@ def _host_only(strategy: tf.distribute.Strategy) -> bool:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """What building one input pipeline tells about the input."""
+
+    cardinality: int  # batches per pass, or tf.data's INFINITE / UNKNOWN_CARDINALITY
+    element_spec: Any  # of a batch, after `spread_last_step`
+    replicas: int  # replicas this pipeline feeds
+    context: tf.distribute.InputContext  # the context it was built in
+
+
+def _build_pipeline(
+    hook: Hook, name: str, strategy: tf.distribute.Strategy, input_context, *, optional: bool
+) -> tuple[tf.data.Dataset, Pipeline | None]:
+    """The hook's dataset for `input_context`, ready to distribute, and what it tells; None if absent.
+
+    Raises:
+      TypeError: the hook returned something other than a dataset (or None, when `optional`).
+    """
+    dataset = hook(input_context)
+    if dataset is None and optional:
+        return tf.data.Dataset.range(0), None
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            f"{name}() must return a tf.data.Dataset, got {type(dataset).__name__}: {dataset!r:.200}"
+        )
+    replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    cardinality = int(dataset.cardinality())
+    if not isinstance(strategy, tf.distribute.TPUStrategy):  # TPUs need static shapes
+        dataset = spread_last_step(dataset, replicas)
+    return dataset, Pipeline(cardinality, dataset.element_spec, replicas, input_context)
+
+
 class DistributedInput:
     """One dataset hook distributed over `strategy`."""
 
@@ -131,30 +164,14 @@ class DistributedInput:
         """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch."""
         self.strategy, self.name = strategy, name
         self.present = True
-        info: dict[str, Any] = {}
         if overfit_batches:
             hook = _fixed_batches(hook, overfit_batches)
         self._hook = hook
+        built: list[Pipeline | None] = []  # the strategy calls dataset_fn once per local pipeline
 
         def dataset_fn(input_context):
-            dataset = hook(input_context)
-            if dataset is None and optional:
-                info["absent"] = True
-                return tf.data.Dataset.range(0)
-            if not isinstance(dataset, tf.data.Dataset):
-                raise TypeError(
-                    f"{name}() must return a tf.data.Dataset, got {type(dataset).__name__}: {dataset!r:.200}"
-                )
-            per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-            cardinality = int(dataset.cardinality())
-            if not isinstance(strategy, tf.distribute.TPUStrategy):  # TPUs need static shapes
-                dataset = spread_last_step(dataset, per_pipeline)
-            info.update(
-                cardinality=cardinality,
-                element_spec=dataset.element_spec,
-                per_pipeline=per_pipeline,
-                context=input_context,
-            )
+            dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
+            built.append(pipeline)
             return dataset
 
         if _host_only(strategy):
@@ -166,22 +183,23 @@ class DistributedInput:
             )
         else:
             self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
-        if info.get("absent"):
+        pipeline = built[-1]
+        if pipeline is None:
             self.present = False
             return
-        self.element_spec = info["element_spec"]
+        self.element_spec = pipeline.element_spec
         leaves = [s for s in tf.nest.flatten(self.element_spec) if getattr(s, "shape", None) is not None]
         self.static_batch = bool(leaves) and all(s.shape.rank and s.shape[0] is not None for s in leaves)
-        self.cardinality = info["cardinality"]
+        self.cardinality = pipeline.cardinality
         self.infinite = self.cardinality == tf.data.INFINITE_CARDINALITY
-        self.steps = self._count_steps(info, hook, steps_per_epoch)
+        self.steps = self._count_steps(pipeline, hook, steps_per_epoch)
         if limit:
             self.steps = min(self.steps, limit)
         self._iterators_made = 0
         self._persistent = None
         self._skip_fn = None
 
-    def _count_steps(self, info: dict, hook: Hook, requested: int) -> int:
+    def _count_steps(self, pipeline: Pipeline, hook: Hook, requested: int) -> int:
         cardinality = self.cardinality
         if cardinality == tf.data.UNKNOWN_CARDINALITY:
             logging.warning(
@@ -190,13 +208,13 @@ class DistributedInput:
                 "config.steps_per_epoch to skip this.",
                 self.name,
             )
-            dataset = hook(info["context"])
+            dataset = hook(pipeline.context)
             cardinality = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
         if cardinality == tf.data.INFINITE_CARDINALITY:
             if not requested:
                 raise ValueError(f"{self.name}() returned an infinite dataset: set config.steps_per_epoch.")
             return requested
-        available = math.ceil(cardinality / info["per_pipeline"])
+        available = math.ceil(cardinality / pipeline.replicas)
         if available == 0:
             raise ValueError(f"{self.name}() returned an empty dataset.")
         if requested > available:
