@@ -197,6 +197,10 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> N
       argv: the command line (default `sys.argv`).
       get_config: `() -> ConfigDict`, the config when `--config` is absent (still overridable
         with `--config.x=`). Default: the `get_config` of the script being run, if it has one.
+
+    Raises:
+      SystemExit: after the mode finishes (absl's `app.run`), or with a one-line
+        error naming the flag or config key at fault.
     """
     argv = list(argv) if argv is not None else list(sys.argv)
     default = _script_config(argv, get_config)

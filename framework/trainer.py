@@ -89,6 +89,20 @@ class Trainer:
     were given to the constructor (set before `super().__init__`: a teacher),
     unless an optimizer trains them. `checkpoint_include` / `checkpoint_exclude`
     name attributes to save or leave out regardless.
+
+    Args:
+      config: a config (`framework.config.defaults()` with changes), a dict
+        of overrides, or None (the defaults); resolved and checked here.
+      workdir: where checkpoints, metrics.jsonl, TensorBoard logs and
+        config.json go; None: nowhere (no checkpoints, no resume).
+      strategy: a `tf.distribute.Strategy` to use instead of the one
+        `config.distribution` describes.
+
+    Raises:
+      ConfigError: a config key is unknown, a value is invalid, or the batch
+        size does not divide among the replicas (the key is named).
+      OSError: `workdir` is a file or not writable.
+      TypeError: a build hook returned the wrong kind of object (the hook is named).
     """
 
     checkpoint_include: tuple[str, ...] = ()
@@ -167,17 +181,49 @@ class Trainer:
     # ---- hooks -------------------------------------------------------------
 
     def build_model(self) -> keras.Model:
+        """The model to train, built under the strategy's scope and the precision's dtype policy.
+
+        Returns:
+          A `keras.Model`; dict outputs make one head per key (`framework.heads`).
+        """
         raise NotImplementedError("Implement build_model() -> keras.Model.")
 
     def build_train_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """The training data of one input pipeline: per-replica batches.
+
+        Args:
+          input_context: which pipeline this is and how many replicas share it;
+            `input_context.get_per_replica_batch_size(config.batch_size)` is the
+            batch size, `framework.distribute.global_batches` batches in-memory data.
+
+        Returns:
+          A `tf.data.Dataset` of `x`, `(x, y)` or `(x, y, sample_weight)`, finite
+          (one pass is an epoch) or infinite with `config.steps_per_epoch` set.
+        """
         raise NotImplementedError(
             "Implement build_train_dataset(input_context) -> tf.data.Dataset of per-replica batches."
         )
 
     def build_eval_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset | None:
+        """The validation data, batched like `build_train_dataset`'s; None (the default): no evaluation.
+
+        Args:
+          input_context: as for `build_train_dataset`.
+
+        Returns:
+          A finite `tf.data.Dataset`, or None.
+        """
         return None
 
     def build_loss(self) -> Loss | None:
+        """The loss the default `train_step` minimizes: terms combined with `+` and `*`.
+
+        Returns:
+          A `framework.losses.Loss`; None only with a custom `train_step`.
+
+        Raises:
+          NotImplementedError: not overridden while `train_step` is the default.
+        """
         if type(self).train_step is Trainer.train_step:
             raise NotImplementedError("Implement build_loss() -> framework.losses.Loss.")
         return None
@@ -210,6 +256,17 @@ class Trainer:
     # ---- the step ----------------------------------------------------------
 
     def train_step(self, batch) -> dict:
+        """One training step on one replica's batch (traced once, run compiled).
+
+        Override to own the step; keep `compute_loss` and `apply_gradients`
+        for what is subtle (global reductions, loss scaling, non-finite steps).
+
+        Args:
+          batch: `x`, `(x, y)` or `(x, y, sample_weight)`, as the dataset yields it.
+
+        Returns:
+          Log values: tensors or `framework.Weighted`, meaned over steps.
+        """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         with tf.GradientTape() as tape:
             y_pred = self._forward(x, training=True)  # XLA-compiled under config.jit_compile
@@ -219,6 +276,14 @@ class Trainer:
         return step_logs
 
     def eval_step(self, batch) -> dict:
+        """One evaluation step on one replica's batch: the loss (when it applies) and the eval metrics.
+
+        Args:
+          batch: as for `train_step`.
+
+        Returns:
+          Log values, as for `train_step`.
+        """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         y_pred = self._forward(x, training=False)
         step_logs = {}
@@ -463,11 +528,21 @@ class Trainer:
         return self._controller
 
     def fit(self, *, validate: bool = True, callbacks: list | None = None) -> list[dict[str, float]]:
-        """Trains for `config.epochs`, resuming from the workdir's checkpoints; one log dict per epoch.
+        """Trains for `config.epochs`, resuming from the workdir's checkpoints.
 
-        validate: evaluate every `config.eval_every_epochs` epochs when
-          `build_eval_dataset` returns a dataset.
-        callbacks: Keras callbacks and `framework.Periodic` hooks, after `build_callbacks()`'s.
+        Args:
+          validate: evaluate every `config.eval_every_epochs` epochs when
+            `build_eval_dataset` returns a dataset.
+          callbacks: Keras callbacks and `framework.Periodic` hooks, after `build_callbacks()`'s.
+
+        Returns:
+          One log dict per epoch trained in this call (loss, loss/<term>,
+          metrics, lr, val/... at evaluation epochs); [] when the run had finished.
+
+        Raises:
+          FloatingPointError: a non-finite step under `config.nan_policy` "raise"
+            (or "restore" past its retries).
+          SystemExit: on SIGTERM, after saving a checkpoint (code 0).
         """
         return self.controller.fit(validate=validate, callbacks_=callbacks)
 
@@ -504,5 +579,16 @@ class Trainer:
         return self.controller.predict(dataset)
 
     def restore(self, which: str | int = "latest") -> int | None:
-        """Loads a checkpoint of the workdir: "latest", "best" or a step number; returns its step."""
+        """Loads a checkpoint of the workdir.
+
+        Args:
+          which: "latest", "best" (by `config.checkpoint.best_metric`) or a step number.
+
+        Returns:
+          The checkpoint's step; None when the workdir has no checkpoint ("latest").
+
+        Raises:
+          ValueError: no workdir, no such checkpoint (the steps present are
+            listed), or no dataset to build the state from before `fit()`.
+        """
         return self.controller.restore(which)
