@@ -76,17 +76,20 @@ def check_binary_targets(term: Term, y_true: tf.Tensor, y_pred: tf.Tensor) -> No
 class WeightedBinaryCrossentropy(Term):
     """Binary cross-entropy with more weight on one class; mean over elements.
 
-    Exactly one of:
+    Args:
       pos_weight: `tf.nn.weighted_cross_entropy_with_logits` semantics:
         ``-(pos_weight * y * log(p) + (1 - y) * log(1 - p))``.
       class_weights: ``[w0, w1]``, the common tutorial form: every element's binary
         cross-entropy times ``w1 * y + w0 * (1 - y)`` (w1 on positives, w0 on
         negatives). For 0/1 labels this is ``pos_weight = w1 / w0`` scaled by
         w0; for soft labels the two forms differ.
+      from_logits: predictions are logits (stable: a single softplus per
+        element); otherwise probabilities, clipped to [eps, 1 - eps] as Keras
+        does.
+      head, weight, name, mask_nan: as for `Term`.
 
-    from_logits: predictions are logits (stable: a single softplus per
-      element); otherwise probabilities, clipped to [eps, 1 - eps] as Keras
-      does.
+    Raises:
+      ValueError: neither or both of `pos_weight` and `class_weights` are given.
     """
 
     def __init__(
@@ -171,7 +174,10 @@ class Dice(_Overlap):
     is the same on one device with `smooth` 0 but a 1e-7 in the denominator;
     under a strategy Keras' sees one replica's shard.
 
-    from_logits: apply a sigmoid to the predictions first.
+    Args:
+      smooth: added to numerator and denominator.
+      from_logits: apply a sigmoid to the predictions first.
+      head, weight, name, mask_nan: as for `Term`.
     """
 
     def __init__(
@@ -210,6 +216,14 @@ class Tversky(_Overlap):
     positives). alpha = beta = 0.5 with smooth 0 is Dice. Note Keras'
     `Tversky(alpha, beta)` applies alpha to false *negatives*: ours equals
     Keras' with alpha and beta swapped (and smooth ~ 0, on one device).
+
+    Args:
+      alpha: the weight of false positives.
+      beta: the weight of false negatives.
+      smooth, from_logits, head, weight, name, mask_nan: as for `Dice` and `Term`.
+
+    Raises:
+      ValueError: `alpha` or `beta` is negative.
     """
 
     def __init__(

@@ -69,9 +69,14 @@ def _global_batch(embeddings, labels, weights):
 class Triplet(Term):
     """Triplet loss on embeddings with batch-all or batch-hard mining.
 
-    margin: the distance by which negatives must be farther than positives.
-    mining: "batch_hard" or "batch_all"; see the module docstring, which
-      also states the semantics under distribution (exact: global mining).
+    Args:
+      margin: the distance by which negatives must be farther than positives.
+      mining: "batch_hard" or "batch_all"; see the module docstring, which
+        also states the semantics under distribution (exact: global mining).
+      head, weight, name, mask_nan: as for `Term`.
+
+    Raises:
+      ValueError: an unknown `mining` or a negative `margin`.
     """
 
     cast_labels = False  # int64 ids beyond 2**24 must stay distinct
