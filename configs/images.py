@@ -1,6 +1,6 @@
 """ResNet on TFRecord shards of 32x32x3 images (scripts/make_images.py).
 
-python scripts/make_images.py --out data/images --train 20000 --eval 4000
+python scripts/make_images.py --out data/images --train 20000 --eval 4000 --shards 16
 python experiments/images.py --config=configs/images.py --workdir=runs/images
 python experiments/images.py --config=configs/images.py:bf16 --workdir=runs/images_bf16
 
@@ -20,7 +20,7 @@ def get_config(arg: str = ""):
         )
     config = defaults()
     config.batch_size = 128
-    config.epochs = 6
+    config.epochs = 4
     config.optimizer.name = "sgd"
     config.optimizer.options.momentum = 0.9
     config.optimizer.options.nesterov = True
@@ -32,8 +32,9 @@ def get_config(arg: str = ""):
     config.data.dir = "data/images"
     config.data.augment = True
     config.data.shuffle_buffer = 4096
-    config.model.widths = (32, 64, 128, 192)
+    config.model.widths = (32, 64, 128, 256)
     config.model.blocks = (1, 1, 2, 1)
+    config.model.stem_stride = 2
     config.model.sync_bn = False
     config.task.label_smoothing = 0.1
     config.checkpoint.best_metric = "val/accuracy"
@@ -47,8 +48,11 @@ def get_config(arg: str = ""):
     elif arg == "smoke":
         config.epochs = 3
         config.batch_size = 64
-        config.optimizer.learning_rate = 0.05
-        config.optimizer.warmup_steps = 20
+        config.optimizer.name = "adamw"
+        config.optimizer.options = {}
+        config.optimizer.learning_rate = 5e-3
+        config.optimizer.weight_decay = 0.05
+        config.optimizer.warmup_steps = 10
         config.optimizer.ema = 0.9
         config.data.dir = (
             "data/images_smoke"  # make_images.py --out data/images_smoke --train 2000 --eval 400 --shards 4
@@ -56,4 +60,5 @@ def get_config(arg: str = ""):
         config.data.shuffle_buffer = 1024
         config.model.widths = (16, 32, 64)
         config.model.blocks = (1, 1, 1)
+        config.model.stem_stride = 1
     return config

@@ -13,15 +13,15 @@ def get_config(arg: str = ""):
     if arg not in VARIANTS:
         raise ValueError(f"configs/lm.py: unknown variant {arg!r}; valid: {', '.join(map(repr, VARIANTS))}.")
     config = defaults()
-    config.batch_size = 32  # sequences per micro-batch; an update sees grad_accum_steps of them
+    config.batch_size = 16  # sequences per micro-batch; an update sees grad_accum_steps of them
     config.grad_accum_steps = 2
-    config.epochs = 6
-    config.steps_per_epoch = 200  # micro-batches; the train split is sampled, not exhausted
+    config.epochs = 4
+    config.steps_per_epoch = 150  # micro-batches; the train split is sampled, not exhausted
     config.log_every_steps = 50
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 2e-3
     config.optimizer.schedule = "warmup_cosine"
-    config.optimizer.warmup_steps = 50  # updates
+    config.optimizer.warmup_steps = 30  # updates
     config.optimizer.alpha = 0.1
     config.optimizer.weight_decay = 0.01
     config.optimizer.global_clipnorm = 1.0
@@ -42,7 +42,7 @@ def get_config(arg: str = ""):
     if arg == "smoke":
         config.batch_size = 16
         config.epochs = 2
-        config.steps_per_epoch = 40
+        config.steps_per_epoch = 30
         config.optimizer.learning_rate = 3e-3
         config.optimizer.warmup_steps = 5
         config.model.seq_len = 64

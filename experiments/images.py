@@ -134,8 +134,11 @@ def standardize(images):
     return (images - mean) / (std + 1e-3)
 
 
-def resnet(widths: tuple, blocks: tuple, *, sync_bn: bool, l2: float = 0.0) -> keras.Model:
-    """A CIFAR-style ResNet: stem conv, stages of basic blocks (each stage after the first halves the size)."""
+def resnet(widths: tuple, blocks: tuple, *, sync_bn: bool, stem_stride: int = 1) -> keras.Model:
+    """A CIFAR-style ResNet: stem conv, stages of basic blocks (each stage after the first halves the size).
+
+    stem_stride: 2 runs the whole network at half resolution (a quarter of the compute).
+    """
 
     def norm(x):
         return keras.layers.BatchNormalization(momentum=0.9, synchronized=sync_bn)(x)
@@ -154,7 +157,7 @@ def resnet(widths: tuple, blocks: tuple, *, sync_bn: bool, l2: float = 0.0) -> k
     inputs = keras.Input((SIZE, SIZE, CHANNELS))
     # Each image standardised on its own: colours and brightness vary from image to image.
     x = keras.layers.Lambda(standardize)(inputs)
-    x = keras.layers.ReLU()(norm(conv(x, widths[0])))
+    x = keras.layers.ReLU()(norm(conv(x, widths[0], stem_stride)))
     for stage, (filters, count) in enumerate(zip(widths, blocks)):
         for i in range(count):
             x = block(x, filters, strides=2 if stage > 0 and i == 0 else 1)
@@ -166,7 +169,7 @@ def resnet(widths: tuple, blocks: tuple, *, sync_bn: bool, l2: float = 0.0) -> k
 class ImagesTrainer(framework.Trainer):
     def build_model(self):
         cfg = self.config.model
-        return resnet(tuple(cfg.widths), tuple(cfg.blocks), sync_bn=cfg.sync_bn)
+        return resnet(tuple(cfg.widths), tuple(cfg.blocks), sync_bn=cfg.sync_bn, stem_stride=cfg.stem_stride)
 
     def build_loss(self):
         smoothing = self.config.task.label_smoothing
