@@ -109,12 +109,17 @@ def image_dataset(
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         crop_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, crop_seeds).map(
-            lambda e, s: (random_crop(e["image"], s, crop_padding), e["label"]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+
+        def crop(example, crop_seed):
+            return random_crop(example["image"], crop_seed, crop_padding), example["label"]
+
+        dataset = tf.data.Dataset.zip(dataset, crop_seeds).map(crop, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        dataset = dataset.map(lambda e: (e["image"], e["label"]))
+
+        def pair(example):
+            return example["image"], example["label"]
+
+        dataset = dataset.map(pair)
     pipelines = input_context.num_input_pipelines
     local = tf.distribute.InputContext(
         num_input_pipelines=1,
