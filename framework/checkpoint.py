@@ -53,6 +53,7 @@ class Checkpoints:
         self.directory = os.path.abspath(directory)
         self.writer = writer
         self.best_metric, self.best_mode = cfg.best_metric, cfg.best_mode
+        self._warned_unranked = False
         keep = [policies.LatestN(n=cfg.max_to_keep)]
         best_fn = None
         if cfg.best_metric:
@@ -191,6 +192,16 @@ class Checkpoints:
         if not self.writer or step in self._manager.all_steps():
             return False
         if metrics is not None and self.best_metric not in metrics:
+            evaluated = any(k.startswith("val/") for k in metrics) or not self.best_metric.startswith("val/")
+            if self.best_metric and evaluated and not self._warned_unranked:
+                self._warned_unranked = True
+                logging.warning(
+                    "config.checkpoint.best_metric=%r is not among the values logged at step %d (%s); "
+                    "checkpoints saved without it are not ranked.",
+                    self.best_metric,
+                    step,
+                    ", ".join(sorted(metrics)),
+                )
             metrics = None
         self._manager.save(
             step,

@@ -63,7 +63,11 @@ def _run_if(pred: tf.Tensor, fn: Callable[[], None], otherwise: Callable[[], Non
             otherwise() if call is None else call(otherwise)
 
     context = tf.distribute.get_replica_context()
-    if context.num_replicas_in_sync == 1 or tf.__internal__.distribute.strategy_supports_no_merge_call():
+    strategy = tf.distribute.get_strategy()
+    # A one-device MirroredStrategy still merge_calls in optimizer.apply: only the
+    # default and one-device strategies may branch in replica context.
+    plain = not tf.distribute.has_strategy() or isinstance(strategy, tf.distribute.OneDeviceStrategy)
+    if plain or tf.__internal__.distribute.strategy_supports_no_merge_call():
         tf.cond(pred, lambda: run(fn), other)
         return
 

@@ -248,3 +248,12 @@ def test_a_trainers_own_random_generator_resumes_exactly(tmp_path):
     fresh = make(tmp_path / "fresh", 2)
     fresh.fit()  # without the generator's state, the resumed run would redraw these numbers
     assert not np.array_equal(fresh.noise.state.numpy(), make(tmp_path / "other", 2).noise.state.numpy())
+
+
+def test_a_best_metric_that_is_never_logged_is_named_in_a_warning(tmp_path, caplog):
+    x, y = blobs(n=96)
+    ex, ey = blobs(n=48, seed=9)
+    cfg = config(epochs=2, **{"checkpoint.best_metric": "val/loss/ce"})  # a one-term loss logs val/loss only
+    ArrayTrainer(cfg, data=(x, y), eval_data=(ex, ey), model_fn=mlp, workdir=str(tmp_path)).fit()
+    assert "best_metric='val/loss/ce' is not among the values logged" in caplog.text
+    assert "val/loss" in caplog.text

@@ -177,6 +177,13 @@ def test_restore_policy_reloads_the_last_checkpoint_and_goes_on_after_the_batch(
     assert max_abs_diff(weights_of(trainer.model), weights_of(reference.model)) <= 1e-6
 
 
+def test_restore_policy_leaves_a_call_ending_on_the_offending_step_out_of_the_means(tmp_path):
+    cfg = config(epochs=1, nan_policy="restore", **{"checkpoint.every_steps": 2})
+    trainer = make(cfg, data=_nan_data([3]), eval_n=0, workdir=tmp_path)  # step 4 ends the call of steps 3-4
+    history = trainer.fit()
+    assert trainer.step == 6 and np.isfinite(history[0]["loss"])
+
+
 def test_restore_policy_gives_up_after_max_retries(tmp_path):
     cfg = config(epochs=1, nan_policy="restore", nan_max_retries=2)
     trainer = make(cfg, data=_nan_data([1, 2, 3, 4]), eval_n=0, workdir=tmp_path)

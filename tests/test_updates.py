@@ -23,6 +23,15 @@ def _train(data, replicas=1, **cfg):
     return trainer, history
 
 
+def test_a_one_device_mirrored_strategy_trains_like_one_device():
+    x, y = blobs(n=48)
+    reference, _ = _train((x, y))
+    strategy = framework.distribute._fresh_collective_keys(tf.distribute.MirroredStrategy)(["/cpu:0"])
+    trainer = ArrayTrainer(config(), data=(x, y), model_fn=mlp, strategy=strategy)
+    trainer.fit()
+    assert max_abs_diff(weights_of(trainer.model), weights_of(reference.model)) <= 1e-6
+
+
 # ---- accumulation ------------------------------------------------------------------
 
 

@@ -1,0 +1,64 @@
+"""ResNet on TFRecord shards of 32x32x3 images (scripts/make_images.py).
+
+python scripts/make_images.py --out data/images --train 20000 --eval 4000 --shards 16
+python experiments/images.py --config=configs/images.py --workdir=runs/images
+python experiments/images.py --config=configs/images.py:bf16 --workdir=runs/images_bf16
+
+Variants: '' (full), 'smoke' (a tiny model on data/images_smoke), 'bf16' / 'fp16'
+(mixed_bfloat16 / mixed_float16), 'sync_bn' (BatchNorm over the global batch).
+"""
+
+from framework.config import defaults
+
+VARIANTS = ("", "smoke", "bf16", "fp16", "sync_bn")
+
+
+def get_config(arg: str = ""):
+    if arg not in VARIANTS:
+        raise ValueError(
+            f"configs/images.py: unknown variant {arg!r}; valid: {', '.join(map(repr, VARIANTS))}."
+        )
+    config = defaults()
+    config.batch_size = 128
+    config.epochs = 4
+    config.optimizer.name = "sgd"
+    config.optimizer.options.momentum = 0.9
+    config.optimizer.options.nesterov = True
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.schedule = "warmup_cosine"
+    config.optimizer.warmup_steps = 150
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.ema = 0.99
+    config.data.dir = "data/images"
+    config.data.augment = True
+    config.data.shuffle_buffer = 4096
+    config.model.widths = (32, 64, 128, 256)
+    config.model.blocks = (1, 1, 2, 1)
+    config.model.stem_stride = 2
+    config.model.sync_bn = False
+    config.task.label_smoothing = 0.1
+    config.checkpoint.best_metric = "val/accuracy"
+    config.log_every_steps = 50
+    if arg == "bf16":
+        config.precision = "mixed_bfloat16"
+    elif arg == "fp16":
+        config.precision = "mixed_float16"
+    elif arg == "sync_bn":
+        config.model.sync_bn = True
+    elif arg == "smoke":
+        config.epochs = 3
+        config.batch_size = 64
+        config.optimizer.name = "adamw"
+        config.optimizer.options = {}
+        config.optimizer.learning_rate = 5e-3
+        config.optimizer.weight_decay = 0.05
+        config.optimizer.warmup_steps = 10
+        config.optimizer.ema = 0.9
+        config.data.dir = (
+            "data/images_smoke"  # make_images.py --out data/images_smoke --train 2000 --eval 400 --shards 4
+        )
+        config.data.shuffle_buffer = 1024
+        config.model.widths = (16, 32, 64)
+        config.model.blocks = (1, 1, 1)
+        config.model.stem_stride = 1
+    return config
