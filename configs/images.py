@@ -4,20 +4,17 @@ python scripts/make_images.py --out data/images --train 20000 --eval 4000 --shar
 python experiments/images.py --config=configs/images.py --workdir=runs/images
 python experiments/images.py --config=configs/images.py:bf16 --workdir=runs/images_bf16
 
-Variants: '' (full), 'smoke' (a tiny model on data/images_smoke), 'bf16' / 'fp16'
-(mixed_bfloat16 / mixed_float16), 'sync_bn' (BatchNorm over the global batch).
+Variants (combinable, e.g. ':smoke,bf16'): 'smoke' (a tiny model on data/images_smoke),
+'bf16' / 'fp16' (mixed_bfloat16 / mixed_float16), 'sync_bn' (BatchNorm over the global batch).
 """
 
-from framework.config import defaults
+from framework.config import defaults, parse_arg
 
-VARIANTS = ("", "smoke", "bf16", "fp16", "sync_bn")
+PRECISIONS = {"float32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-def get_config(arg: str = ""):
-    if arg not in VARIANTS:
-        raise ValueError(
-            f"configs/images.py: unknown variant {arg!r}; valid: {', '.join(map(repr, VARIANTS))}."
-        )
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/images.py", smoke=False, precision=tuple(PRECISIONS), sync_bn=False)
     config = defaults()
     config.batch_size = 128
     config.epochs = 4
@@ -39,13 +36,9 @@ def get_config(arg: str = ""):
     config.task.label_smoothing = 0.1
     config.checkpoint.best_metric = "val/accuracy"
     config.log_every_steps = 50
-    if arg == "bf16":
-        config.precision = "mixed_bfloat16"
-    elif arg == "fp16":
-        config.precision = "mixed_float16"
-    elif arg == "sync_bn":
-        config.model.sync_bn = True
-    elif arg == "smoke":
+    config.precision = PRECISIONS[arg.precision]
+    config.model.sync_bn = arg.sync_bn
+    if arg.smoke:
         config.epochs = 3
         config.batch_size = 64
         config.optimizer.name = "adamw"

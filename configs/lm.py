@@ -4,14 +4,11 @@ python experiments/lm.py --config=configs/lm.py --workdir=runs/lm
 python experiments/lm.py --config=configs/lm.py:smoke --workdir=/tmp/lm
 """
 
-from framework.config import defaults
-
-VARIANTS = ("", "smoke")
+from framework.config import defaults, parse_arg
 
 
-def get_config(arg: str = ""):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/lm.py: unknown variant {arg!r}; valid: {', '.join(map(repr, VARIANTS))}.")
+def get_config(arg: str | None = None):
+    arg = parse_arg(arg, "configs/lm.py", smoke=False)
     config = defaults()
     config.batch_size = 16  # sequences per micro-batch; an update sees grad_accum_steps of them
     config.grad_accum_steps = 2
@@ -39,7 +36,7 @@ def get_config(arg: str = ""):
     config.task.sample_bytes = 64
     config.checkpoint.best_metric = "val/bits_per_byte"
     config.checkpoint.best_mode = "min"
-    if arg == "smoke":
+    if arg.smoke:
         config.batch_size = 16
         config.epochs = 2
         config.steps_per_epoch = 30

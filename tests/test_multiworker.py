@@ -15,13 +15,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from toys import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "multiworker_cases.py")
@@ -41,16 +42,6 @@ EXPERIMENTS = (
 TOLERANCE = 1e-5
 # float16 sums of half batches differ from the full batch's in the last float16 digit
 FLOAT16_TOLERANCE = {"mixed_overflow": 1e-4}
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _env(tf_config=None):
@@ -83,7 +74,7 @@ def _start(cases, root, out, *, strategy, tf_config=None, extra=()):
 
 def start_workers(cases, root, tmp, *, tag="", extra=()):
     """Two worker processes on loopback; each writes its results to tmp/w<index><tag>.json."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     return [
         _start(
             cases,

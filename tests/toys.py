@@ -1,5 +1,7 @@
 """Small trainers and data shared by the tests."""
 
+import socket
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -105,3 +107,14 @@ class ExampleCount(keras.metrics.Metric):
 
     def result(self):
         return self.count
+
+
+def free_ports(count):
+    """`count` distinct ports free on 127.0.0.1 right now (for worker processes)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
