@@ -35,20 +35,21 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
+from framework import config as config_lib
 from framework import (
-    checks,
     distribute,
     heads,
+    input_checks,
     keras_internals,
     loop,
     metrics,
     optimizer_builder,
     precision,
+    run_checks,
     runconfig,
     state,
     updates,
 )
-from framework import config as config_lib
 from framework.controller import Controller
 from framework.losses import Loss
 
@@ -139,11 +140,11 @@ class Trainer:
     ):
         self._given_attributes = frozenset(vars(self))  # set by a subclass before the build hooks
         self.config = config_lib.resolve(config)
-        checks.workdir(workdir)
+        run_checks.workdir(workdir)
         self.workdir = workdir
         self.strategy = strategy or distribute.make_strategy(self.config.distribution)
         distribute.log_strategy(self.strategy)
-        checks.batch_size(self.config, self.strategy)
+        run_checks.batch_size(self.config, self.strategy)
         self.is_chief = distribute.is_chief(self.strategy)
         keras.utils.set_random_seed(self.config.seed)
         if self.config.deterministic:
@@ -430,9 +431,9 @@ class Trainer:
           TypeError, ValueError: the batches cannot feed the step; the message names why.
         """
         default_step = self.uses_default_step("train_step")
-        checks.element_spec(element_spec, default_step=default_step)
+        input_checks.element_spec(element_spec, default_step=default_step)
         self.build_state(element_spec)
-        checks.first_batch(self.loss if default_step else None, self.model_outputs, first_batches)
+        input_checks.first_batch(self.loss if default_step else None, self.model_outputs, first_batches)
 
     def checkpoint_state(self) -> dict[str, list]:
         """The variables a checkpoint holds, in named groups (see `framework.state`)."""

@@ -1,19 +1,18 @@
-"""Checks that run before any work: bad input fails here, naming the culprit.
+"""Checks of the training input, before anything is traced or written: bad batches fail here, naming why.
 
-* `workdir`: not a file, writable (the nearest existing ancestor for a new one).
-* `batch_size`: divisible by the number of replicas.
-* `first_batch`: the training dataset's first batch, eagerly, before anything
-  is traced or written: the default step needs `(x, y)` or `(x, y,
-  sample_weight)` with numeric tensors, and integer class labels of a sparse
-  cross-entropy term must lie in `[0, classes)`: on CPU an out-of-range label
-  silently gives a garbage loss instead of an error. A custom `train_step`
-  decides itself what the loss reads (it may build its own heads), so these
-  checks stay out of it; `compute_loss` still names a mismatch when traced.
+* `element_spec`: the default step needs `(x, y)` or `(x, y, sample_weight)`
+  with numeric tensors.
+* `first_batch`: the training dataset's first batch, eagerly: integer class
+  labels of a sparse cross-entropy term must lie in `[0, classes)`; on CPU an
+  out-of-range label silently gives a garbage loss instead of an error.
+
+A custom `train_step` decides itself what the loss reads (it may build its
+own heads), so these checks stay out of it; `compute_loss` still names a
+mismatch when traced.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,28 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from framework import heads
-from framework.config import ConfigError
-
-
-def workdir(path: str | None) -> None:
-    if not path or "://" in path:
-        return
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"--workdir {path!r} is a file; give a directory.")
-    existing = path
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing.rstrip(os.sep)) or "."
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"--workdir {path!r} is not writable (checked {existing!r}).")
-
-
-def batch_size(config, strategy: tf.distribute.Strategy) -> None:
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ConfigError(
-            f"config.batch_size={config.batch_size} is not divisible by the {replicas} replicas of "
-            f"{type(strategy).__name__}; use a multiple of {replicas}."
-        )
 
 
 def _numeric(spec: tf.TensorSpec) -> bool:
@@ -51,7 +28,15 @@ def _numeric(spec: tf.TensorSpec) -> bool:
 
 
 def element_spec(spec, *, default_step: bool) -> None:
-    """Structure and dtypes of the training batches, as the default train_step reads them."""
+    """Checks the structure and dtypes of the training batches, as the default train_step reads them.
+
+    Args:
+      spec: the training dataset's element spec.
+      default_step: whether `train_step` is the base class's (a custom step is not checked).
+
+    Raises:
+      TypeError: the batches are not `(x, y[, sample_weight])`, or a part is not numeric.
+    """
     if not default_step:
         return
     if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3):
