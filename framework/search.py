@@ -20,14 +20,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from framework import config as config_lib
-from framework import results, sweeps
+from framework import results, sweep_space, sweeps
 from framework.pruning import STUDY, TRIAL_ENV, import_optuna, make_pruner, storage
 
 
 def _suggest(trial, space: Mapping[str, Any]) -> dict[str, Any]:
     point = {}
     for key, dim in space.items():
-        if not isinstance(dim, config_lib.Range):
+        if not isinstance(dim, sweep_space.Range):
             point[key] = dim
         elif dim.kind == "float":
             point[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
@@ -44,23 +44,23 @@ def check_space(config, space: Mapping[str, Any]) -> None:
     Raises:
       ConfigError: the space declares no range, or a value the config rejects (naming the key).
     """
-    if not any(isinstance(d, config_lib.Range) for d in space.values()):
+    if not any(isinstance(d, sweep_space.Range) for d in space.values()):
         raise config_lib.ConfigError(
             "--search=optuna: get_sweep's dict declares no range; use framework.config.uniform, "
             "log_uniform, integers or choice."
         )
     corner = {
-        k: (d.choices[0] if d.kind == "choice" else d.low) if isinstance(d, config_lib.Range) else d
+        k: (d.choices[0] if d.kind == "choice" else d.low) if isinstance(d, sweep_space.Range) else d
         for k, d in space.items()
     }
     for key, dim in space.items():
         values = (
             [dim]
-            if not isinstance(dim, config_lib.Range)
+            if not isinstance(dim, sweep_space.Range)
             else (list(dim.choices) if dim.kind == "choice" else [dim.low, dim.high])
         )
         for value in values:
-            if isinstance(dim, config_lib.Range) and dim.kind == "int":
+            if isinstance(dim, sweep_space.Range) and dim.kind == "int":
                 value = int(value)
             sweeps.apply(config, {**corner, key: value}, f"search space {key}={value!r}")
 
@@ -124,7 +124,7 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
         running = optuna.trial.TrialState.RUNNING
         for frozen in study.get_trials(deepcopy=False):
             overrides = {
-                **{k: v for k, v in space.items() if not isinstance(v, config_lib.Range)},
+                **{k: v for k, v in space.items() if not isinstance(v, sweep_space.Range)},
                 **frozen.params,
             }
             run = make_run(frozen.number, frozen._trial_id, overrides)

@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 
 from framework import config as config_lib
-from framework import launch
+from framework import launch, sweep_space
 
 STATUS_FILE = "sweep.json"
 LOG_FILE = "run.log"
@@ -84,7 +84,7 @@ def apply(
     """
     out = copy.deepcopy(config)
     for path, value in overrides.items():
-        if isinstance(value, config_lib.Range):
+        if isinstance(value, sweep_space.Range):
             raise config_lib.ConfigError(
                 f"{where}: {path} is a range; a grid needs values (or --search=optuna)."
             )
