@@ -1,4 +1,9 @@
-"""Trainer: build hooks, the per-replica step, and the fit/evaluate phases.
+"""Trainer: build hooks, the per-replica step, and what the host loop reads of it.
+
+Its bases hold the rest: `framework.phases` (`fit`, `evaluate`, `predict`,
+`restore`, run by the Controller), `framework.trainer_state` (building the
+variables, the input checks, the checkpoint groups) and
+`framework.compiled_steps` (the compiled train / eval / predict functions).
 
     class Trainer:
         __init__:  strategy <- config.distribution; under strategy.scope():
@@ -27,7 +32,6 @@ non-finite losses).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, NamedTuple
 
 import keras
@@ -39,19 +43,16 @@ from framework import config as config_lib
 from framework import (
     distribute,
     heads,
-    input_checks,
-    keras_internals,
-    loop,
     metrics,
     optimizer_builder,
     precision,
     run_checks,
-    runconfig,
-    state,
     updates,
 )
-from framework.controller import Controller
+from framework.compiled_steps import CompiledSteps
 from framework.losses import Loss
+from framework.phases import Phases
+from framework.trainer_state import TrainerState
 
 
 class StepLoss(NamedTuple):
@@ -77,7 +78,7 @@ def _counter(name: str, initial: int) -> tf.Variable:
     )
 
 
-class Trainer:
+class Trainer(Phases, TrainerState, CompiledSteps):
     """Subclass and implement `build_model`, `build_train_dataset`, `build_loss`.
 
     A subclass's `__init__` may load data before calling `super().__init__`,
@@ -151,7 +152,6 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         self.epoch = 0
         self.resumed_at_step = 0
-        self._controller: Controller | None = None
         self._updater = updates.Updater.from_config(self.strategy, self.config)
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
@@ -230,27 +230,52 @@ class Trainer:
         return None
 
     def build_metrics(self) -> list | dict:
-        """Keras metrics (a list, or a dict head -> list), updated in train and eval steps."""
+        """The metrics `update_metrics` feeds in train steps (and eval steps, unless `build_eval_metrics` says otherwise).
+
+        Returns:
+          Keras metrics: a list, or a dict head -> list for a multi-output model.
+        """
         return []
 
     def build_eval_metrics(self) -> list | dict | None:
-        """Metrics for evaluation only (default None: the same as build_metrics())."""
+        """The metrics eval steps feed, when they differ from the training ones.
+
+        Returns:
+          Keras metrics as for `build_metrics`, or None (the default): the same as `build_metrics()`.
+        """
         return None
 
     def build_callbacks(self) -> list:
-        """Keras callbacks and `framework.Periodic` hooks for every `fit()`."""
+        """The callbacks of every `fit()`, before those `fit(callbacks=...)` adds.
+
+        Returns:
+          Keras callbacks and `framework.Periodic` hooks.
+        """
         return []
 
     def build_optimizer(self) -> keras.optimizers.Optimizer:
-        """Default: `config.optimizer` (name, schedule, weight decay, EMA); see framework.optimizer_builder."""
+        """The primary optimizer, built under the strategy's scope.
+
+        Returns:
+          A `keras.optimizers.Optimizer`; by default the one `config.optimizer`
+          describes (name, schedule, weight decay, EMA; `framework.optimizer_builder`).
+        """
         return optimizer_builder.build(self.config.optimizer)
 
     def add_optimizer(self, optimizer: keras.optimizers.Optimizer, variables, *, name: str | None = None):
         """Registers a second optimizer (a GAN's) for `apply_gradients(optimizer=...)`.
 
         Call it in a build hook (under the strategy scope): `self.d_opt = self.add_optimizer(
-        keras.optimizers.Adam(), self.disc)`. `variables`: a keras Layer, a list or a callable,
-        resolved before tracing. Returns the optimizer to use (loss-scaled under mixed_float16).
+        keras.optimizers.Adam(), self.disc)`.
+
+        Args:
+          optimizer: a Keras optimizer.
+          variables: what it trains: a Keras layer or model, a list of variables,
+            or a callable returning them (resolved before tracing).
+          name: its name in logs (`lr/<name>`) and checkpoints; default: its own.
+
+        Returns:
+          The optimizer to use (loss-scaled under mixed_float16).
         """
         return self._updater.add(optimizer, variables, name=name)
 
@@ -294,7 +319,14 @@ class Trainer:
         return step_logs
 
     def predict_step(self, batch):
-        """The model's outputs for one batch (`x`, or `(x, y[, sample_weight])` whose labels are ignored)."""
+        """The model's outputs for one replica's batch (traced once, run compiled by `predict`).
+
+        Args:
+          batch: `x`, or `(x, y[, sample_weight])` whose labels are ignored.
+
+        Returns:
+          The outputs, nested like the model's.
+        """
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
         return self._forward(x, training=False)
 
@@ -306,13 +338,25 @@ class Trainer:
     ) -> StepLoss:
         """Evaluates `loss` (default: `self.loss`) with global reductions.
 
-        Returns the total to differentiate (its value is the global loss; its
-        gradient is this replica's share, so the optimizer's sum over
-        replicas gives the global gradient) and its logs, prefixed with
-        `prefix`: `loss`; `loss/<term>` when there are several terms;
-        `loss/<term>/raw` (unweighted) when a term's weight is not 1. Log
-        values are `framework.Weighted` (`.value`): means over steps weigh
-        each step by the term's global weight sum or example count.
+        Args:
+          y: the batch labels (a dict keyed by head for a multi-output model).
+          y_pred: the model's outputs.
+          sample_weight: per-example weights, or None.
+          loss: a `framework.losses.Loss` to evaluate instead of `self.loss`.
+          prefix: prepended to every log key (a GAN's "d_" and "g_" losses).
+
+        Returns:
+          A `StepLoss`: the total to differentiate (its value is the global
+          loss; its gradient is this replica's share, so the optimizer's sum
+          over replicas gives the global gradient) and its logs: `loss`;
+          `loss/<term>` when there are several terms; `loss/<term>/raw`
+          (unweighted) when a term's weight is not 1. Log values are
+          `framework.Weighted` (`.value`): means over steps weigh each step
+          by the term's global weight sum or example count.
+
+        Raises:
+          ValueError: no loss (`build_loss()` returned None and none is given).
+          KeyError, ValueError: labels, outputs or weights do not fit the loss's heads (named).
         """
         loss = loss if loss is not None else self.loss
         if loss is None:
@@ -326,12 +370,19 @@ class Trainer:
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
         """Differentiates `loss`, then updates `variables` unless something is non-finite.
 
-        `optimizer`: `self.optimizer` or one from `add_optimizer`; `variables`
-        default to those it was registered for. With float16 the loss is
-        scaled here; `framework.updates` does the rest on every replica alike
-        (all-reduce, unscale, clip, accumulate, skip overflowing steps). A
-        non-finite loss (or, unscaled, gradient) skips the update and stops
-        training with an error naming the step.
+        With float16 the loss is scaled here; `framework.updates` does the rest
+        on every replica alike (all-reduce, unscale, clip, accumulate, skip
+        overflowing steps). A non-finite loss (or, unscaled, gradient) skips
+        the update and stops training with an error naming the step.
+
+        Args:
+          tape: the tape that recorded `loss`.
+          loss: the scalar to differentiate (`compute_loss(...).loss`).
+          variables: what to update; default: those `optimizer` was registered for.
+          optimizer: `self.optimizer` (default) or one from `add_optimizer`.
+
+        Raises:
+          ValueError: the loss depends on none of `variables`.
         """
         entry = self._updater.entry(optimizer)
         optimizer = entry.optimizer
@@ -351,7 +402,15 @@ class Trainer:
 
     @tf.autograph.experimental.do_not_convert
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
-        """Updates the phase's metrics; a head whose loss masks NaN labels masks them here too."""
+        """Updates the phase's metrics (train or eval) with one replica's batch.
+
+        A head whose loss masks NaN labels (`mask_nan=True`) masks them here too.
+
+        Args:
+          y: the batch labels.
+          y_pred: the model's outputs.
+          sample_weight: per-example weights, or None.
+        """
         nan_masked = frozenset(t.head for t in (self.loss.flat_terms() if self.loss else []) if t.mask_nan)
         metrics.update(self._phase_metrics(), y, y_pred, sample_weight, nan_masked=nan_masked)
 
@@ -383,74 +442,27 @@ class Trainer:
 
     @property
     def step(self) -> int:
+        """Training steps completed (the global step), read on the host."""
         return int(self._step.numpy())
 
     def metric_results(self, phase: str = "train") -> dict[str, float]:
-        """Current values of the train (or "eval") metrics, summed over replicas, read on the host."""
+        """Current values of the train (or eval) metrics, summed over replicas, read on the host.
+
+        Every worker must call it alike: reading a metric is a collective.
+
+        Args:
+          phase: "train" or "eval".
+
+        Returns:
+          Metric name -> value; vector results give `name/<i>`, dict results `name/<key>`.
+        """
         return metrics.read(self._phase_metrics(phase), self.strategy)
 
     def reset_metrics(self, phase: str = "train") -> None:
+        """Resets the train (or "eval") metrics; the Controller does it at each epoch and evaluation."""
         metrics.reset(self._phase_metrics(phase))
 
-    def build_state(self, element_spec) -> None:
-        """Creates model, metric and optimizer variables for inputs of `element_spec`.
-
-        Runs before anything is traced or restored; a no-op once they exist.
-        """
-        with self.strategy.scope():
-            zeros = tf.nest.map_structure(
-                lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), element_spec
-            )
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(zeros)
-            unbuilt = [p for p in self.metrics + self.eval_metrics if not p[1].variables]
-            if not self.model.built or unbuilt:
-                y_pred = self.model_outputs(x)
-                if unbuilt and y is not None:
-                    metrics.build(unbuilt, y, y_pred)
-            self._updater.build()
-
-    def model_outputs(self, x):
-        """The model's outputs for `x`, leaving its existing non-trainable state as it was.
-
-        A call draws from the model's SeedGenerators (a VAE's sampling layer);
-        Keras builds a model symbolically and draws nothing, so their states
-        are put back: the run's random stream stays the one Keras' fit draws.
-        """
-        existing = [(v, v.numpy()) for v in self.model.non_trainable_variables]
-        y_pred = self.model(x, training=False)
-        for variable, value in existing:
-            variable.assign(value)
-        return y_pred
-
     # ---- what the host loop asks (framework.runner.Runner) ---------------------------
-
-    def check_train_input(self, element_spec, first_batches: tf.data.Dataset) -> None:
-        """Checks the training input against the step and builds the state for it.
-
-        Raises:
-          TypeError, ValueError: the batches cannot feed the step; the message names why.
-        """
-        default_step = self.uses_default_step("train_step")
-        input_checks.element_spec(element_spec, default_step=default_step)
-        self.build_state(element_spec)
-        input_checks.first_batch(self.loss if default_step else None, self.model_outputs, first_batches)
-
-    def checkpoint_state(self) -> dict[str, list]:
-        """The variables a checkpoint holds, in named groups (see `framework.state`)."""
-        return state.collect(
-            self,
-            counters=[self._step],
-            updater=self._updater,
-            skip=self._FRAMEWORK_ATTRIBUTES,
-            given=self._given_attributes,
-        )
-
-    def run_record(self) -> dict:
-        """The config as this trainer runs it (`config.json` in the workdir)."""
-        built_by = (
-            None if self.uses_default_step("build_optimizer") else f"{type(self).__name__}.build_optimizer"
-        )
-        return runconfig.record(self.config, self._updater.named_optimizers(), built_by=built_by)
 
     def set_step(self, step: int) -> None:
         """Sets the global step (a restore that goes on after an offending batch)."""
@@ -478,118 +490,3 @@ class Trainer:
         """Sets the length of `decay_steps = 0` schedules to the run's `total_updates`."""
         for _, optimizer in self._updater.named_optimizers():
             optimizer_builder.fit_schedule(optimizer, total_updates)
-
-    @contextlib.contextmanager
-    def eval_phase(self):
-        """Eval steps trace and run in here: they feed the eval metrics and see the EMA weights."""
-        self._phase = "eval"  # the eval step is traced at its first call: it updates the eval metrics
-        try:
-            with keras_internals.ema_weights(self.optimizer):
-                yield
-        finally:
-            self._phase = "train"
-
-    def make_train_function(self) -> loop.StepFunction:
-        """The compiled train function; it stops after a non-finite step unless nan_policy is "skip"."""
-        skip = self.config.nan_policy == "skip"
-        return loop.make_step_function(
-            self.strategy,
-            self._updater.counting_examples(self.train_step),
-            where="train_step",
-            on_step=lambda: self._step.assign_add(1),
-            keep_going=None if skip else lambda: self._nonfinite_step < 0,
-            jit_compile=self._xla_plan("train_step") == "step",
-            finite_sums=skip,
-        )
-
-    def make_eval_function(self) -> loop.StepFunction:
-        """The compiled eval function (after `build_state` for the eval input)."""
-        jit = self._xla_plan("eval_step") == "step"
-        return loop.make_step_function(self.strategy, self.eval_step, where="eval_step", jit_compile=jit)
-
-    def make_predict_function(self):
-        """The compiled predict function: `fn(iterator) -> one batch of predict_step outputs`."""
-        return loop.make_predict_function(self.strategy, self.predict_step)
-
-    def _xla_plan(self, step: str) -> str | None:
-        plan = loop.xla_plan(
-            self.strategy, self.config.jit_compile, custom_step=not self.uses_default_step(step), where=step
-        )
-        if plan == "forward" and self._forward is self.model:
-            self._forward = loop.compile_forward(self.model)
-        return plan
-
-    # ---- phases (run by the Controller) --------------------------------------------
-
-    @property
-    def controller(self) -> Controller:
-        """The host loop that runs this trainer's phases; made at the first phase that needs it."""
-        if self._controller is None:
-            self._controller = Controller(self)
-        return self._controller
-
-    def fit(self, *, validate: bool = True, callbacks: list | None = None) -> list[dict[str, float]]:
-        """Trains for `config.epochs`, resuming from the workdir's checkpoints.
-
-        Args:
-          validate: evaluate every `config.eval_every_epochs` epochs when
-            `build_eval_dataset` returns a dataset.
-          callbacks: Keras callbacks and `framework.Periodic` hooks, after `build_callbacks()`'s.
-
-        Returns:
-          One log dict per epoch trained in this call (loss, loss/<term>,
-          metrics, lr, val/... at evaluation epochs); [] when the run had finished.
-
-        Raises:
-          FloatingPointError: a non-finite step under `config.nan_policy` "raise"
-            (or "restore" past its retries).
-          SystemExit: on SIGTERM, after saving a checkpoint (code 0).
-        """
-        return self.controller.fit(validate=validate, callbacks_=callbacks)
-
-    def evaluate(self, dataset=None) -> dict[str, float]:
-        """Runs `eval_step` over a dataset; returns its loss and eval metric values.
-
-        Args:
-          dataset: None (the validation set of `build_eval_dataset`, built once
-            per Trainer), a `tf.data.Dataset` of global batches (what Keras'
-            `evaluate` takes), or a function `input_context -> tf.data.Dataset`
-            of per-replica batches. A dataset given here is read anew at each call.
-
-        Returns:
-          `loss`, `loss/<term>`... and the eval metrics' results, as floats.
-
-        Raises:
-          ValueError: no dataset given and `build_eval_dataset` returns None.
-          TypeError: `dataset` is neither a dataset nor a function.
-        """
-        return self.controller.evaluate(dataset)
-
-    def predict(self, dataset):
-        """The outputs of `predict_step` (the model, by default) over a whole dataset, in order.
-
-        Args:
-          dataset: a `tf.data.Dataset` of global batches of `x` (or `(x, y[, w])`;
-            labels are ignored), or a function `input_context -> tf.data.Dataset`
-            of per-replica batches (each step's rows then come in replica order).
-            A short last batch is fine.
-
-        Returns:
-          numpy arrays nested like the model's outputs, one row per example.
-        """
-        return self.controller.predict(dataset)
-
-    def restore(self, which: str | int = "latest") -> int | None:
-        """Loads a checkpoint of the workdir.
-
-        Args:
-          which: "latest", "best" (by `config.checkpoint.best_metric`) or a step number.
-
-        Returns:
-          The checkpoint's step; None when the workdir has no checkpoint ("latest").
-
-        Raises:
-          ValueError: no workdir, no such checkpoint (the steps present are
-            listed), or no dataset to build the state from before `fit()`.
-        """
-        return self.controller.restore(which)
