@@ -64,11 +64,35 @@ class Loss:
     def __call__(
         self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, model=None, step=None
     ) -> LossResult:
+        """Evaluates every term with global reductions (inside a replica's step, or on one device).
+
+        Args:
+          y_true: the batch labels (a dict keyed by head for a multi-output model).
+          y_pred: the model's outputs.
+          sample_weight: per-example weights (a dict keyed by head, or one for all heads).
+          model: the model regularizers read; needed when the loss has one.
+          step: the global step, for weight schedules (default 0).
+
+        Returns:
+          A `LossResult`: the total to differentiate and the terms' values.
+
+        Raises:
+          ValueError, KeyError: a regularizer term without `model`, or labels,
+            predictions or weights that do not fit a term (the term is named).
+        """
         return evaluate(self.flat_terms(), y_true, y_pred, sample_weight, model=model, step=step)
 
 
 class Sum(Loss):
-    """A sum of terms; build it with `+`."""
+    """A sum of terms; build it with `+`.
+
+    Args:
+      terms: the terms. Default-named terms that collide on different heads
+        are named `<head>/<loss>`.
+
+    Raises:
+      ValueError: two terms still have the same name (the name is given).
+    """
 
     def __init__(self, terms: list[Term]):
         self.terms = _unique_names(list(terms))
@@ -295,6 +319,14 @@ class Regularizer(Term):
 
     `Regularizer(fn)` wraps `fn(model) -> scalar`; subclasses may override
     `regularization(model)` instead.
+
+    Args:
+      fn: `model -> scalar` penalty; None in a subclass that overrides `regularization`.
+      weight: a number or a schedule `step -> weight`, as for `Term`.
+      name: the key in `LossResult.terms`; default: `fn`'s name, else the class's.
+
+    Raises:
+      TypeError: no `fn` and `regularization` is not overridden.
     """
 
     kind = "regularizer"

@@ -270,6 +270,13 @@ class RankNet(Term):
     weight 0: they neither contribute nor dilute the mean. Items with a
     negative or NaN relevance are padding (the TF-Ranking convention) and
     take part in no pair. `sample_weight` is one weight per list.
+
+    Args:
+      head, weight, name, reduction: as for `Term`.
+
+    Raises:
+      ValueError: when traced, scores are not `[batch, list_size]` shaped like
+        the labels, or sample weights are not one per list.
     """
 
     def validate(self, y_true, y_pred):

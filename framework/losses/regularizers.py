@@ -43,14 +43,32 @@ class _Norm(Regularizer):
 
 
 class L2(_Norm):
-    """`rate * sum(v**2)` over the selected variables (Keras' L2 convention)."""
+    """`rate * sum(v**2)` over the selected variables (Keras' L2 convention).
+
+    Args:
+      rate: the factor, >= 0.
+      select: `variable -> bool`, which trainable variables count (default
+        `kernels`: weight matrices, filters and embeddings).
+      name: the key in `LossResult.terms`; default "l2".
+
+    Raises:
+      ValueError: `rate` is negative; when the loss is first called, `select`
+        chose no variable (the model is named).
+    """
 
     def penalty(self, value):
         return tf.reduce_sum(tf.square(value))
 
 
 class L1(_Norm):
-    """`rate * sum(|v|)` over the selected variables."""
+    """`rate * sum(|v|)` over the selected variables.
+
+    Args:
+      rate, select, name: as for `L2` (default name "l1").
+
+    Raises:
+      ValueError: as for `L2`.
+    """
 
     def penalty(self, value):
         return tf.reduce_sum(tf.abs(value))
@@ -67,6 +85,10 @@ class ModelLosses(Regularizer):
     replicas' values, which equals the one-device value when the shards
     have equal sizes. Keep the ModelLosses read right after the forward
     pass: `model.losses` holds the losses of the model's last call.
+
+    Args:
+      weight: a number or a schedule `step -> weight`, as for `Term`.
+      name: the key in `LossResult.terms`; default "model_losses".
     """
 
     def __init__(self, *, weight: Weight = 1.0, name: str | None = None):

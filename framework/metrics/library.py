@@ -118,6 +118,14 @@ class NDCG(keras.metrics.Metric):
     relevance r is `2**r - 1` (`gain="exponential"`) or `r` (`"linear"`, as
     scikit-learn's `ndcg_score`), discounted by `log2(rank + 1)`. Lists with
     no relevant item have no ideal ranking and are left out of the mean.
+
+    Args:
+      k: how many top-ranked items count.
+      gain: "exponential" (`2**r - 1`) or "linear" (`r`).
+      name: the logged name; default `ndcg_<k>`.
+
+    Raises:
+      ValueError: an unknown `gain`.
     """
 
     def __init__(self, k: int = 5, *, gain: str = "exponential", name: str | None = None):
