@@ -159,7 +159,7 @@ def matrix(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("matrix")
     reference = _start(MATRIX, tmp / "ref", tmp / "ref.json", strategy="one_device")
     workers = start_workers(MATRIX, tmp / "mw", tmp)
-    errors = finish([reference, *workers])
+    errors = finish([reference, *workers], timeout=1800)
     check_ok([reference, *workers], errors)
     return tmp, load(tmp / "ref.json"), [load(tmp / f"w{i}.json") for i in range(2)]
 
