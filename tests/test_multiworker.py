@@ -163,7 +163,7 @@ def matrix(tmp_path_factory):
     cases = MATRIX + SMOKE
     reference = _start(cases, tmp / "ref", tmp / "ref.json", strategy="one_device")
     workers = start_workers(cases, tmp / "mw", tmp)
-    errors = finish([reference, *workers])
+    errors = finish([reference, *workers], timeout=1800)  # 17 cases; a hang guard
     check_ok([reference, *workers], errors)
     return tmp, load(tmp / "ref.json"), [load(tmp / f"w{i}.json") for i in range(2)]
 
