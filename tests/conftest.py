@@ -17,3 +17,11 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(LOGICAL_CPUS)]
 )
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with slow tests first: under `pytest -n 2` (scripts/test.sh) the longest file
+    starts at once rather than last. The sort is stable: each module's tests stay together, so
+    module-scoped fixtures are still built once."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

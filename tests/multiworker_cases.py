@@ -157,7 +157,6 @@ def _callbacks():
 def _gan():
     import gan  # experiments/gan.py
 
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
     config = _load_config("gan", "smoke")
     config.epochs = 2
     config.data.train_points, config.data.eval_points = 640, 128

@@ -11,6 +11,7 @@ minutes); CI runs it, `-m "not slow"` skips it. The quick two-worker run with a
 metric and checkpoints is tests/test_distribute.py.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -39,6 +40,7 @@ EXPERIMENTS = (
     "ranking",
     "gan",
 )
+SMOKE = tuple(f"smoke/{name}" for name in EXPERIMENTS)
 TOLERANCE = 1e-5
 # float16 sums of half batches differ from the full batch's in the last float16 digit
 FLOAT16_TOLERANCE = {"mixed_overflow": 1e-4}
@@ -156,10 +158,12 @@ def tree(root):
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
+    """The matrix cases and every experiment's smoke config, in one reference and one worker pair."""
     tmp = tmp_path_factory.mktemp("matrix")
-    reference = _start(MATRIX, tmp / "ref", tmp / "ref.json", strategy="one_device")
-    workers = start_workers(MATRIX, tmp / "mw", tmp)
-    errors = finish([reference, *workers], timeout=1800)
+    cases = MATRIX + SMOKE
+    reference = _start(cases, tmp / "ref", tmp / "ref.json", strategy="one_device")
+    workers = start_workers(cases, tmp / "mw", tmp)
+    errors = finish([reference, *workers], timeout=1800)  # 17 cases; a hang guard
     check_ok([reference, *workers], errors)
     return tmp, load(tmp / "ref.json"), [load(tmp / f"w{i}.json") for i in range(2)]
 
@@ -179,7 +183,7 @@ def test_two_workers_equal_one_process(matrix, case):
 def test_the_matrix_cases_exercise_what_they_name(matrix):
     """Guards against a case that silently stopped testing its feature."""
     _, reference, _ = matrix
-    last = {case: r["history"][-1] for case, r in reference.items()}
+    last = {case: reference[case]["history"][-1] for case in MATRIX}
     assert {"recall_at_k/1", "recall_at_k/3", "accuracy"} <= set(last["metrics"])
     assert {"f1", "f1_each/0", "accuracy"} <= set(last["f1"])
     assert {"cls/accuracy", "aux/top2", "val/aux/top2", "val/loss"} <= set(last["heads"])
@@ -204,15 +208,9 @@ def test_keep_best_and_mid_epoch_checkpoints_are_the_reference_ones(matrix):
 
 
 @pytest.mark.slow
-def test_every_experiment_smoke_config_trains_on_two_workers(tmp_path):
-    cases = [f"smoke/{name}" for name in EXPERIMENTS]
-    reference = _start(cases, tmp_path / "ref", tmp_path / "ref.json", strategy="one_device")
-    workers = start_workers(cases, tmp_path / "mw", tmp_path)
-    processes = [reference, *workers]
-    check_ok(processes, finish(processes))
-    want = load(tmp_path / "ref.json")
-    got = [load(tmp_path / f"w{index}.json") for index in range(2)]
-    for case in cases:
+def test_every_experiment_smoke_config_trains_on_two_workers(matrix):
+    _, want, got = matrix
+    for case in SMOKE:
         for index in range(2):
             assert got[index][case]["step"] == want[case]["step"], (case, index)
             assert got[index][case]["history"], (case, index)
@@ -228,10 +226,21 @@ SLOW_STEPS = ("--step_seconds=0.15", "--peer_timeout_secs=10")
 
 @pytest.fixture(scope="module")
 def long_reference(tmp_path_factory):
+    """The one-process run of `long`, started now and waited for on first use: it trains while
+    the first fault test's workers start and sleep through their slow steps."""
     tmp = tmp_path_factory.mktemp("long")
     reference = _start(["long"], tmp / "ref", tmp / "ref.json", strategy="one_device")
-    check_ok([reference], finish([reference]))
-    return load(tmp / "ref.json")["long"]
+    result = {}
+
+    def wait():
+        if not result:
+            check_ok([reference], finish([reference]))
+            result.update(load(tmp / "ref.json")["long"])
+        return result
+
+    yield wait
+    if reference.poll() is None:  # a test failed before waiting for it
+        finish([reference], timeout=1)
 
 
 def _wait_for_checkpoint(directory, processes, timeout=600):
@@ -245,9 +254,23 @@ def _wait_for_checkpoint(directory, processes, timeout=600):
     raise AssertionError(f"no checkpoint in {directory} after {timeout}s")
 
 
-def _resume_and_compare(tmp_path, reference):
+@contextlib.contextmanager
+def _one_worker_signalled(tmp_path, signum):
+    """Two slow-stepping workers on `long`; yields them and the time worker 1 got `signum`, sent
+    once the first checkpoint exists. Whatever still runs on exit is killed."""
+    workers = start_workers(["long"], tmp_path / "mw", tmp_path, extra=SLOW_STEPS)
+    try:
+        _wait_for_checkpoint(tmp_path / "mw" / "long" / "checkpoints", workers)
+        workers[1].send_signal(signum)
+        yield workers, time.monotonic()
+    finally:
+        finish(workers, timeout=1)
+
+
+def _resume_and_compare(tmp_path, long_reference):
     workers = start_workers(["long"], tmp_path / "mw", tmp_path, tag="_rerun")
     check_ok(workers, finish(workers))
+    reference = long_reference()
     for index in range(2):
         got = load(tmp_path / f"w{index}_rerun.json")["long"]
         assert got["step"] == reference["step"]
@@ -257,15 +280,9 @@ def _resume_and_compare(tmp_path, reference):
 
 @pytest.mark.slow
 def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(tmp_path, long_reference):
-    workers = start_workers(["long"], tmp_path / "mw", tmp_path, extra=SLOW_STEPS)
-    try:
-        _wait_for_checkpoint(tmp_path / "mw" / "long" / "checkpoints", workers)
-        workers[1].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
+    with _one_worker_signalled(tmp_path, signal.SIGKILL) as (workers, killed_at):
         _, err = workers[0].communicate(timeout=120)
         survived = time.monotonic() - killed_at
-    finally:
-        finish(workers, timeout=1)
     assert workers[0].returncode != 0
     assert survived < 60, survived
     assert "/job:worker/replica:0/task:1" in err, err[-3000:]
@@ -275,15 +292,9 @@ def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(tmp
 
 @pytest.mark.slow
 def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(tmp_path, long_reference):
-    workers = start_workers(["long"], tmp_path / "mw", tmp_path, extra=SLOW_STEPS)
-    try:
-        _wait_for_checkpoint(tmp_path / "mw" / "long" / "checkpoints", workers)
-        workers[1].send_signal(signal.SIGTERM)
-        signalled_at = time.monotonic()
+    with _one_worker_signalled(tmp_path, signal.SIGTERM) as (workers, signalled_at):
         errors = [w.communicate(timeout=60)[1] for w in workers]
         took = time.monotonic() - signalled_at
-    finally:
-        finish(workers, timeout=1)
     check_ok(workers, errors)
     steps = [re.findall(r"Preempted: saved step (\d+)", err) for err in errors]
     assert steps[0] and steps[0] == steps[1], steps
