@@ -160,8 +160,14 @@ class DistributedInput:
         optional: bool = False,
         limit: int = 0,
         overfit_batches: int = 0,
+        cycle: bool = False,
     ):
-        """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch."""
+        """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch.
+
+        cycle: a step-based run's input: a finite dataset is repeated (one
+        iterator for the run, as for an infinite one) and `steps_per_epoch`
+        may exceed one pass.
+        """
         self.strategy, self.name = strategy, name
         self.present = True
         if overfit_batches:
@@ -172,6 +178,8 @@ class DistributedInput:
         def dataset_fn(input_context):
             dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
             built.append(pipeline)
+            if cycle and pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY:
+                dataset = dataset.repeat()  # after spread_last_step: each pass ends on a whole step
             return dataset
 
         if _host_only(strategy):
@@ -191,8 +199,13 @@ class DistributedInput:
         leaves = [s for s in tf.nest.flatten(self.element_spec) if getattr(s, "shape", None) is not None]
         self.static_batch = bool(leaves) and all(s.shape.rank and s.shape[0] is not None for s in leaves)
         self.cardinality = pipeline.cardinality
-        self.infinite = self.cardinality == tf.data.INFINITE_CARDINALITY
-        self.steps = self._count_steps(pipeline, hook, steps_per_epoch)
+        self.infinite = cycle or self.cardinality == tf.data.INFINITE_CARDINALITY
+        if cycle:  # a finite dataset's length is not needed (an unknown one may not end)
+            if self.cardinality == 0:
+                raise ValueError(f"{self.name}() returned an empty dataset.")
+            self.steps = steps_per_epoch
+        else:
+            self.steps = self._count_steps(pipeline, hook, steps_per_epoch)
         if limit:
             self.steps = min(self.steps, limit)
         self._iterators_made = 0
