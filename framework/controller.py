@@ -277,7 +277,7 @@ class Controller:
                 hooks.epoch_begin(t.epoch)
                 epoch_logs = self._train_epoch(progress, preemption, hooks)
                 if has_eval and (plan.step_based or (t.epoch + 1) % cfg.eval_every_epochs == 0):
-                    val = {f"val/{k}": v for k, v in self.evaluate().items()}
+                    val = {f"val/{k}": v for k, v in self._evaluate_period().items()}
                     self.run_log.write("eval", t.step, t.epoch + 1, val)
                     epoch_logs.update(val)
                 t.epoch += 1
@@ -303,6 +303,27 @@ class Controller:
                     self._exit_preempted(t.step)
         hooks.train_end(epoch_logs)
         return history
+
+    def _evaluate_period(self) -> dict[str, float]:
+        """Evaluates at a period's end; a step-based run keeps the train metrics' state across it.
+
+        Evaluation updates the train metrics too unless the runner has eval-only
+        ones; a longer rerun of a step-based run may continue its last period
+        from the final checkpoint, whose metric state must be the period's.
+        The copies are per device, so no collective is issued.
+        """
+        if not self.periods.step_based:
+            return self.evaluate()
+        t = self.trainer
+        kept = [
+            (part, part.numpy())
+            for variable in t.checkpoint_state().get("metrics", [])
+            for part in t.strategy.experimental_local_results(variable)
+        ]
+        results = self.evaluate()
+        for part, value in kept:
+            part.assign(value)
+        return results
 
     def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:
         """Steps until each boundary a compiled call must not cross."""
