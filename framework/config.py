@@ -320,7 +320,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         )
 
 
-# Keys that count epochs; a step-based run (train_steps > 0) leaves them at their defaults.
+# Keys that count epochs; a step-based run (train_steps > 0) leaves them at their defaults (epochs: or 0).
 EPOCH_KEYS = ("epochs", "steps_per_epoch", "eval_every_epochs", "checkpoint.every_epochs")
 
 
@@ -336,11 +336,12 @@ def _check_step_mode(config: ml_collections.ConfigDict) -> None:
     default = defaults()
     for key in EPOCH_KEYS:
         value, unset = _section(config, key), _section(default, key)
-        if value not in (0, unset):
+        if value != unset and not (key == "epochs" and value == 0):
+            either = " (or 0)" if key == "epochs" else ""
             raise ConfigError(
                 f"config.{key}={value!r} and config.train_steps={config.train_steps} are both set: a "
-                f"run is counted in epochs or in steps. Set config.{key}={unset!r}{' (or 0)' if unset else ''} "
-                "for a step-based run, or config.train_steps=0 for an epoch-based one."
+                f"run is counted in epochs or in steps. Set config.{key}={unset!r}{either} for a "
+                "step-based run, or config.train_steps=0 for an epoch-based one."
             )
 
 

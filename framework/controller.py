@@ -341,7 +341,7 @@ class Controller:
         done, epoch, iterator = self._start_epoch(progress)
         total, step, interval = self.period_steps, t.step, _Interval()
         while done < total and not hooks.stop:
-            n = self.train_input.call_sizes(done, min(*self._bounds(step, hooks), total - done))
+            n = self.train_input.call_sizes(done, min(*self._bounds(step, hooks), total - done), step=step)
             self.profiler.before_call(step)
             hooks.batch_begin(done)
             sums, ran, counted, seconds = self._call(iterator, step, n)

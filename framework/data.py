@@ -200,9 +200,12 @@ class DistributedInput:
         self.static_batch = bool(leaves) and all(s.shape.rank and s.shape[0] is not None for s in leaves)
         self.cardinality = pipeline.cardinality
         self.infinite = cycle or self.cardinality == tf.data.INFINITE_CARDINALITY
+        self.pass_steps = 0  # a cycled dataset's steps per pass, when known
         if cycle:  # a finite dataset's length is not needed (an unknown one may not end)
             if self.cardinality == 0:
                 raise ValueError(f"{self.name}() returned an empty dataset.")
+            if self.cardinality > 0:
+                self.pass_steps = math.ceil(self.cardinality / pipeline.replicas)
             self.steps = steps_per_epoch
         else:
             self.steps = self._count_steps(pipeline, hook, steps_per_epoch)
@@ -271,18 +274,23 @@ class DistributedInput:
             self._skip_fn = skip
         self._skip_fn(iterator, tf.constant(count, tf.int64))
 
-    def call_sizes(self, done: int, wanted: int) -> int:
-        """Steps for the next compiled call: at most `wanted`, and the epoch's last step alone.
+    def call_sizes(self, done: int, wanted: int, *, step: int = 0) -> int:
+        """Steps for the next compiled call: at most `wanted`, and a pass's last step alone.
 
         Without a static batch size the last step may be a partial batch. A
         collective (Triplet's all-gather) whose input shape changes between
         iterations of one loop fails in TensorFlow, so that step never shares
-        a call with full ones; it costs one more call per epoch.
+        a call with full ones; it costs one more call per epoch. A cycled
+        dataset's passes end anywhere in a period: `step`, the steps drawn
+        since the run's start, says where.
         """
         left = self.steps - done
         n = min(wanted, left)
         if not self.static_batch and not self.infinite and 1 < left <= n:
             n = left - 1
+        elif not self.static_batch and self.pass_steps:
+            before_last = self.pass_steps - 1 - step % self.pass_steps  # steps before the pass's last
+            n = min(n, before_last) if before_last else 1
         return n
 
     def host_dataset(self) -> tf.data.Dataset:

@@ -1,5 +1,6 @@
 """Step-based runs (config.train_steps): against a hand-written loop, Keras fit, and themselves resumed."""
 
+import itertools
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 import framework
 from framework import config as config_lib
+from framework import data
 
 from toys import ArrayTrainer, blobs, config, mlp, weights_of
 
@@ -181,7 +183,7 @@ def test_gradient_accumulation_counts_train_steps_in_updates():
         ({"train_steps": 100, "epochs": 3}, "config.epochs=3 and config.train_steps=100"),
         ({"train_steps": 100, "steps_per_epoch": 50}, "config.steps_per_epoch=50 and config.train_steps=100"),
         ({"train_steps": 100, "eval_every_epochs": 2}, "config.eval_every_epochs=2"),
-        ({"train_steps": 100, "checkpoint": {"every_epochs": 2}}, "config.checkpoint.every_epochs=2"),
+        ({"train_steps": 100, "checkpoint": {"every_epochs": 0}}, "config.checkpoint.every_epochs=0"),
         ({"eval_every_steps": 10}, "config.eval_every_steps=10 needs a step-based run"),
         ({"train_steps": -1}, "config.train_steps=-1"),
     ],
@@ -195,3 +197,25 @@ def test_step_mode_keys_leave_epoch_defaults_alone():
     resolved = config_lib.resolve({"train_steps": 100, "eval_every_steps": 10, "epochs": 0})
     assert resolved.train_steps == 100
     config_lib.resolve({"train_steps": 100})  # epochs at its default: unused, not an error
+
+
+def test_a_cycled_pass_ends_its_partial_step_in_a_call_of_its_own():
+    def hook(input_context):
+        return tf.data.Dataset.from_tensor_slices(X).batch(16)  # 7 batches, the last one partial
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    cycled = data.DistributedInput(strategy, hook, "build_train_dataset", steps_per_epoch=10, cycle=True)
+    assert cycled.infinite and cycled.pass_steps == 7 and cycled.steps == 10
+    calls, step = [], 0
+    for _ in range(3):  # three periods of 10 steps
+        done = 0
+        while done < 10:
+            n = cycled.call_sizes(done, 4, step=step)
+            calls.append(range(step, step + n))
+            done, step = done + n, step + n
+    partial = [c for c in calls if any(s % 7 == 6 for s in c)]
+    assert partial and all(len(c) == 1 for c in partial)
+    assert sum(len(c) for c in calls) == 30 and max(len(c) for c in calls) == 4
+    # The dataset repeats: its 8th batch is the first of the next pass, a full one.
+    batches = [int(tf.shape(b)[0]) for b in itertools.islice(iter(cycled.dataset), 8)]
+    assert batches == [16] * 6 + [4, 16]
