@@ -128,7 +128,7 @@ def test_eval_boundaries_drive_keras_callbacks_like_fit_with_steps_per_epoch():
     def callbacks():
         return [
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=0, min_delta=0.02),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=0.02),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, min_delta=0.02),
         ]
 
     ours_cbs = callbacks()
@@ -148,6 +148,7 @@ def test_eval_boundaries_drive_keras_callbacks_like_fit_with_steps_per_epoch():
         callbacks=keras_cbs, verbose=0,
     )  # fmt: skip
     assert 2 <= len(fitted.history["val_loss"]) < periods, "the case should stop early"
+    assert min(fitted.history["learning_rate"]) < 0.3, "the case should reduce the rate"
     assert len(history) == len(fitted.history["val_loss"])
     assert keras_cbs[1].stopped_epoch == ours_cbs[1].stopped_epoch
     np.testing.assert_allclose([h["val/loss"] for h in history], fitted.history["val_loss"], atol=1e-5)
