@@ -337,11 +337,11 @@ def _check_step_mode(config: ml_collections.ConfigDict) -> None:
     for key in EPOCH_KEYS:
         value, unset = _section(config, key), _section(default, key)
         if value != unset and not (key == "epochs" and value == 0):
-            either = " (or 0)" if key == "epochs" else ""
+            fix = 0 if key == "epochs" else unset
             raise ConfigError(
                 f"config.{key}={value!r} and config.train_steps={config.train_steps} are both set: a "
-                f"run is counted in epochs or in steps. Set config.{key}={unset!r}{either} for a "
-                "step-based run, or config.train_steps=0 for an epoch-based one."
+                f"run is counted in epochs or in steps. Set config.{key}={fix!r} for a step-based "
+                "run, or config.train_steps=0 for an epoch-based one."
             )
 
 

@@ -125,9 +125,9 @@ class Controller:
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
-            note = periods.rerun_note(runconfig.load(t.workdir), self.config, t.step)
-            if note:
-                logging.warning(note)
+            rerun = periods.rerun_note(runconfig.load(t.workdir), self.config, t.step)
+            if rerun:
+                (logging.warning if rerun[1] else logging.info)(rerun[0])
             runconfig.write(t.workdir, t.run_record())
 
     def _resume_from_checkpoints(self) -> None:
@@ -251,7 +251,9 @@ class Controller:
         self.resume = None
         self._prepare_train()
         t.resumed_at_step = t.step
-        if self.resume:
+        if self.resume and self.periods.step_based:
+            logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
+        elif self.resume:
             logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
         t.clear_nonfinite()
         has_eval = validate and self.has_eval()
@@ -308,22 +310,14 @@ class Controller:
         """Evaluates at a period's end; a step-based run keeps the train metrics' state across it.
 
         Evaluation updates the train metrics too unless the runner has eval-only
-        ones; a longer rerun of a step-based run may continue its last period
-        from the final checkpoint, whose metric state must be the period's.
-        The copies are per device, so no collective is issued.
+        ones; a longer rerun may continue a step-based run's last period from its
+        final checkpoint, whose metric state must then be the period's.
         """
         if not self.periods.step_based:
             return self.evaluate()
         t = self.trainer
-        kept = [
-            (part, part.numpy())
-            for variable in t.checkpoint_state().get("metrics", [])
-            for part in t.strategy.experimental_local_results(variable)
-        ]
-        results = self.evaluate()
-        for part, value in kept:
-            part.assign(value)
-        return results
+        with periods.values_kept(t.checkpoint_state().get("metrics", []), t.strategy):
+            return self.evaluate()
 
     def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:
         """Steps until each boundary a compiled call must not cross."""

@@ -19,9 +19,12 @@ In step mode a period's position is a function of the step alone
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator, Sequence
 
 import ml_collections
+import tensorflow as tf
 
 _FITTED_SCHEDULES = ("cosine", "warmup_cosine")
 
@@ -100,7 +103,9 @@ def plan(config: ml_collections.ConfigDict, input_steps: int) -> Periods:
     return Periods(True, input_steps, -(-total // input_steps), total, total // accum)
 
 
-def rerun_note(previous: dict | None, config: ml_collections.ConfigDict, step: int) -> str | None:
+def rerun_note(
+    previous: dict | None, config: ml_collections.ConfigDict, step: int
+) -> tuple[str, bool] | None:
     """What a rerun that changed `train_steps` does, for the log; None when it changed nothing.
 
     A `decay_steps = 0` schedule's horizon is the run's updates as the config
@@ -111,16 +116,35 @@ def rerun_note(previous: dict | None, config: ml_collections.ConfigDict, step: i
       previous: the config the workdir recorded (`runconfig.load`), or None.
       config: the config of this run.
       step: the step the run resumed at.
+
+    Returns:
+      The note, and whether it is a warning (the learning rate changes).
     """
     before, now = (previous or {}).get("train_steps", 0), config.train_steps
     if not (before and now) or before == now or not step:
         return None
     note = f"config.train_steps changed from {before} to {now}: the run goes on from step {step}"
     opt = config.optimizer
-    if opt.schedule in _FITTED_SCHEDULES and not opt.decay_steps:
+    stretched = opt.schedule in _FITTED_SCHEDULES and not opt.decay_steps
+    if stretched:
         note += (
             f"; the {opt.schedule} schedule (decay_steps=0) now spans {now} updates instead of "
             f"{before}, so the learning rate from here on follows the longer schedule. Set "
             f"config.optimizer.decay_steps to fix its length"
         )
-    return note + "."
+    return note + ".", stretched
+
+
+@contextlib.contextmanager
+def values_kept(variables: Sequence[tf.Variable], strategy: tf.distribute.Strategy) -> Iterator[None]:
+    """Gives `variables` back the values they had on entry, on every local device.
+
+    The copies are per device (a metric's replica-local parts), so no
+    collective is issued: workers need not agree on when this runs.
+    """
+    kept = [(part, part.numpy()) for v in variables for part in strategy.experimental_local_results(v)]
+    try:
+        yield
+    finally:
+        for part, value in kept:
+            part.assign(value)
