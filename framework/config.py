@@ -60,6 +60,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 64  # global: summed over all replicas
     c.epochs = 10
+    c.train_steps = 0  # >0: a step-based run of this many optimizer updates (README "Long runs")
+    c.eval_every_steps = 0  # step-based runs: evaluate every N updates; 0: at the end only
     c.steps_per_epoch = 0  # 0: one pass over the training dataset
     c.steps_per_execution = 0  # train steps per compiled call; 0: auto
     c.log_every_steps = 100
@@ -268,6 +270,9 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _positive(config, "steps_per_execution", allow_zero=True)
     _positive(config, "log_every_steps")
     _positive(config, "eval_every_epochs")
+    _positive(config, "train_steps", allow_zero=True)
+    _positive(config, "eval_every_steps", allow_zero=True)
+    _check_step_mode(config)
     _positive(config, "distribution.cpu_devices", allow_zero=True)
     _positive(config, "distribution.peer_timeout_secs")
     _positive(config, "checkpoint.every_steps", allow_zero=True)
@@ -301,3 +306,28 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "config.optimizer.clipnorm and config.optimizer.global_clipnorm are both set; use one of them."
         )
+
+
+# Keys that count epochs; a step-based run (train_steps > 0) leaves them at their defaults (epochs: or 0).
+EPOCH_KEYS = ("epochs", "steps_per_epoch", "eval_every_epochs", "checkpoint.every_epochs")
+
+
+def _check_step_mode(config: ml_collections.ConfigDict) -> None:
+    """A run is counted in epochs or in steps: mixing the two keys' kinds is an error."""
+    if not config.train_steps:
+        if config.eval_every_steps:
+            raise ConfigError(
+                f"config.eval_every_steps={config.eval_every_steps} needs a step-based run: set "
+                "config.train_steps (optimizer updates), or use config.eval_every_epochs."
+            )
+        return
+    default = defaults()
+    for key in EPOCH_KEYS:
+        value, unset = _section(config, key), _section(default, key)
+        if value != unset and not (key == "epochs" and value == 0):
+            fix = 0 if key == "epochs" else unset
+            raise ConfigError(
+                f"config.{key}={value!r} and config.train_steps={config.train_steps} are both set: a "
+                f"run is counted in epochs or in steps. Set config.{key}={fix!r} for a step-based "
+                "run, or config.train_steps=0 for an epoch-based one."
+            )

@@ -2,7 +2,7 @@
 
     fit():
         inputs; checks on the first batch; compiled train function; restore the latest checkpoint
-        for epoch in remaining epochs:
+        for epoch in remaining periods (epochs, or eval intervals of a step-based run; framework.periods):
             iterator = train input's iterator for the epoch (replayed when resuming)
             while the epoch has steps left:
                 n = steps to the next boundary: log point, checkpoint, hook, profiler, epoch end
@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, data, distribute, logs, runconfig
+from framework import callbacks, checkpoint, data, distribute, logs, periods, runconfig
 from framework.config import ConfigError
 from framework.data import DistributedInput
 from framework.profiling import StepProfiler
@@ -75,6 +75,9 @@ class Controller:
         self.eval_fns: dict = {}  # one per input spec
         self.predict_fns: dict = {}
         self.checkpoints: checkpoint.Checkpoints | None = None
+        self.periods: periods.Periods | None = None
+        self.period_steps = 0  # steps of the period being trained
+        self.period_sums = logs.Sums()  # its log sums so far
         self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
         self.auto_steps = 32
@@ -86,9 +89,6 @@ class Controller:
 
     def _limit(self, limit: int) -> int:
         return self.debug.fast_dev_run or limit
-
-    def _epochs(self) -> int:
-        return 1 if self.debug.fast_dev_run else self.config.epochs
 
     def has_eval(self) -> bool:
         """Whether the runner's `build_eval_dataset` gives a dataset (built once, on the first call)."""
@@ -112,17 +112,22 @@ class Controller:
             t.strategy,
             t.build_train_dataset,
             "build_train_dataset",
-            steps_per_epoch=self.config.steps_per_epoch,
+            steps_per_epoch=periods.period_steps(self.config) or self.config.steps_per_epoch,
             limit=self._limit(self.debug.limit_train_steps),
             overfit_batches=self.debug.overfit_batches,
+            cycle=bool(self.config.train_steps),
         )
         t.check_train_input(self.train_input.element_spec, self.train_input.host_dataset())
         self.train_fn = t.make_train_function()
         self._resume_from_checkpoints()
-        t.fit_schedules(self._epochs() * self.train_input.steps // self.config.grad_accum_steps)
+        self.periods = periods.plan(self.config, self.train_input.steps)
+        t.fit_schedules(self.periods.updates)
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
+            rerun = periods.rerun_note(runconfig.load(t.workdir), self.config, t.step)
+            if rerun:
+                (logging.warning if rerun[1] else logging.info)(rerun[0])
             runconfig.write(t.workdir, t.run_record())
 
     def _resume_from_checkpoints(self) -> None:
@@ -216,8 +221,11 @@ class Controller:
             "trainer": type(t).__name__,
         }
         if self.checkpoints.save(t.step, t.checkpoint_state(), meta, metrics):
-            where = f", {step_in_epoch} steps in" if step_in_epoch else ""
-            logging.info("Checkpoint at step %d (epoch %d%s).", t.step, t.epoch, where)
+            if self.periods is not None and self.periods.step_based:
+                logging.info("Checkpoint at step %d/%d.", t.step, self.periods.total)
+            else:
+                where = f", {step_in_epoch} steps in" if step_in_epoch else ""
+                logging.info("Checkpoint at step %d (epoch %d%s).", t.step, t.epoch, where)
 
     # ---- fit ----------------------------------------------------------------------
 
@@ -243,11 +251,13 @@ class Controller:
         self.resume = None
         self._prepare_train()
         t.resumed_at_step = t.step
-        if self.resume:
+        if self.resume and self.periods.step_based:
+            logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
+        elif self.resume:
             logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
         t.clear_nonfinite()
         has_eval = validate and self.has_eval()
-        epochs = self._epochs()
+        plan = self.periods
         if self.resume and self.resume.get("stopped_early"):
             logging.info(
                 "The run in %s was stopped early by a callback at epoch %d; nothing to train.",
@@ -256,18 +266,20 @@ class Controller:
             )
             return []
         hooks = callbacks.Hooks(
-            t, [*t.build_callbacks(), *(callbacks_ or [])], epochs=epochs, steps=self.train_input.steps
+            t, [*t.build_callbacks(), *(callbacks_ or [])], epochs=plan.count, steps=plan.length
         )
         progress = logs.Progress(enabled=t.is_chief)
         history, epoch_logs = [], None
         ckpt = cfg.checkpoint
         hooks.train_begin()
         with checkpoint.Preemption() as preemption:
-            while t.epoch < epochs and not hooks.stop:
+            while not plan.finished(t.step, t.epoch) and not hooks.stop:
+                if plan.step_based:
+                    t.epoch = plan.position(t.step)[0]
                 hooks.epoch_begin(t.epoch)
                 epoch_logs = self._train_epoch(progress, preemption, hooks)
-                if has_eval and (t.epoch + 1) % cfg.eval_every_epochs == 0:
-                    val = {f"val/{k}": v for k, v in self.evaluate().items()}
+                if has_eval and (plan.step_based or (t.epoch + 1) % cfg.eval_every_epochs == 0):
+                    val = {f"val/{k}": v for k, v in self._evaluate_period().items()}
                     self.run_log.write("eval", t.step, t.epoch + 1, val)
                     epoch_logs.update(val)
                 t.epoch += 1
@@ -276,16 +288,36 @@ class Controller:
                 history.append(epoch_logs)
                 hooks.epoch_end(t.epoch - 1, epoch_logs)
                 self._agree(preemption, hooks)
-                final = t.epoch == epochs or hooks.stop
-                due = ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0
+                final = plan.finished(t.step, t.epoch) or hooks.stop
+                due = plan.step_based or (ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0)
                 if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
-                    self.save(metrics=epoch_logs, final=final, stopped_early=hooks.stop)
+                    # A step-based run keeps the period's sums: a longer rerun may continue it.
+                    period = {"step_in_epoch": self.period_sums.steps, "sums": self.period_sums}
+                    self.save(
+                        metrics=epoch_logs,
+                        final=final,
+                        stopped_early=hooks.stop,
+                        **(period if plan.step_based else {}),
+                    )
                 elif preemption.requested:
                     self.save()
                 if preemption.requested and not final:
                     self._exit_preempted(t.step)
         hooks.train_end(epoch_logs)
         return history
+
+    def _evaluate_period(self) -> dict[str, float]:
+        """Evaluates at a period's end; a step-based run keeps the train metrics' state across it.
+
+        Evaluation updates the train metrics too unless the runner has eval-only
+        ones; a longer rerun may continue a step-based run's last period from its
+        final checkpoint, whose metric state must then be the period's.
+        """
+        if not self.periods.step_based:
+            return self.evaluate()
+        t = self.trainer
+        with periods.values_kept(t.checkpoint_state().get("metrics", []), t.strategy):
+            return self.evaluate()
 
     def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:
         """Steps until each boundary a compiled call must not cross."""
@@ -301,9 +333,9 @@ class Controller:
         """One epoch of compiled calls; between them, what the module docstring's loop lists."""
         t = self.trainer
         done, epoch, iterator = self._start_epoch(progress)
-        total, step, interval = self.train_input.steps, t.step, _Interval()
+        total, step, interval = self.period_steps, t.step, _Interval()
         while done < total and not hooks.stop:
-            n = self.train_input.call_sizes(done, min(self._bounds(step, hooks)))
+            n = self.train_input.call_sizes(done, min(*self._bounds(step, hooks), total - done), step=step)
             self.profiler.before_call(step)
             hooks.batch_begin(done)
             sums, ran, counted, seconds = self._call(iterator, step, n)
@@ -320,14 +352,24 @@ class Controller:
 
     def _start_epoch(self, progress: logs.Progress) -> tuple[int, logs.Sums, object]:
         """(steps already trained in this epoch, their log sums, the epoch's iterator past them)."""
-        t = self.trainer
+        t, plan = self.trainer, self.periods
         resume, self.resume = self.resume or {}, None
-        done = resume.get("step_in_epoch", 0)
+        done, sums = resume.get("step_in_epoch", 0), resume.get("epoch_sums")
+        if plan.step_based:
+            saved, done = done, plan.position(t.step)[1]
+            sums = sums if saved == done else None  # saved sums of another period's length
         if not done:
             t.reset_metrics()
         iterator = self.train_input.iterator(t.epoch, skip=done)
-        progress.start_epoch(t.epoch + 1, self.config.epochs, self.train_input.steps)
-        return done, logs.Sums.from_json(resume.get("epoch_sums"), done), iterator
+        self.period_steps = plan.steps_in(t.epoch)
+        if plan.step_based:
+            progress.start_epoch(
+                t.epoch + 1, plan.count, self.period_steps, first_step=t.step - done, total_steps=plan.total
+            )
+        else:
+            progress.start_epoch(t.epoch + 1, self.config.epochs, self.period_steps)
+        self.period_sums = logs.Sums.from_json(sums, done)
+        return done, self.period_sums, iterator
 
     def _call(self, iterator, step: int, n: int) -> tuple[logs.Sums, int, bool, float]:
         """One compiled call of `n` steps, then config.nan_policy.
@@ -341,7 +383,7 @@ class Controller:
 
     def _log_point(self, step: int, done: int, interval: _Interval, progress: logs.Progress) -> dict | None:
         """At log points (every log_every_steps, and the epoch's end): the logs, written and shown."""
-        if step % self.config.log_every_steps and done < self.train_input.steps:
+        if step % self.config.log_every_steps and done < self.period_steps:
             progress.update(done)
             return None
         t, rate = self.trainer, interval.steps_per_sec()
@@ -366,7 +408,7 @@ class Controller:
             self.save(step_in_epoch=done, sums=epoch)
             self._exit_preempted(step)
         save_every = self.config.checkpoint.every_steps
-        if save_every and step % save_every == 0 and done < self.train_input.steps:
+        if save_every and step % save_every == 0 and done < self.period_steps:
             self.save(step_in_epoch=done, sums=epoch, metrics=point)
 
     def _agree(

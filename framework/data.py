@@ -160,8 +160,14 @@ class DistributedInput:
         optional: bool = False,
         limit: int = 0,
         overfit_batches: int = 0,
+        cycle: bool = False,
     ):
-        """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch."""
+        """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch.
+
+        cycle: a step-based run's input: a finite dataset is repeated (one
+        iterator for the run, as for an infinite one) and `steps_per_epoch`
+        may exceed one pass.
+        """
         self.strategy, self.name = strategy, name
         self.present = True
         if overfit_batches:
@@ -172,6 +178,8 @@ class DistributedInput:
         def dataset_fn(input_context):
             dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
             built.append(pipeline)
+            if cycle and pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY:
+                dataset = dataset.repeat()  # after spread_last_step: each pass ends on a whole step
             return dataset
 
         if _host_only(strategy):
@@ -191,8 +199,16 @@ class DistributedInput:
         leaves = [s for s in tf.nest.flatten(self.element_spec) if getattr(s, "shape", None) is not None]
         self.static_batch = bool(leaves) and all(s.shape.rank and s.shape[0] is not None for s in leaves)
         self.cardinality = pipeline.cardinality
-        self.infinite = self.cardinality == tf.data.INFINITE_CARDINALITY
-        self.steps = self._count_steps(pipeline, hook, steps_per_epoch)
+        self.infinite = cycle or self.cardinality == tf.data.INFINITE_CARDINALITY
+        self.pass_steps = 0  # a cycled dataset's steps per pass, when known
+        if cycle:  # a finite dataset's length is not needed (an unknown one may not end)
+            if self.cardinality == 0:
+                raise ValueError(f"{self.name}() returned an empty dataset.")
+            if self.cardinality > 0:
+                self.pass_steps = math.ceil(self.cardinality / pipeline.replicas)
+            self.steps = steps_per_epoch
+        else:
+            self.steps = self._count_steps(pipeline, hook, steps_per_epoch)
         if limit:
             self.steps = min(self.steps, limit)
         self._iterators_made = 0
@@ -258,18 +274,23 @@ class DistributedInput:
             self._skip_fn = skip
         self._skip_fn(iterator, tf.constant(count, tf.int64))
 
-    def call_sizes(self, done: int, wanted: int) -> int:
-        """Steps for the next compiled call: at most `wanted`, and the epoch's last step alone.
+    def call_sizes(self, done: int, wanted: int, *, step: int = 0) -> int:
+        """Steps for the next compiled call: at most `wanted`, and a pass's last step alone.
 
         Without a static batch size the last step may be a partial batch. A
         collective (Triplet's all-gather) whose input shape changes between
         iterations of one loop fails in TensorFlow, so that step never shares
-        a call with full ones; it costs one more call per epoch.
+        a call with full ones; it costs one more call per epoch. A cycled
+        dataset's passes end anywhere in a period: `step`, the steps drawn
+        since the run's start, says where.
         """
         left = self.steps - done
         n = min(wanted, left)
         if not self.static_batch and not self.infinite and 1 < left <= n:
             n = left - 1
+        elif not self.static_batch and self.pass_steps:
+            before_last = self.pass_steps - 1 - step % self.pass_steps  # steps before the pass's last
+            n = min(n, before_last) if before_last else 1
         return n
 
     def host_dataset(self) -> tf.data.Dataset:

@@ -166,9 +166,10 @@ def summary(trainer, results: dict, seconds: float, start_step: int | None) -> s
     if start_step is not None:
         trained = trainer.step - start_step
         rate = f", {trained / seconds:.1f} steps/s" if trained else " (nothing left to train)"
-        lines.append(
-            f"  steps: {trainer.step} ({trained} this run), epoch {trainer.epoch}{rate}, wall {seconds:.1f}s"
-        )
+        total = trainer.config.train_steps * trainer.config.grad_accum_steps
+        where = f"/{total}" if total else ""
+        epoch = "" if total else f", epoch {trainer.epoch}"
+        lines.append(f"  steps: {trainer.step}{where} ({trained} this run){epoch}{rate}, wall {seconds:.1f}s")
     best = trainer.config.checkpoint.best_metric
     if best and trainer.workdir:
         ckpts = trainer.controller.open_checkpoints(writer=False)

@@ -148,14 +148,26 @@ class Progress:
         self.enabled = enabled
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self._bar = None
+        self.first_step = self.total_steps = 0
         if enabled:
             console.show_info()  # a Trainer driven from plain Python, before any app.run
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(
+        self, epoch: int, epochs: int, steps: int, *, first_step: int = 0, total_steps: int = 0
+    ) -> None:
+        """A new epoch (1-based) of `steps` steps; a step-based run's period gives `total_steps`.
+
+        A step-based run's lines count the run's steps (`step 1200/5000`) from
+        `first_step`, the step its period started at.
+        """
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self.first_step, self.total_steps = first_step, total_steps
         self._start = time.perf_counter()
         if self.enabled and self.interactive:
-            print(f"Epoch {epoch}/{epochs}")
+            if total_steps:
+                print(f"Steps {first_step + 1}-{first_step + steps} of {total_steps}")
+            else:
+                print(f"Epoch {epoch}/{epochs}")
             self._bar = keras.utils.Progbar(steps, stateful_metrics=None, unit_name="step")
 
     def update(self, done: int, logs: Mapping[str, float] | None = None, *, rate: float | None = None):
@@ -166,6 +178,17 @@ class Progress:
             values = [("steps/s", rate)] if rate else []
             values += [(k, v) for k, v in (logs or {}).items() if "/" not in k][:4]
             self._bar.update(done, values=values or None)
+        elif logs is not None and self.total_steps:
+            step = self.first_step + done
+            eta = (self.total_steps - step) / rate if rate else float("nan")
+            logging.info(
+                "step %d/%d | %s | %.1f steps/s, ETA %.0fs",
+                step,
+                self.total_steps,
+                _format(logs),
+                rate or 0.0,
+                eta,
+            )
         elif logs is not None:
             eta = (self.steps - done) / rate if rate else float("nan")
             logging.info(
@@ -185,4 +208,12 @@ class Progress:
         seconds = time.perf_counter() - self._start
         if self._bar is not None:
             self._bar = None
-        logging.info("epoch %d/%d done in %.1fs | %s", self.epoch, self.epochs, seconds, _format(logs, 10))
+        if self.total_steps:
+            step = self.first_step + self.steps
+            logging.info(
+                "step %d/%d: period done in %.1fs | %s", step, self.total_steps, seconds, _format(logs, 10)
+            )
+        else:
+            logging.info(
+                "epoch %d/%d done in %.1fs | %s", self.epoch, self.epochs, seconds, _format(logs, 10)
+            )

@@ -24,16 +24,18 @@ class Phases:
         return self._controller
 
     def fit(self, *, validate: bool = True, callbacks: list | None = None) -> list[dict[str, float]]:
-        """Trains for `config.epochs`, resuming from the workdir's checkpoints.
+        """Trains for `config.epochs` (or `config.train_steps` updates), resuming from the workdir's checkpoints.
 
         Args:
-          validate: evaluate every `config.eval_every_epochs` epochs when
-            `build_eval_dataset` returns a dataset.
+          validate: evaluate every `config.eval_every_epochs` epochs (a
+            step-based run: every `config.eval_every_steps` updates and at its
+            end) when `build_eval_dataset` returns a dataset.
           callbacks: Keras callbacks and `framework.Periodic` hooks, after `build_callbacks()`'s.
 
         Returns:
-          One log dict per epoch trained in this call (loss, loss/<term>,
-          metrics, lr, val/... at evaluation epochs); [] when the run had finished.
+          One log dict per epoch (a step-based run: per evaluation period)
+          trained in this call (loss, loss/<term>, metrics, lr, val/... at
+          evaluation epochs); [] when the run had finished.
 
         Raises:
           FloatingPointError: a non-finite step under `config.nan_policy` "raise"

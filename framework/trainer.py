@@ -199,7 +199,8 @@ class Trainer(Phases, TrainerState, CompiledSteps):
 
         Returns:
           A `tf.data.Dataset` of `x`, `(x, y)` or `(x, y, sample_weight)`, finite
-          (one pass is an epoch) or infinite with `config.steps_per_epoch` set.
+          (one pass is an epoch) or infinite with `config.steps_per_epoch` set;
+          a step-based run (`config.train_steps`) takes either, cycling a finite one.
         """
         raise NotImplementedError(
             "Implement build_train_dataset(input_context) -> tf.data.Dataset of per-replica batches."
