@@ -86,9 +86,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.optimizer.boundaries = ()  # piecewise: update counts where the rate changes ...
     c.optimizer.rates = ()  # ... and the len(boundaries) + 1 rates
     c.optimizer.weight_decay = config_dict.placeholder(float)  # None: the optimizer's default; 0: none
-    c.optimizer.ema = (
-        0.0  # moving average of the trained weights (evaluation, export; not BatchNorm stats); 0: off
-    )
+    c.optimizer.ema = 0.0  # moving average of the trained weights for eval/export (not BN stats); 0: off
     c.optimizer.options = ml_collections.ConfigDict()  # other constructor arguments, e.g. momentum
     # Clipping of the all-reduced, unscaled gradient (framework.updates); 0: off.
     c.optimizer.clipnorm = 0.0  # per variable
