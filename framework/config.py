@@ -95,8 +95,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.optimizer.alpha = 0.0  # cosine: final rate as a fraction of the peak
     c.optimizer.boundaries = ()  # piecewise: update counts where the rate changes ...
     c.optimizer.rates = ()  # ... and the len(boundaries) + 1 rates
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.ema = 0.0  # moving-average momentum of the weights (evaluation, export); 0: off
+    c.optimizer.weight_decay = config_dict.placeholder(float)  # None: the optimizer's default; 0: none
+    c.optimizer.ema = 0.0  # moving average of the trained weights for eval/export (not BN stats); 0: off
     c.optimizer.options = ml_collections.ConfigDict()  # other constructor arguments, e.g. momentum
     # Clipping of the all-reduced, unscaled gradient (framework.updates); 0: off.
     c.optimizer.clipnorm = 0.0  # per variable

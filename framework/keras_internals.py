@@ -170,6 +170,9 @@ def ema_weights(optimizer: keras.optimizers.Optimizer):
 
     Evaluation and export read the averaged weights while training continues
     from the raw ones. A no-op for an optimizer without `use_ema` or not yet built.
+    As Keras' `use_ema`, only the optimizer's (trainable) variables are
+    averaged: non-trainable state such as BatchNorm's moving statistics keeps
+    its current values.
     """
     unwrapped = inner(optimizer)
     averages = getattr(unwrapped, "_model_variables_moving_average", None)

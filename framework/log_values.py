@@ -16,10 +16,12 @@ so the mean is the one a single batch holding all those examples would give:
   examples (the leading dimension of the batch's first tensor), so a mean
   over a batch averages to the mean over examples.
 
-Inside the compiled loop the logs of a step are packed into one
-``[2, parts]`` tensor (row 0: ``v * w``, row 1: ``w``), averaged over
-replicas with one all-reduce and summed over steps with one add;
-`Layout.unpack` names the parts again on the host.
+Inside the compiled loop the logs of a step are packed into one flat
+``[2 * parts]`` tensor (the ``v * w`` of every part, then every ``w``),
+averaged over replicas with one all-reduce and summed over steps with one
+add; `Layout.unpack` names the parts again on the host, as ``[2, k]``
+arrays. Packing is a few ops per step: one stack, and one multiply per part
+whose weight is not the constant 1.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Layout:
         self.parts: dict[str, list[int]] = {}
 
     def pack(self, logs: Any, batch: Any, where: str) -> tf.Tensor | None:
-        """`logs` (a dict from a step, or None) as a ``[2, parts]`` float32 tensor; None if empty."""
+        """`logs` (a dict from a step, or None) as a flat ``[2 * parts]`` float32 tensor; None if empty."""
         if logs is None:
             return None
         if not isinstance(logs, dict):
@@ -101,13 +103,20 @@ class Layout:
         self.parts = layout
         if not values:
             return None
-        weights = tf.stack(weights)
         # A replica without examples may hold NaN for a mean over nothing: it weighs 0.
-        return tf.stack([tf.math.multiply_no_nan(tf.stack(values), weights), weights])
+        products = [v if _is_one(w) else tf.math.multiply_no_nan(v, w) for v, w in zip(values, weights)]
+        return tf.stack(products + weights)
 
     def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
-        """key -> ``[2, k]`` array of its parts' (weighted sums, weights)."""
+        """key -> ``[2, k]`` array of its parts' (weighted sums, weights), from a flat packed array."""
+        packed = np.reshape(packed, (2, -1))
         return {key: packed[:, slots] for key, slots in self.parts.items()}
+
+
+def _is_one(weight: tf.Tensor) -> bool:
+    """Whether `weight` is the constant 1 (a batch-level term, a regularizer): v * 1 needs no op."""
+    static = tf.get_static_value(weight)
+    return static is not None and np.ndim(static) == 0 and float(static) == 1.0
 
 
 def mean_of(parts: np.ndarray) -> float:

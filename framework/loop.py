@@ -5,18 +5,20 @@ loop. `num_steps` is a tensor argument and the iterator's type spec does not
 change between epochs, so each function is traced once per run: a short last
 group of steps costs no retrace.
 
-    train_fn(iterator, num_steps) -> (sums, last):
+    train_fn(iterator, num_steps) -> (sums, suspect):
         packed = pack(replica_step(next(iterator))) averaged over replicas  # step 1
         sums = packed
         repeat num_steps - 1 times while `keep_going()` (tested in the loop condition):
             packed = ...; sums += packed
-        return sums, packed
+        return sums, (packed if finite_sums else sums)
 
 Per-step logs are scalars, each with the weight it has in a mean
-(`framework.log_values`): a step packs them into one `[2, parts]` tensor
-(`v * w`, `w`), averaged over replicas inside the step (one all-reduce) and
+(`framework.log_values`): a step packs them into one flat tensor (`v * w`,
+then `w`), averaged over replicas inside the step (one all-reduce) and
 summed over the call, so the host reads one small array per call and
 nothing per step; means are exact over examples whatever the batch sizes.
+The loop carries as little as it can: each loop variable costs a few ops
+per step, so the last step's values are carried only with `finite_sums`.
 
 `config.jit_compile` (`xla_plan`): with one replica the whole replica step is
 XLA-compiled. With several, all-reduces and distributed variable updates need
@@ -28,7 +30,7 @@ compiled too); loss reductions, clipping and the update run outside XLA.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import keras
 import tensorflow as tf
@@ -62,16 +64,15 @@ def make_step_function(
             return packed if sums is None else sums + packed
         ok = tf.reduce_all(tf.math.is_finite(packed))
         kept = tf.where(ok, packed, tf.zeros_like(packed))
-        counted = tf.reshape(tf.cast(ok, tf.float32), [1, 1]) * tf.constant([[1.0], [0.0]])
-        kept = tf.concat([kept, counted], axis=1)  # the last column counts the summed steps
+        kept = tf.concat([kept, tf.reshape(tf.cast(ok, tf.float32), [1])], axis=0)  # counts summed steps
         return kept if sums is None else sums + kept
 
     def replica_fn(batch):
         packed = layout.pack(replica_step(batch), batch, where)
         if packed is None:
-            packed = tf.zeros([2, 0])
+            packed = tf.zeros([0])
         context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1 and packed.shape[1]:
+        if context is not None and context.num_replicas_in_sync > 1 and packed.shape[0]:
             packed = context.all_reduce(tf.distribute.ReduceOp.MEAN, packed)
         return packed
 
@@ -96,24 +97,35 @@ def make_step_function(
         done = tf.constant(1, num_steps.dtype)
         # The stop test is part of the loop condition: a `break` would make
         # AutoGraph wrap the whole step in a conditional, which costs per step.
+        if finite_sums:
+            while go_on(done, num_steps):
+                packed = one_step(iterator)
+                sums = add(sums, packed)
+                done += 1
+            return sums, packed
         while go_on(done, num_steps):
-            packed = one_step(iterator)
-            sums = add(sums, packed)
+            sums = add(sums, one_step(iterator))
             done += 1
-        return sums, packed
+        return sums, sums
 
     return StepFunction(multi_step, layout, counted=finite_sums)
 
 
 class StepFunction:
-    """The compiled function; its results come back to the host as `logs.Sums` and last-step values."""
+    """The compiled function; its results come back to the host as `logs.Sums` and suspect values.
+
+    The suspect values are where a non-finite step's logs show: the last
+    step's values with `counted` (nan_policy="skip" leaves a non-finite step
+    out of the sums), else the call's means (a non-finite step ends the call,
+    and a non-finite value stays non-finite in a sum).
+    """
 
     def __init__(self, function, layout: log_values.Layout, *, counted: bool):
         self.function, self.layout, self.counted = function, layout, counted
         self._concrete = None
 
-    def __call__(self, iterator, num_steps) -> tuple[logs.Sums, dict[str, float]]:
-        """Runs up to `num_steps` steps; returns their sums and the last step's log values."""
+    def __call__(self, iterator, num_steps) -> tuple[logs.Sums, Mapping[str, float]]:
+        """Runs up to `num_steps` steps; returns their sums and the suspect values (see the class)."""
         # The traced function is called directly: every epoch's iterator has
         # the same spec, and skipping tf.function's dispatch saves ~0.1 ms per
         # call. Tracing through get_concrete_function also keeps TensorFlow's
@@ -121,16 +133,40 @@ class StepFunction:
         # each new Trainer's first trace for a retrace of the previous one's.
         if self._concrete is None:
             self._concrete = self.function.get_concrete_function(iterator, num_steps)
-        sums, last = self._concrete(iterator, num_steps)
+        sums, suspect = self._concrete(iterator, num_steps)
         sums, steps = sums.numpy(), int(num_steps)
         counted = None
         if self.counted:
-            sums, counted = sums[:, :-1], int(sums[0, -1])
-        last_values = {k: log_values.mean_of(v) for k, v in self.layout.unpack(last.numpy()).items()}
-        return logs.Sums(self.layout.unpack(sums), steps, counted=counted), last_values
+            sums, counted = sums[:-1], int(sums[-1])
+            suspect = suspect.numpy()
+        else:
+            suspect = sums
+        return logs.Sums(self.layout.unpack(sums), steps, counted=counted), _Means(self.layout, suspect)
 
     def experimental_get_tracing_count(self) -> int:
         return self.function.experimental_get_tracing_count()
+
+
+class _Means(Mapping):
+    """key -> mean of packed log values, computed when read (the host rarely reads them)."""
+
+    def __init__(self, layout: log_values.Layout, packed):
+        self._layout, self._packed, self._means = layout, packed, None
+
+    def _values(self) -> dict[str, float]:
+        if self._means is None:
+            parts = self._layout.unpack(self._packed)
+            self._means = {k: log_values.mean_of(v) for k, v in parts.items()}
+        return self._means
+
+    def __getitem__(self, key: str) -> float:
+        return self._values()[key]
+
+    def __iter__(self):
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
 
 
 def make_predict_function(strategy: tf.distribute.Strategy, predict_step: ReplicaStep) -> Callable:

@@ -5,7 +5,7 @@
     config.optimizer.schedule = "warmup_cosine"   # constant | cosine | warmup_cosine | piecewise
     config.optimizer.warmup_steps = 500
     config.optimizer.decay_steps = 0          # 0: until the end of training
-    config.optimizer.weight_decay = 0.01      # decoupled, Keras' weight_decay
+    config.optimizer.weight_decay = 0.01      # decoupled, Keras' weight_decay; unset: Keras' default
     config.optimizer.ema = 0.999              # Keras' use_ema momentum; 0: off
     config.optimizer.options.momentum = 0.9   # any other constructor argument
 
@@ -69,7 +69,7 @@ def build(cfg: ml_collections.ConfigDict) -> keras_optimizers.Optimizer:
     """
     kwargs = dict(cfg.options.to_dict())
     kwargs["learning_rate"] = learning_rate(cfg)
-    if cfg.weight_decay:
+    if cfg.weight_decay is not None:  # unset: the optimizer's own default (AdamW decays by default)
         kwargs["weight_decay"] = cfg.weight_decay
     if cfg.ema:
         kwargs.update(use_ema=True, ema_momentum=cfg.ema)

@@ -10,7 +10,7 @@ own. The Controller uses nothing of a runner but what is listed here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import keras
@@ -23,8 +23,8 @@ from framework import logs
 class StepFunction(Protocol):
     """A compiled function of up to `num_steps` steps; see `framework.loop.StepFunction`."""
 
-    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> tuple[logs.Sums, dict[str, float]]:
-        """Runs the steps; returns their log sums and the last step's log values."""
+    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> tuple[logs.Sums, Mapping[str, float]]:
+        """Runs the steps; returns their log sums and the values a non-finite step shows in (see loop)."""
 
     def experimental_get_tracing_count(self) -> int:
         """How many times it was traced (0 before its first call)."""

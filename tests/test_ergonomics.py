@@ -107,6 +107,21 @@ def test_warmup_cosine_schedule_follows_keras_and_is_logged(tmp_path):
     assert points[1]["lr"] == pytest.approx(0.1)  # the peak after 4 warm-up updates
 
 
+def test_weight_decay_zero_turns_adamw_decay_off_and_unset_keeps_keras_default():
+    unset = framework.optimizer_builder.build(config(**{"optimizer.name": "adamw"}).optimizer)
+    assert unset.weight_decay == pytest.approx(keras.optimizers.AdamW().weight_decay)
+    zero = framework.optimizer_builder.build(
+        config(**{"optimizer.name": "adamw", "optimizer.weight_decay": 0}).optimizer
+    )
+    assert zero.weight_decay == 0.0
+    # With no decay, AdamW's update is Adam's (an independent reference).
+    var, ref = keras.Variable(np.ones(3, "float32")), keras.Variable(np.ones(3, "float32"))
+    grad = np.array([0.1, -0.2, 0.3], "float32")
+    zero.apply([grad], [var])
+    keras.optimizers.Adam(float(zero.learning_rate)).apply([grad], [ref])
+    np.testing.assert_allclose(var.numpy(), ref.numpy(), rtol=0, atol=1e-7)
+
+
 def test_piecewise_schedule_weight_decay_options_and_bad_values():
     cfg = config(epochs=1, **{"optimizer.name": "adamw", "optimizer.schedule": "piecewise",
                               "optimizer.boundaries": (3,), "optimizer.rates": (0.1, 0.01),
