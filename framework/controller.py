@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, data, distribute, logs, runconfig
+from framework import callbacks, checkpoint, data, distribute, input_state, logs, runconfig
 from framework.config import ConfigError
 from framework.data import DistributedInput
 from framework.profiling import StepProfiler
@@ -118,6 +118,9 @@ class Controller:
         )
         t.check_train_input(self.train_input.element_spec, self.train_input.host_dataset())
         self.train_fn = t.make_train_function()
+        if t.workdir:
+            directory = os.path.join(t.workdir, "checkpoints", "input")
+            self.train_input.states = input_state.InputStates(directory, self.train_input.worker)
         self._resume_from_checkpoints()
         t.fit_schedules(self._epochs() * self.train_input.steps // self.config.grad_accum_steps)
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
@@ -192,6 +195,8 @@ class Controller:
             return None
         t.epoch = meta["epoch"]
         self.resume = meta
+        if self.train_input is not None:
+            self.train_input.resume_at(meta["step"])
         return meta["step"]
 
     def save(
@@ -215,6 +220,8 @@ class Controller:
             "epoch_sums": sums.to_json() if sums else {},
             "trainer": type(t).__name__,
         }
+        if self.train_input is not None:  # every worker saves its own input position
+            self.train_input.save_position(t.step)
         if self.checkpoints.save(t.step, t.checkpoint_state(), meta, metrics):
             where = f", {step_in_epoch} steps in" if step_in_epoch else ""
             logging.info("Checkpoint at step %d (epoch %d%s).", t.step, t.epoch, where)
