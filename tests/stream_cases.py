@@ -1,21 +1,35 @@
-"""Endless training inputs for the resume tests: in-memory arrays and TFRecord shards.
+"""Endless training inputs for the resume tests, and their worker script.
 
-`ArrayStream` reads `from_tensor_slices -> shuffle -> repeat -> map -> batch`;
-`RecordStream` reads `list_files(shuffle) -> interleave -> parse -> shuffle ->
-repeat -> batch` over shards `write_shards` made; both train a small conv net
-on 8x8 images in steps of `config.steps_per_epoch`.
+`StreamTrainer` trains a small conv net on 8x8 images in epochs of
+`config.steps_per_epoch` steps over an endless pipeline (config.task.pipeline):
+"array" `from_tensor_slices -> shuffle -> repeat -> map -> batch`, "global"
+the same with `framework.data.global_shuffle`, "records" `list_files(shuffle)
+-> interleave -> parse -> shuffle -> repeat -> batch` over shards
+`write_shards` made, "generator" a Python generator. Batches are global
+(`distribute.global_batches`): one process, mirrored replicas and several
+workers see the same global batches.
+
+As a script, one run (a fit) that writes its final weights to --out:
+
+    python tests/stream_cases.py --pipeline=records --pattern='/tmp/d/*.tfrecord' \
+        --workdir=/tmp/w --epochs=4 --strategy=multi_worker --out=/tmp/w0.npz
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-import framework
-from framework import losses
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import framework  # noqa: E402
+from framework import distribute, losses  # noqa: E402
 
 SIDE = 8
 
@@ -62,15 +76,14 @@ def array_pipeline(input_context, batch_size: int, seed: int, *, shuffle: str = 
         dataset = framework.data.global_shuffle(dataset, seed)
     else:
         dataset = dataset.shuffle(64, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat().map(scale)
-    return dataset.batch(input_context.get_per_replica_batch_size(batch_size))
+    return distribute.global_batches(dataset.repeat().map(scale), input_context, batch_size)
 
 
 def record_pipeline(input_context, batch_size: int, seed: int, pattern: str):
     files = tf.data.Dataset.list_files(pattern, shuffle=True, seed=seed)
     dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=2, block_length=1)
     dataset = dataset.map(parse).shuffle(32, seed=seed, reshuffle_each_iteration=True)
-    return dataset.repeat().batch(input_context.get_per_replica_batch_size(batch_size))
+    return distribute.global_batches(dataset.repeat(), input_context, batch_size)
 
 
 def generator_pipeline(input_context, batch_size: int, seed: int):
@@ -84,7 +97,7 @@ def generator_pipeline(input_context, batch_size: int, seed: int):
     spec = (tf.TensorSpec([SIDE, SIDE, 1], tf.float32), tf.TensorSpec([], tf.int32))
     dataset = tf.data.Dataset.from_generator(examples, output_signature=spec)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
-    return dataset.batch(input_context.get_per_replica_batch_size(batch_size))
+    return distribute.global_batches(dataset, input_context, batch_size)
 
 
 class StreamTrainer(framework.Trainer):
@@ -118,7 +131,9 @@ class StreamTrainer(framework.Trainer):
         )
 
 
-def config(pipeline: str, *, epochs: int, replicas: int = 1, pattern: str = "", **overrides):
+def config(
+    pipeline: str, *, epochs: int, replicas: int = 1, pattern: str = "", strategy: str = "", **overrides
+):
     c = framework.config.defaults()
     c.batch_size = 8
     c.epochs = epochs
@@ -133,6 +148,8 @@ def config(pipeline: str, *, epochs: int, replicas: int = 1, pattern: str = "", 
     if replicas > 1:
         c.distribution.strategy = "mirrored"
         c.distribution.cpu_devices = replicas
+    if strategy:
+        c.distribution.strategy = strategy
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")
@@ -140,3 +157,20 @@ def config(pipeline: str, *, epochs: int, replicas: int = 1, pattern: str = "", 
             node = node[p]
         node[leaf] = value
     return c
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("pipeline", "pattern", "workdir", "strategy", "out"):
+        parser.add_argument(f"--{flag}", default="")
+    parser.add_argument("--epochs", type=int, required=True)
+    args = parser.parse_args()
+    cfg = config(args.pipeline, epochs=args.epochs, pattern=args.pattern, strategy=args.strategy)
+    trainer = StreamTrainer(cfg, args.workdir)
+    trainer.fit()
+    weights = {f"w{i}": w for i, w in enumerate(trainer.model.get_weights())}
+    np.savez(args.out, step=trainer.step, **weights)
+
+
+if __name__ == "__main__":
+    main()
