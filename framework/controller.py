@@ -244,6 +244,8 @@ class Controller:
             if self.checkpoints is not None:
                 self.checkpoints.close()  # waits for pending writes; reopened on demand
                 self.checkpoints = None
+                if self.train_input is not None:
+                    self.train_input.drop_stale_positions()
 
     def _fit(self, validate: bool, callbacks_: list | None) -> list[dict[str, float]]:
         t, cfg = self.trainer, self.config

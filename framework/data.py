@@ -274,6 +274,11 @@ class DistributedInput:
         if self.states is not None and self._host_dataset is not None and self._persistent is not None:
             self.states.write(self._persistent, step)
 
+    def drop_stale_positions(self) -> None:
+        """Removes saved positions whose checkpoints are gone (call when no save is in flight)."""
+        if self.states is not None:
+            self.states.prune()
+
     def _resumed(self, position: int):
         """The infinite input's iterator, `position` batches in: restored when saved, else replayed."""
         if self._host_dataset is None:

@@ -119,7 +119,7 @@ class InputStates:
 
     def write(self, iterator, step: int) -> None:
         """Saves `iterator`'s position as that of checkpoint `step`; drops positions orbax dropped."""
-        self._prune(step)
+        self.prune(keep=step)
         prefix = self.prefix(step)
         start = time.perf_counter()
         tf.train.Checkpoint(iterator=iterator).write(prefix)
@@ -166,10 +166,15 @@ class InputStates:
             if f.startswith(name)
         )
 
-    def _prune(self, step: int) -> None:
+    def prune(self, keep: int = -1) -> None:
         """Removes the positions of checkpoints no longer kept (older than the newest one kept).
 
-        The checkpoints are the step directories next to `directory`.
+        The checkpoints are the step directories next to `directory`. Orbax
+        drops old ones in the background, so a position may outlive its
+        checkpoint until the next call.
+
+        Args:
+          keep: a step whose position stays (the one being saved).
         """
         if not tf.io.gfile.isdir(self.directory):
             return
@@ -178,7 +183,7 @@ class InputStates:
             return
         newest = max(kept)
         for number in _steps_in(self.directory):
-            if number < newest and number not in kept and number != step:
+            if number < newest and number not in kept and number != keep:
                 name = str(number)
                 with contextlib.suppress(tf.errors.NotFoundError):  # another worker was first
                     tf.io.gfile.rmtree(os.path.join(self.directory, name))
