@@ -127,8 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")  # each fresh input traces its replay loop once: expected here
-    steps = [50, 100, 400] if args.quick else [1_000, 10_000, 50_000]
-    examples = 5_000 if args.quick else 50_000
+    steps = [20, 40, 80] if args.quick else [1_000, 10_000, 50_000]
+    examples = 2_000 if args.quick else 50_000
     rounds = 1 if args.quick else args.rounds
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with tempfile.TemporaryDirectory() as tmp:
