@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, data, distribute, logs, periods, runconfig
+from framework import callbacks, checkpoint, data, distribute, input_state, logs, periods, runconfig
 from framework.config import ConfigError
 from framework.data import DistributedInput
 from framework.profiling import StepProfiler
@@ -119,6 +119,9 @@ class Controller:
         )
         t.check_train_input(self.train_input.element_spec, self.train_input.host_dataset())
         self.train_fn = t.make_train_function()
+        if t.workdir:
+            directory = os.path.join(t.workdir, "checkpoints", "input")
+            self.train_input.states = input_state.InputStates(directory, self.train_input.worker)
         self._resume_from_checkpoints()
         self.periods = periods.plan(self.config, self.train_input.steps)
         t.fit_schedules(self.periods.updates)
@@ -197,6 +200,8 @@ class Controller:
             return None
         t.epoch = meta["epoch"]
         self.resume = meta
+        if self.train_input is not None:
+            self.train_input.resume_at(meta["step"])
         return meta["step"]
 
     def save(
@@ -220,6 +225,8 @@ class Controller:
             "epoch_sums": sums.to_json() if sums else {},
             "trainer": type(t).__name__,
         }
+        if self.train_input is not None:  # every worker saves its own input position
+            self.train_input.save_position(t.step)
         if self.checkpoints.save(t.step, t.checkpoint_state(), meta, metrics):
             if self.periods is not None and self.periods.step_based:
                 logging.info("Checkpoint at step %d/%d.", t.step, self.periods.total)
@@ -245,6 +252,8 @@ class Controller:
             if self.checkpoints is not None:
                 self.checkpoints.close()  # waits for pending writes; reopened on demand
                 self.checkpoints = None
+                if self.train_input is not None:
+                    self.train_input.drop_stale_positions()
 
     def _fit(self, validate: bool, callbacks_: list | None) -> list[dict[str, float]]:
         t, cfg = self.trainer, self.config

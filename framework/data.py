@@ -5,10 +5,12 @@
 one pass yields (from the dataset's cardinality), and it hands out one
 iterator per epoch, or one for the whole run when the dataset is infinite.
 
-Iterators cannot be checkpointed (a `DistributedIterator` is not trackable),
-so a run resumes by replaying: on a fresh distributed dataset the k-th
-`iter()` yields epoch k's `reshuffle_each_iteration` order, so
-`iterator(epoch, skip=n)` creates and drops the iterators of the epochs
+An infinite training dataset on a strategy fed from the host is read
+through one plain iterator whose position is saved with each checkpoint and
+restored on resume (`framework.input_state`). Otherwise a run resumes by
+replaying (a `DistributedIterator` is not trackable): on a fresh distributed
+dataset the k-th `iter()` yields epoch k's `reshuffle_each_iteration` order,
+so `iterator(epoch, skip=n)` creates and drops the iterators of the epochs
 before, then draws and discards the `n` batches already trained on.
 
 A pipeline whose batch count does not divide among its replicas has its last
@@ -20,13 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
-from framework import distribute
+from framework import distribute, input_state
+from framework.input_state import global_shuffle  # noqa: F401 - part of this module's API
 
 Hook = Callable[[tf.distribute.InputContext], Any]
 
@@ -174,12 +178,14 @@ class DistributedInput:
             hook = _fixed_batches(hook, overfit_batches)
         self._hook = hook
         built: list[Pipeline | None] = []  # the strategy calls dataset_fn once per local pipeline
+        datasets: list[tf.data.Dataset] = []
 
         def dataset_fn(input_context):
             dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
             built.append(pipeline)
             if cycle and pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY:
                 dataset = dataset.repeat()  # after spread_last_step: each pass ends on a whole step
+            datasets.append(dataset)
             return dataset
 
         if _host_only(strategy):
@@ -214,6 +220,21 @@ class DistributedInput:
         self._iterators_made = 0
         self._persistent = None
         self._skip_fn = None
+        self.worker = pipeline.context.input_pipeline_id
+        self.states: input_state.InputStates | None = None  # set by whoever keeps checkpoints
+        self._resume_step: int | None = None
+        self._host_dataset = None  # the checkpointable per-worker dataset of an infinite input
+        if self.infinite and not isinstance(strategy, tf.distribute.TPUStrategy) and len(datasets) == 1:
+            reason = input_state.unsavable_reason(datasets[0])
+            if reason:
+                logging.info(
+                    "%s(): the input position cannot be saved (%s); a resumed run replays every batch "
+                    "since its start.",
+                    name,
+                    reason,
+                )
+            else:
+                self._host_dataset = input_state.stack_replicas(datasets[0], pipeline.replicas)
 
     def _count_steps(self, pipeline: Pipeline, hook: Hook, requested: int) -> int:
         cardinality = self.cardinality
@@ -248,8 +269,7 @@ class DistributedInput:
         """
         if self.infinite:
             if self._persistent is None:
-                self._persistent = iter(self.dataset)
-                self._skip(self._persistent, epoch * self.steps + skip)
+                self._persistent = self._resumed(epoch * self.steps + skip)
             return self._persistent
         if epoch < self._iterators_made:
             raise ValueError(f"{self.name}: iterator for epoch {epoch} was already handed out.")
@@ -261,9 +281,45 @@ class DistributedInput:
         self._skip(iterator, skip)
         return iterator
 
+    def resume_at(self, step: int) -> None:
+        """The run resumes from checkpoint `step`: its saved input position is restored, if any."""
+        self._resume_step = step
+
+    def save_position(self, step: int) -> None:
+        """Saves this worker's position as that of checkpoint `step` (an infinite input's only)."""
+        if self.states is not None and self._host_dataset is not None and self._persistent is not None:
+            self.states.write(self._persistent, step)
+
+    def drop_stale_positions(self) -> None:
+        """Removes saved positions whose checkpoints are gone (call when no save is in flight)."""
+        if self.states is not None:
+            self.states.prune()
+
+    def _resumed(self, position: int):
+        """The infinite input's iterator, `position` batches in: restored when saved, else replayed."""
+        if self._host_dataset is None:
+            iterator = iter(self.dataset)
+            self._skip(iterator, position)
+            return iterator
+        iterator = iter(self._host_dataset)
+        if position and self.states is not None and self._resume_step is not None:
+            start = time.perf_counter()
+            if self.states.read(iterator, self._resume_step):
+                logging.info(
+                    "%s(): restored the input position of step %d in %.2f s.",
+                    self.name,
+                    self._resume_step,
+                    time.perf_counter() - start,
+                )
+                return iterator
+            iterator = iter(self._host_dataset)  # a failed restore may have moved it
+        self._skip(iterator, position)
+        return iterator
+
     def _skip(self, iterator, count: int) -> None:
         if count <= 0:
             return
+        start = time.perf_counter()
         if self._skip_fn is None:
 
             @tf.function
@@ -273,6 +329,9 @@ class DistributedInput:
 
             self._skip_fn = skip
         self._skip_fn(iterator, tf.constant(count, tf.int64))
+        logging.info(
+            "%s(): resumed by replaying %d batches in %.2f s.", self.name, count, time.perf_counter() - start
+        )
 
     def call_sizes(self, done: int, wanted: int, *, step: int = 0) -> int:
         """Steps for the next compiled call: at most `wanted`, and a pass's last step alone.

@@ -194,6 +194,8 @@ def split_global_batches(
     )
     if count is not None and count >= 0:
         sliced = sliced.apply(tf.data.experimental.assert_cardinality(int(count) * local))
+    elif count == tf.data.INFINITE_CARDINALITY:  # flat_map would make it unknown
+        sliced = sliced.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
     return sliced
 
 

@@ -36,7 +36,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from framework import log_values, logs
+from framework import input_state, log_values, logs
 
 ReplicaStep = Callable[[object], dict]
 
@@ -80,7 +80,8 @@ def make_step_function(
         replica_fn = tf.function(replica_fn, jit_compile=True)
 
     def one_step(iterator):
-        per_replica = strategy.run(replica_fn, args=(next(iterator),))
+        batch = input_state.replica_values(strategy, iterator, next(iterator))
+        per_replica = strategy.run(replica_fn, args=(batch,))
         if on_step is not None:
             on_step()
         return strategy.experimental_local_results(per_replica)[0]

@@ -34,3 +34,10 @@ def test_step_and_checkpoint_benchmarks_quick():
         assert f"| {kind} |" in steps
     ckpt = _run("bench_checkpoint.py", "--quick")
     assert "save blocks (s)" in ckpt and "replay (s)" in ckpt
+
+
+def test_resume_benchmark_quick():
+    table = _run("bench_resume.py", "--quick")
+    for pipeline in ("array", "array/global_shuffle", "tfrecord"):
+        for method in ("restore", "replay"):
+            assert f"| {pipeline} | {method} |" in table

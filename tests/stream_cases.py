@@ -1,0 +1,176 @@
+"""Endless training inputs for the resume tests, and their worker script.
+
+`StreamTrainer` trains a small conv net on 8x8 images in epochs of
+`config.steps_per_epoch` steps over an endless pipeline (config.task.pipeline):
+"array" `from_tensor_slices -> shuffle -> repeat -> map -> batch`, "global"
+the same with `framework.data.global_shuffle`, "records" `list_files(shuffle)
+-> interleave -> parse -> shuffle -> repeat -> batch` over shards
+`write_shards` made, "generator" a Python generator. Batches are global
+(`distribute.global_batches`): one process, mirrored replicas and several
+workers see the same global batches.
+
+As a script, one run (a fit) that writes its final weights to --out:
+
+    python tests/stream_cases.py --pipeline=records --pattern='/tmp/d/*.tfrecord' \
+        --workdir=/tmp/w --epochs=4 --strategy=multi_worker --out=/tmp/w0.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import framework  # noqa: E402
+from framework import distribute, losses  # noqa: E402
+
+SIDE = 8
+
+
+def images(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n).astype("int32")
+    x = rng.normal(0, 1, (n, SIDE, SIDE, 1)).astype("float32") + y[:, None, None, None]
+    return x, y
+
+
+def write_shards(directory: str, n: int = 96, shards: int = 4) -> str:
+    """Writes `n` images into `shards` TFRecord files; returns their glob pattern."""
+    x, y = images(n)
+    os.makedirs(directory, exist_ok=True)
+    for s in range(shards):
+        with tf.io.TFRecordWriter(os.path.join(directory, f"images-{s}.tfrecord")) as writer:
+            for i in range(s, n, shards):
+                feature = {
+                    "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i].ravel())),
+                    "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[y[i]])),
+                }
+                writer.write(
+                    tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+                )
+    return os.path.join(directory, "images-*.tfrecord")
+
+
+def parse(record):
+    parsed = tf.io.parse_single_example(
+        record,
+        {"x": tf.io.FixedLenFeature([SIDE * SIDE], tf.float32), "y": tf.io.FixedLenFeature([], tf.int64)},
+    )
+    return tf.reshape(parsed["x"], [SIDE, SIDE, 1]), tf.cast(parsed["y"], tf.int32)
+
+
+def scale(x, y):
+    return x * 0.5, y
+
+
+def array_pipeline(input_context, batch_size: int, seed: int, *, shuffle: str = "buffer"):
+    dataset = tf.data.Dataset.from_tensor_slices(images(96))
+    if shuffle == "global":
+        dataset = framework.data.global_shuffle(dataset, seed)
+    else:
+        dataset = dataset.shuffle(64, seed=seed, reshuffle_each_iteration=True)
+    return distribute.global_batches(dataset.repeat().map(scale), input_context, batch_size)
+
+
+def record_pipeline(input_context, batch_size: int, seed: int, pattern: str):
+    files = tf.data.Dataset.list_files(pattern, shuffle=True, seed=seed)
+    dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=2, block_length=1)
+    dataset = dataset.map(parse).shuffle(32, seed=seed, reshuffle_each_iteration=True)
+    return distribute.global_batches(dataset.repeat(), input_context, batch_size)
+
+
+def generator_pipeline(input_context, batch_size: int, seed: int):
+    x, y = images(96)
+
+    def examples():
+        order = np.random.default_rng(seed).permutation(len(y))
+        while True:
+            yield from ((x[i], y[i]) for i in order)
+
+    spec = (tf.TensorSpec([SIDE, SIDE, 1], tf.float32), tf.TensorSpec([], tf.int32))
+    dataset = tf.data.Dataset.from_generator(examples, output_signature=spec)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    return distribute.global_batches(dataset, input_context, batch_size)
+
+
+class StreamTrainer(framework.Trainer):
+    """A conv net on an endless stream; config.task.pipeline picks it: array, global, records, generator."""
+
+    def build_model(self):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input((SIDE, SIDE, 1)),
+                keras.layers.Conv2D(4, 3, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(3),
+            ]
+        )
+
+    def build_loss(self):
+        return losses.Term(keras.losses.SparseCategoricalCrossentropy(from_logits=True), name="ce")
+
+    def build_metrics(self):
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+    def build_train_dataset(self, input_context):
+        task, batch, seed = self.config.task, self.config.batch_size, self.config.seed
+        if task.pipeline == "records":
+            return record_pipeline(input_context, batch, seed, task.pattern)
+        if task.pipeline == "generator":
+            return generator_pipeline(input_context, batch, seed)
+        return array_pipeline(
+            input_context, batch, seed, shuffle="global" if task.pipeline == "global" else "buffer"
+        )
+
+
+def config(
+    pipeline: str, *, epochs: int, replicas: int = 1, pattern: str = "", strategy: str = "", **overrides
+):
+    c = framework.config.defaults()
+    c.batch_size = 8
+    c.epochs = epochs
+    c.steps_per_epoch = 5
+    c.steps_per_execution = 2
+    c.log_every_steps = 5
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.05
+    c.checkpoint.every_steps = 3
+    c.task.pipeline = pipeline
+    c.task.pattern = pattern
+    if replicas > 1:
+        c.distribution.strategy = "mirrored"
+        c.distribution.cpu_devices = replicas
+    if strategy:
+        c.distribution.strategy = strategy
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("pipeline", "pattern", "workdir", "strategy", "out"):
+        parser.add_argument(f"--{flag}", default="")
+    parser.add_argument("--epochs", type=int, required=True)
+    args = parser.parse_args()
+    cfg = config(args.pipeline, epochs=args.epochs, pattern=args.pattern, strategy=args.strategy)
+    trainer = StreamTrainer(cfg, args.workdir)
+    trainer.fit()
+    weights = {f"w{i}": w for i, w in enumerate(trainer.model.get_weights())}
+    np.savez(args.out, step=trainer.step, **weights)
+
+
+if __name__ == "__main__":
+    main()

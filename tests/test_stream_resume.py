@@ -1,0 +1,144 @@
+"""An endless training input resumes from its saved position, to the weights of an unbroken run.
+
+Each case trains 4 epochs of 5 steps straight, and 2 epochs then (a new
+Trainer on the same workdir) 4, with metrics and checkpoints every 3 steps,
+on the conv net and pipelines of tests/stream_cases.py. The resumed run must
+end on bitwise the same weights, and must have restored its input position
+(a replay would be exact too, only slower). A generator pipeline cannot be
+saved: it says why and resumes by replay. Two worker processes are compared
+with one process (slow).
+"""
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import stream_cases
+
+from toys import free_ports
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def pattern(tmp_path_factory):
+    return stream_cases.write_shards(str(tmp_path_factory.mktemp("shards")))
+
+
+def _fit(workdir, pipeline, epochs, replicas, pattern):
+    config = stream_cases.config(pipeline, epochs=epochs, replicas=replicas, pattern=pattern)
+    trainer = stream_cases.StreamTrainer(config, str(workdir))
+    trainer.fit()
+    return trainer
+
+
+def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog):
+    straight = _fit(tmp_path / "straight", pipeline, 4, replicas, pattern)
+    _fit(tmp_path / "split", pipeline, 2, replicas, pattern)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        resumed = _fit(tmp_path / "split", pipeline, 4, replicas, pattern)
+    assert resumed.step == straight.step == 20
+    same = [np.array_equal(a, b) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights())]
+    assert all(same), same
+    return resumed
+
+
+@pytest.mark.parametrize(
+    "pipeline, replicas",
+    [("array", 1), ("records", 2), pytest.param("array", 2, marks=pytest.mark.slow),
+     pytest.param("records", 1, marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
+    tmp_path, pattern, caplog, pipeline, replicas
+):
+    _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog)
+    assert "restored the input position of step 10" in caplog.text
+    assert "replaying" not in caplog.text
+    saved = os.listdir(tmp_path / "split" / "checkpoints" / "input")
+    kept = [n for n in os.listdir(tmp_path / "split" / "checkpoints") if n.isdigit()]
+    assert sorted(saved) == sorted(kept)  # dropped with their checkpoints
+
+
+def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, caplog):
+    _stop_and_resume(tmp_path, "global", 1, pattern, caplog)
+    assert "restored the input position of step 10" in caplog.text
+    directory = tmp_path / "split" / "checkpoints" / "input" / "20"
+    size = sum(f.stat().st_size for f in directory.iterdir())
+    assert size < 4096, sorted((f.name, f.stat().st_size) for f in directory.iterdir())
+
+
+def test_a_generator_input_names_why_and_resumes_exactly_by_replay(tmp_path, pattern, caplog):
+    _stop_and_resume(tmp_path, "generator", 1, pattern, caplog)
+    reasons = [r.getMessage() for r in caplog.records if "cannot be saved" in r.getMessage()]
+    assert len(reasons) == 1 and "PyFunc is stateful" in reasons[0], reasons  # the resumed run's one line
+    assert "resumed by replaying 10 batches" in caplog.text
+    assert not (tmp_path / "split" / "checkpoints" / "input").exists()
+
+
+def _run_worker(pipeline, pattern, workdir, epochs, strategy, out, tf_config=None):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+    env.pop("TF_CONFIG", None)
+    if tf_config:
+        env["TF_CONFIG"] = tf_config
+    args = [
+        sys.executable, os.path.join(ROOT, "tests", "stream_cases.py"), f"--pipeline={pipeline}",
+        f"--pattern={pattern}", f"--workdir={workdir}", f"--epochs={epochs}", f"--strategy={strategy}",
+        f"--out={out}",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finish(processes, timeout=600):
+    errors = []
+    try:
+        for p in processes:
+            errors.append(p.communicate(timeout=timeout)[1])
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, err in zip(processes, errors):
+        assert p.returncode == 0, err[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["array", "records"])
+def test_two_workers_resume_their_own_positions_to_one_process_weights(tmp_path, pattern, pipeline):
+    reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", tmp_path / "one.npz")
+    workdir = tmp_path / "workers"
+    for epochs in (2, 4):
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+        workers = [
+            _run_worker(
+                pipeline,
+                pattern,
+                workdir,
+                epochs,
+                "multi_worker",
+                tmp_path / f"w{i}-{epochs}.npz",
+                tf_config=f'{{"cluster": {cluster}, "task": {{"type": "worker", "index": {i}}}}}'.replace(
+                    "'", '"'
+                ),
+            )  # fmt: skip
+            for i in range(2)
+        ]
+        _finish(workers)
+        if epochs == 2:  # each worker saved its own position
+            saved = sorted(os.listdir(workdir / "checkpoints" / "input" / "10"))
+            assert saved == [
+                f"worker-{i}.{ext}" for i in range(2) for ext in ("data-00000-of-00001", "index")
+            ]
+    _finish([reference])
+    one = np.load(tmp_path / "one.npz")
+    for i in range(2):
+        got = np.load(tmp_path / f"w{i}-4.npz")
+        assert int(got["step"]) == int(one["step"]) == 20
+        diff = max(float(np.max(np.abs(got[k] - one[k]))) for k in one.files if k != "step")
+        assert diff <= 1e-5, (i, diff)
