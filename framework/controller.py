@@ -123,8 +123,7 @@ class Controller:
             directory = os.path.join(t.workdir, "checkpoints", "input")
             self.train_input.states = input_state.InputStates(directory, self.train_input.worker)
         self._resume_from_checkpoints()
-        self.periods = periods.plan(self.config, self.train_input.steps)
-        t.fit_schedules(self.periods.updates)
+        self._plan_periods()
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
@@ -132,6 +131,11 @@ class Controller:
             if rerun:
                 (logging.warning if rerun[1] else logging.info)(rerun[0])
             runconfig.write(t.workdir, t.run_record())
+
+    def _plan_periods(self) -> None:
+        """The run's periods and schedule lengths, from the config as it is now (it may change between fits)."""
+        self.periods = periods.plan(self.config, self.train_input.steps)
+        self.trainer.fit_schedules(self.periods.updates)
 
     def _resume_from_checkpoints(self) -> None:
         """Restores the workdir's latest checkpoint; under nan_policy="restore", makes sure one exists."""
@@ -258,6 +262,8 @@ class Controller:
     def _fit(self, validate: bool, callbacks_: list | None) -> list[dict[str, float]]:
         t, cfg = self.trainer, self.config
         self.resume = None
+        if self.train_fn is not None:
+            self._plan_periods()
         self._prepare_train()
         t.resumed_at_step = t.step
         if self.resume and self.periods.step_based:

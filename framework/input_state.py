@@ -13,7 +13,8 @@ resume, in time independent of the step.
   them apart on the devices (`replica_values`): replica r of a worker gets
   the r-th, as `distribute_datasets_from_function` would deal them.
 * A pipeline whose state tf.data cannot serialize (a Python generator, a
-  `py_function`, a stateful random op) is named at start-up
+  `py_function`, a stateful random op) or does not restore exactly (a
+  `shuffle` that reshuffles each pass) is named at start-up
   (`unsavable_reason`) and resumes by replay.
 * What is saved is what the pipeline holds: a `shuffle(N)` saves its N
   buffered elements. `global_shuffle` shuffles random-access data with a
@@ -35,11 +36,34 @@ LARGE_STATE_BYTES = 16 << 20
 def unsavable_reason(dataset: tf.data.Dataset) -> str | None:
     """Why tf.data cannot save an iterator over `dataset` exactly; None when it can."""
     try:
-        dataset._as_serialized_graph(external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL)
+        graph = dataset._as_serialized_graph(
+            external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL
+        )
     except (tf.errors.OpError, ValueError, TypeError) as e:
         message = getattr(e, "message", str(e)).split("}}")[-1].split(" [Op:")[0].strip()
         return message or type(e).__name__
+    if _reshuffles(graph.numpy()):
+        # TF 2.21: a restored iterator over `shuffle(..., reshuffle_each_iteration=True)`
+        # under `repeat()` draws a different order for the passes after the
+        # restore, in most runs (measured; `global_shuffle` and
+        # reshuffle_each_iteration=False restore exactly).
+        return (
+            "a shuffle with reshuffle_each_iteration=True (also list_files(shuffle=True)) is not "
+            "restored exactly by tf.data; use framework.data.global_shuffle for in-memory data, or "
+            "reshuffle_each_iteration=False"
+        )
     return None
+
+
+def _reshuffles(serialized_graph: bytes) -> bool:
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(serialized_graph)
+    nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
+    return any(
+        node.op.startswith("ShuffleDataset") and node.attr["reshuffle_each_iteration"].b
+        for node in nodes
+        if "reshuffle_each_iteration" in node.attr
+    )
 
 
 def global_shuffle(

@@ -46,7 +46,7 @@ def array_pipeline(shuffle: str, examples: int):
         if shuffle == "global":
             dataset = data.global_shuffle(dataset, seed=1)
         else:
-            dataset = dataset.shuffle(1000, seed=1, reshuffle_each_iteration=True)
+            dataset = dataset.shuffle(1000, seed=1, reshuffle_each_iteration=False)
         return dataset.repeat().map(lambda v: v * 2.0).batch(BATCH)
 
     return hook
@@ -76,9 +76,11 @@ def record_pipeline(pattern: str):
         return tf.cast(image, tf.float32) / 255.0, parsed["label"]
 
     def hook(input_context):
-        files = tf.data.Dataset.list_files(pattern, shuffle=True, seed=1)
+        files = tf.data.Dataset.list_files(pattern, shuffle=False).shuffle(
+            64, seed=1, reshuffle_each_iteration=False
+        )
         dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=4, block_length=1)
-        dataset = dataset.map(parse).shuffle(256, seed=1, reshuffle_each_iteration=True)
+        dataset = dataset.map(parse).shuffle(256, seed=1, reshuffle_each_iteration=False)
         return dataset.repeat().batch(BATCH)
 
     return hook

@@ -74,15 +74,16 @@ def array_pipeline(input_context, batch_size: int, seed: int, *, shuffle: str = 
     dataset = tf.data.Dataset.from_tensor_slices(images(96))
     if shuffle == "global":
         dataset = framework.data.global_shuffle(dataset, seed)
-    else:
-        dataset = dataset.shuffle(64, seed=seed, reshuffle_each_iteration=True)
+    else:  # "reshuffle": a new order each pass, which tf.data does not restore exactly
+        dataset = dataset.shuffle(64, seed=seed, reshuffle_each_iteration=shuffle == "reshuffle")
     return distribute.global_batches(dataset.repeat().map(scale), input_context, batch_size)
 
 
 def record_pipeline(input_context, batch_size: int, seed: int, pattern: str):
-    files = tf.data.Dataset.list_files(pattern, shuffle=True, seed=seed)
+    files = tf.data.Dataset.list_files(pattern, shuffle=False)
+    files = files.shuffle(64, seed=seed, reshuffle_each_iteration=False)
     dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=2, block_length=1)
-    dataset = dataset.map(parse).shuffle(32, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(parse).shuffle(32, seed=seed, reshuffle_each_iteration=False)
     return distribute.global_batches(dataset.repeat(), input_context, batch_size)
 
 
@@ -127,7 +128,10 @@ class StreamTrainer(framework.Trainer):
         if task.pipeline == "generator":
             return generator_pipeline(input_context, batch, seed)
         return array_pipeline(
-            input_context, batch, seed, shuffle="global" if task.pipeline == "global" else "buffer"
+            input_context,
+            batch,
+            seed,
+            shuffle={"global": "global", "reshuffle": "reshuffle"}.get(task.pipeline, "buffer"),
         )
 
 

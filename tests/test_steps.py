@@ -159,7 +159,7 @@ def test_eval_boundaries_drive_keras_callbacks_like_fit_with_steps_per_epoch():
 def test_the_default_schedule_spans_train_steps_and_a_longer_rerun_says_it_stretches(tmp_path, caplog):
     options = {"optimizer.schedule": "cosine", "log_every_steps": 1, "eval_every_steps": 0}
     first = _step_trainer(tmp_path, 6, eval_data=None, **options)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         first.fit()
     assert "step 3/6 | loss=" in caplog.text and "step 6/6: period done" in caplog.text
     cosine = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=6)

@@ -39,7 +39,7 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog):
     straight = _fit(tmp_path / "straight", pipeline, 4, replicas, pattern)
     _fit(tmp_path / "split", pipeline, 2, replicas, pattern)
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         resumed = _fit(tmp_path / "split", pipeline, 4, replicas, pattern)
     assert resumed.step == straight.step == 20
     same = [np.array_equal(a, b) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights())]
@@ -71,10 +71,15 @@ def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, 
     assert size < 4096, sorted((f.name, f.stat().st_size) for f in directory.iterdir())
 
 
-def test_a_generator_input_names_why_and_resumes_exactly_by_replay(tmp_path, pattern, caplog):
-    _stop_and_resume(tmp_path, "generator", 1, pattern, caplog)
+@pytest.mark.parametrize(
+    "pipeline, reason", [("generator", "PyFunc is stateful"), ("reshuffle", "reshuffle_each_iteration=True")]
+)
+def test_an_input_tf_data_cannot_restore_names_why_and_resumes_exactly_by_replay(
+    tmp_path, pattern, caplog, pipeline, reason
+):
+    _stop_and_resume(tmp_path, pipeline, 1, pattern, caplog)
     reasons = [r.getMessage() for r in caplog.records if "cannot be saved" in r.getMessage()]
-    assert len(reasons) == 1 and "PyFunc is stateful" in reasons[0], reasons  # the resumed run's one line
+    assert len(reasons) == 1 and reason in reasons[0], reasons  # the resumed run's one line
     assert "resumed by replaying 10 batches" in caplog.text
     assert not (tmp_path / "split" / "checkpoints" / "input").exists()
 
