@@ -60,7 +60,7 @@ class Phases:
           ValueError: no dataset given and `build_eval_dataset` returns None.
           TypeError: `dataset` is neither a dataset nor a function.
         """
-        return self.controller.evaluate(dataset)
+        return self.controller.evaluator.evaluate(dataset)
 
     def predict(self, dataset):
         """The outputs of `predict_step` (the model, by default) over a whole dataset, in order.
@@ -74,7 +74,7 @@ class Phases:
         Returns:
           numpy arrays nested like the model's outputs, one row per example.
         """
-        return self.controller.predict(dataset)
+        return self.controller.evaluator.predict(dataset)
 
     def restore(self, which: str | int = "latest") -> int | None:
         """Loads a checkpoint of the workdir.
