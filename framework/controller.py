@@ -7,15 +7,16 @@
             while the epoch has steps left:
                 n = steps to the next boundary: log point, checkpoint, hook, profiler, epoch end
                 sums, last = train_fn(iterator, n)           # <= steps_per_execution steps
-                non-finite step: raise | skip | restore (config.nan_policy)
+                non-finite step: raise | skip | restore (config.nan_policy: framework.nonfinite)
                 at log points: logs, TensorBoard, progress; callbacks and hooks
                 on SIGTERM: save and exit 0; every_steps: save
-            evaluate; epoch record; save at epoch boundaries and at the end
+            evaluate (framework.evaluation); epoch record; save at epoch boundaries and at the end
 
 The runner (`framework.runner.Runner`: a `Trainer`) defines what a step is
 (`build_*`, `train_step`, `eval_step`); the Controller decides when steps
 run, what is logged, and what is saved, and asks the runner for nothing
-beyond that interface.
+beyond that interface. `Trainer.evaluate` and `predict` run through the
+Controller's `Evaluator` (`framework.evaluation`), the one fit evaluates with.
 
 Several workers (MultiWorkerMirroredStrategy, TPU slices with several hosts)
 run this loop in lockstep, and every collective must be issued by every
@@ -59,7 +60,7 @@ class _Interval:
 
 
 class Controller:
-    """Runs a runner's phases: fit (with evaluation and checkpoints), evaluate, predict, restore.
+    """Runs a runner's phases: fit (with evaluation and checkpoints) and restore; `evaluator` runs the rest.
 
     Args:
       trainer: the runner whose steps run (a `framework.Trainer`).
@@ -84,9 +85,6 @@ class Controller:
 
     # ---- inputs and compiled functions ----------------------------------------
 
-    def _limit(self, limit: int) -> int:
-        return self.debug.fast_dev_run or limit
-
     def _prepare_train(self) -> None:
         """Once per Controller: input, checks, compiled function, checkpoints, schedules, run records."""
         if self.train_fn is not None:
@@ -97,7 +95,7 @@ class Controller:
             t.build_train_dataset,
             "build_train_dataset",
             steps_per_epoch=periods.period_steps(self.config) or self.config.steps_per_epoch,
-            limit=self._limit(self.debug.limit_train_steps),
+            limit=self.debug.fast_dev_run or self.debug.limit_train_steps,
             overfit_batches=self.debug.overfit_batches,
             cycle=bool(self.config.train_steps),
         )
@@ -125,9 +123,8 @@ class Controller:
         """Restores the workdir's latest checkpoint; under nan_policy="restore", makes sure one exists."""
         if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
             self._restore_or_set_aside()
-            distribute.any_worker(
-                self.trainer.strategy, False
-            )  # every worker has read before the chief writes
+            # every worker has read before the chief writes
+            distribute.any_worker(self.trainer.strategy, False)
             if self.config.nan_policy == "restore" and self.resume is None:
                 self.save()  # something to go back to
         elif self.config.nan_policy == "restore":
@@ -244,17 +241,9 @@ class Controller:
                     self.train_input.drop_stale_positions()
 
     def _fit(self, validate: bool, callbacks_: list | None) -> list[dict[str, float]]:
+        """The module docstring's loop: periods of compiled calls, each ended by evaluation and a save."""
         t, cfg = self.trainer, self.config
-        self.resume = None
-        if self.train_fn is not None:
-            self._plan_periods()
-        self._prepare_train()
-        t.resumed_at_step = t.step
-        if self.resume and self.periods.step_based:
-            logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
-        elif self.resume:
-            logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
-        t.clear_nonfinite()
+        self._start_fit()
         has_eval = validate and self.evaluator.has_eval()
         plan = self.periods
         if self.resume and self.resume.get("stopped_early"):
@@ -269,7 +258,6 @@ class Controller:
         )
         progress = logs.Progress(enabled=t.is_chief)
         history, epoch_logs = [], None
-        ckpt = cfg.checkpoint
         hooks.train_begin()
         with checkpoint.Preemption() as preemption:
             while not plan.finished(t.step, t.epoch) and not hooks.stop:
@@ -278,45 +266,68 @@ class Controller:
                 hooks.epoch_begin(t.epoch)
                 epoch_logs = self._train_epoch(progress, preemption, hooks)
                 if has_eval and (plan.step_based or (t.epoch + 1) % cfg.eval_every_epochs == 0):
-                    val = {f"val/{k}": v for k, v in self._evaluate_period().items()}
-                    self.run_log.write("eval", t.step, t.epoch + 1, val)
-                    epoch_logs.update(val)
+                    epoch_logs.update(self._evaluate_period())
                 t.epoch += 1
                 self.run_log.write("epoch", t.step, t.epoch, epoch_logs)
                 progress.end_epoch(epoch_logs)
                 history.append(epoch_logs)
                 hooks.epoch_end(t.epoch - 1, epoch_logs)
                 self._agree(preemption, hooks)
-                final = plan.finished(t.step, t.epoch) or hooks.stop
-                due = plan.step_based or (ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0)
-                if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
-                    # A step-based run keeps the period's sums: a longer rerun may continue it.
-                    period = {"step_in_epoch": self.period_sums.steps, "sums": self.period_sums}
-                    self.save(
-                        metrics=epoch_logs,
-                        final=final,
-                        stopped_early=hooks.stop,
-                        **(period if plan.step_based else {}),
-                    )
-                elif preemption.requested:
-                    self.save()
-                if preemption.requested and not final:
-                    self._exit_preempted(t.step)
+                self._save_at_period_end(preemption, hooks, epoch_logs)
         hooks.train_end(epoch_logs)
         return history
 
+    def _start_fit(self) -> None:
+        """Prepares training (once), plans the periods from the config as it is now, logs where it resumes."""
+        t = self.trainer
+        self.resume = None
+        if self.train_fn is not None:
+            self._plan_periods()
+        self._prepare_train()
+        t.resumed_at_step = t.step
+        if self.resume and self.periods.step_based:
+            logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
+        elif self.resume:
+            logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
+        t.clear_nonfinite()
+
     def _evaluate_period(self) -> dict[str, float]:
-        """Evaluates at a period's end; a step-based run keeps the train metrics' state across it.
+        """Evaluates at a period's end (logged as val/...); a step-based run keeps the train metrics' state.
 
         Evaluation updates the train metrics too unless the runner has eval-only
         ones; a longer rerun may continue a step-based run's last period from its
         final checkpoint, whose metric state must then be the period's.
         """
-        if not self.periods.step_based:
-            return self.evaluator.evaluate()
         t = self.trainer
-        with periods.values_kept(t.checkpoint_state().get("metrics", []), t.strategy):
-            return self.evaluator.evaluate()
+        if not self.periods.step_based:
+            results = self.evaluator.evaluate()
+        else:
+            with periods.values_kept(t.checkpoint_state().get("metrics", []), t.strategy):
+                results = self.evaluator.evaluate()
+        val = {f"val/{k}": v for k, v in results.items()}
+        self.run_log.write("eval", t.step, t.epoch + 1, val)
+        return val
+
+    def _save_at_period_end(
+        self, preemption: checkpoint.Preemption, hooks: callbacks.Hooks, logs_: dict
+    ) -> None:
+        """At a period's end: saves when due, and on SIGTERM saves (if not due) and exits.
+
+        Due: every checkpoint.every_epochs or every_steps, every period of a step-based run, and at the end.
+        """
+        t, plan, ckpt = self.trainer, self.periods, self.config.checkpoint
+        final = plan.finished(t.step, t.epoch) or hooks.stop
+        due = plan.step_based or (ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0)
+        if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
+            # A step-based run keeps the period's sums: a longer rerun may continue it.
+            period = {"step_in_epoch": self.period_sums.steps, "sums": self.period_sums}
+            self.save(
+                metrics=logs_, final=final, stopped_early=hooks.stop, **(period if plan.step_based else {})
+            )
+        elif preemption.requested:
+            self.save()
+        if preemption.requested and not final:
+            self._exit_preempted(t.step)
 
     def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:
         """Steps until each boundary a compiled call must not cross."""

@@ -1,7 +1,8 @@
 """The phases a researcher calls on a trainer: `fit`, `evaluate`, `predict`, `restore`.
 
 Each phase is run by the trainer's `Controller` (the host loop, written
-against `framework.runner.Runner`), made at the first phase that needs it.
+against `framework.runner.Runner`), made at the first phase that needs it;
+`evaluate` and `predict` by its `Evaluator` (`framework.evaluation`).
 `Phases` is a base of `framework.Trainer`; the trainer says what a step is,
 the Controller when steps run.
 """
@@ -12,7 +13,7 @@ from framework.controller import Controller
 
 
 class Phases:
-    """`fit`, `evaluate`, `predict` and `restore`, delegated to the trainer's Controller."""
+    """`fit`, `evaluate`, `predict` and `restore`, delegated to the trainer's Controller and its Evaluator."""
 
     _controller: Controller | None = None
 
