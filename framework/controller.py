@@ -60,7 +60,7 @@ class _Interval:
 
 
 class Controller:
-    """Runs a runner's phases: fit (with evaluation and checkpoints) and restore; `evaluator` runs the rest.
+    """Runs a runner's fit (with evaluation and checkpoints) and restore; `evaluator`: evaluate, predict.
 
     Args:
       trainer: the runner whose steps run (a `framework.Trainer`).
