@@ -4,8 +4,10 @@ Each case trains 4 epochs of 5 steps straight, and 2 epochs then (a new
 Trainer on the same workdir) 4, with metrics and checkpoints every 3 steps,
 on the conv net and pipelines of tests/stream_cases.py. The resumed run must
 end on bitwise the same weights, and must have restored its input position
-(a replay would be exact too, only slower). A generator pipeline cannot be
-saved: it says why and resumes by replay. Two worker processes are compared
+(a replay would be exact too, only slower); reshuffling pipelines shaped as
+the README's table says are restored too. A generator pipeline, and a
+reshuffled pipeline batched before it is repeated, say why they cannot be
+restored and resume by replay. Two worker processes are compared
 with one process (slow).
 """
 
@@ -49,8 +51,10 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog):
 
 @pytest.mark.parametrize(
     "pipeline, replicas",
-    [("array", 1), ("records", 2), pytest.param("array", 2, marks=pytest.mark.slow),
-     pytest.param("records", 1, marks=pytest.mark.slow)],
+    [("array", 1), ("records", 2), ("reshuffle", 1), ("records_reshuffle", 1),
+     pytest.param("array", 2, marks=pytest.mark.slow), pytest.param("records", 1, marks=pytest.mark.slow),
+     pytest.param("reshuffle", 2, marks=pytest.mark.slow),
+     pytest.param("records_reshuffle", 2, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     tmp_path, pattern, caplog, pipeline, replicas
@@ -72,7 +76,8 @@ def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, 
 
 
 @pytest.mark.parametrize(
-    "pipeline, reason", [("generator", "PyFunc is stateful"), ("reshuffle", "reshuffle_each_iteration=True")]
+    "pipeline, reason",
+    [("generator", "PyFunc is stateful"), ("batched_reshuffle", "batched before it is repeated")],
 )
 def test_an_input_tf_data_cannot_restore_names_why_and_resumes_exactly_by_replay(
     tmp_path, pattern, caplog, pipeline, reason
@@ -114,7 +119,7 @@ def _finish(processes, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["array", "records"])
+@pytest.mark.parametrize("pipeline", ["array", "records_reshuffle"])
 def test_two_workers_resume_their_own_positions_to_one_process_weights(tmp_path, pattern, pipeline):
     reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", tmp_path / "one.npz")
     workdir = tmp_path / "workers"
