@@ -30,19 +30,31 @@ def pattern(tmp_path_factory):
     return stream_cases.write_shards(str(tmp_path_factory.mktemp("shards")))
 
 
-def _fit(workdir, pipeline, epochs, replicas, pattern):
-    config = stream_cases.config(pipeline, epochs=epochs, replicas=replicas, pattern=pattern)
+def _fit(workdir, pipeline, epochs, replicas, pattern, **overrides):
+    config = stream_cases.config(pipeline, epochs=epochs, replicas=replicas, pattern=pattern, **overrides)
     trainer = stream_cases.StreamTrainer(config, str(workdir))
     trainer.fit()
     return trainer
 
 
-def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog):
-    straight = _fit(tmp_path / "straight", pipeline, 4, replicas, pattern)
-    _fit(tmp_path / "split", pipeline, 2, replicas, pattern)
+def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_based=False):
+    """4 periods of 5 steps straight, and 2 then (a new Trainer on the same workdir) 4: equal weights.
+
+    step_based: periods of `eval_every_steps` in a step-based run, which the
+    second fit continues by raising `train_steps`.
+    """
+
+    def fit(workdir, periods):
+        if step_based:
+            steps = {"steps_per_epoch": 0, "eval_every_steps": 5, "train_steps": 5 * periods}
+            return _fit(workdir, pipeline, 0, replicas, pattern, **steps)
+        return _fit(workdir, pipeline, periods, replicas, pattern)
+
+    straight = fit(tmp_path / "straight", 4)
+    fit(tmp_path / "split", 2)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="absl"):
-        resumed = _fit(tmp_path / "split", pipeline, 4, replicas, pattern)
+        resumed = fit(tmp_path / "split", 4)
     assert resumed.step == straight.step == 20
     same = [np.array_equal(a, b) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights())]
     assert all(same), same
@@ -65,6 +77,15 @@ def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     saved = os.listdir(tmp_path / "split" / "checkpoints" / "input")
     kept = [n for n in os.listdir(tmp_path / "split" / "checkpoints") if n.isdigit()]
     assert sorted(saved) == sorted(kept)  # dropped with their checkpoints
+
+
+@pytest.mark.parametrize("pipeline", ["reshuffle", "records_reshuffle"])
+def test_a_step_based_run_restores_the_position_of_a_reshuffling_pipeline(
+    tmp_path, pattern, caplog, pipeline
+):
+    _stop_and_resume(tmp_path, pipeline, 1, pattern, caplog, step_based=True)
+    assert "restored the input position of step 10" in caplog.text
+    assert "replaying" not in caplog.text
 
 
 def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, caplog):
@@ -119,7 +140,7 @@ def _finish(processes, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["array", "records_reshuffle"])
+@pytest.mark.parametrize("pipeline", ["reshuffle", "records_reshuffle"])
 def test_two_workers_resume_their_own_positions_to_one_process_weights(tmp_path, pattern, pipeline):
     reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", tmp_path / "one.npz")
     workdir = tmp_path / "workers"
