@@ -7,15 +7,16 @@
             while the epoch has steps left:
                 n = steps to the next boundary: log point, checkpoint, hook, profiler, epoch end
                 sums, last = train_fn(iterator, n)           # <= steps_per_execution steps
-                non-finite step: raise | skip | restore (config.nan_policy)
+                non-finite step: raise | skip | restore (config.nan_policy: framework.nonfinite)
                 at log points: logs, TensorBoard, progress; callbacks and hooks
                 on SIGTERM: save and exit 0; every_steps: save
-            evaluate; epoch record; save at epoch boundaries and at the end
+            evaluate (framework.evaluation); epoch record; save at epoch boundaries and at the end
 
 The runner (`framework.runner.Runner`: a `Trainer`) defines what a step is
 (`build_*`, `train_step`, `eval_step`); the Controller decides when steps
 run, what is logged, and what is saved, and asks the runner for nothing
-beyond that interface.
+beyond that interface. `Trainer.evaluate` and `predict` run through the
+Controller's `Evaluator` (`framework.evaluation`), the one fit evaluates with.
 
 Several workers (MultiWorkerMirroredStrategy, TPU slices with several hosts)
 run this loop in lockstep, and every collective must be issued by every
@@ -31,18 +32,18 @@ that issues a collective may sit behind `is_chief`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import time
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import callbacks, checkpoint, data, distribute, input_state, logs, periods, runconfig
+from framework import callbacks, checkpoint, distribute, input_state, logs, periods, runconfig
 from framework.config import ConfigError
 from framework.data import DistributedInput
+from framework.evaluation import Evaluator
+from framework.nonfinite import NonFinitePolicy
 from framework.profiling import StepProfiler
 from framework.runner import Runner, StepFunction
 
@@ -59,7 +60,7 @@ class _Interval:
 
 
 class Controller:
-    """Runs a runner's phases: fit (with evaluation and checkpoints), evaluate, predict, restore.
+    """Runs a runner's fit (with evaluation and checkpoints) and restore; `evaluator`: evaluate, predict.
 
     Args:
       trainer: the runner whose steps run (a `framework.Trainer`).
@@ -70,10 +71,7 @@ class Controller:
         self.config = trainer.config
         self.debug = trainer.config.debug
         self.train_input: DistributedInput | None = None
-        self.eval_input: DistributedInput | None = None
         self.train_fn: StepFunction | None = None
-        self.eval_fns: dict = {}  # one per input spec
-        self.predict_fns: dict = {}
         self.checkpoints: checkpoint.Checkpoints | None = None
         self.periods: periods.Periods | None = None
         self.period_steps = 0  # steps of the period being trained
@@ -81,27 +79,11 @@ class Controller:
         self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
         self.auto_steps = 32
-        self.nan_restores = 0
-        self.skipped_in_call = False
+        self.evaluator = Evaluator(trainer, self.steps_per_call)
+        self.nonfinite = NonFinitePolicy(trainer, lambda: self.open_checkpoints(writer=True))
         self.profiler = StepProfiler(self.config.profile_steps, trainer.workdir, enabled=trainer.is_chief)
 
     # ---- inputs and compiled functions ----------------------------------------
-
-    def _limit(self, limit: int) -> int:
-        return self.debug.fast_dev_run or limit
-
-    def has_eval(self) -> bool:
-        """Whether the runner's `build_eval_dataset` gives a dataset (built once, on the first call)."""
-        t = self.trainer
-        if self.eval_input is None:
-            self.eval_input = DistributedInput(
-                t.strategy,
-                t.build_eval_dataset,
-                "build_eval_dataset",
-                optional=True,
-                limit=self._limit(self.debug.limit_eval_steps),
-            )
-        return self.eval_input.present
 
     def _prepare_train(self) -> None:
         """Once per Controller: input, checks, compiled function, checkpoints, schedules, run records."""
@@ -113,7 +95,7 @@ class Controller:
             t.build_train_dataset,
             "build_train_dataset",
             steps_per_epoch=periods.period_steps(self.config) or self.config.steps_per_epoch,
-            limit=self._limit(self.debug.limit_train_steps),
+            limit=self.debug.fast_dev_run or self.debug.limit_train_steps,
             overfit_batches=self.debug.overfit_batches,
             cycle=bool(self.config.train_steps),
         )
@@ -141,9 +123,8 @@ class Controller:
         """Restores the workdir's latest checkpoint; under nan_policy="restore", makes sure one exists."""
         if not self.debug.fast_dev_run and self.open_checkpoints(writer=True) is not None:
             self._restore_or_set_aside()
-            distribute.any_worker(
-                self.trainer.strategy, False
-            )  # every worker has read before the chief writes
+            # every worker has read before the chief writes
+            distribute.any_worker(self.trainer.strategy, False)
             if self.config.nan_policy == "restore" and self.resume is None:
                 self.save()  # something to go back to
         elif self.config.nan_policy == "restore":
@@ -182,9 +163,9 @@ class Controller:
 
     def restore(self, which: str | int = "latest") -> int | None:
         t = self.trainer
-        if self.train_input is None and not self.has_eval():
+        if self.train_input is None and not self.evaluator.has_eval():
             raise ValueError("restore() before fit() needs build_eval_dataset() to return a dataset.")
-        t.build_state((self.train_input or self.eval_input).element_spec)
+        t.build_state((self.train_input or self.evaluator.eval_input).element_spec)
         ckpts = self.open_checkpoints(writer=self.train_input is not None)
         if ckpts is None:
             raise ValueError("restore() needs a workdir.")
@@ -260,18 +241,10 @@ class Controller:
                     self.train_input.drop_stale_positions()
 
     def _fit(self, validate: bool, callbacks_: list | None) -> list[dict[str, float]]:
+        """The module docstring's loop: periods of compiled calls, each ended by evaluation and a save."""
         t, cfg = self.trainer, self.config
-        self.resume = None
-        if self.train_fn is not None:
-            self._plan_periods()
-        self._prepare_train()
-        t.resumed_at_step = t.step
-        if self.resume and self.periods.step_based:
-            logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
-        elif self.resume:
-            logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
-        t.clear_nonfinite()
-        has_eval = validate and self.has_eval()
+        self._start_fit()
+        has_eval = validate and self.evaluator.has_eval()
         plan = self.periods
         if self.resume and self.resume.get("stopped_early"):
             logging.info(
@@ -285,7 +258,6 @@ class Controller:
         )
         progress = logs.Progress(enabled=t.is_chief)
         history, epoch_logs = [], None
-        ckpt = cfg.checkpoint
         hooks.train_begin()
         with checkpoint.Preemption() as preemption:
             while not plan.finished(t.step, t.epoch) and not hooks.stop:
@@ -294,45 +266,68 @@ class Controller:
                 hooks.epoch_begin(t.epoch)
                 epoch_logs = self._train_epoch(progress, preemption, hooks)
                 if has_eval and (plan.step_based or (t.epoch + 1) % cfg.eval_every_epochs == 0):
-                    val = {f"val/{k}": v for k, v in self._evaluate_period().items()}
-                    self.run_log.write("eval", t.step, t.epoch + 1, val)
-                    epoch_logs.update(val)
+                    epoch_logs.update(self._evaluate_period())
                 t.epoch += 1
                 self.run_log.write("epoch", t.step, t.epoch, epoch_logs)
                 progress.end_epoch(epoch_logs)
                 history.append(epoch_logs)
                 hooks.epoch_end(t.epoch - 1, epoch_logs)
                 self._agree(preemption, hooks)
-                final = plan.finished(t.step, t.epoch) or hooks.stop
-                due = plan.step_based or (ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0)
-                if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
-                    # A step-based run keeps the period's sums: a longer rerun may continue it.
-                    period = {"step_in_epoch": self.period_sums.steps, "sums": self.period_sums}
-                    self.save(
-                        metrics=epoch_logs,
-                        final=final,
-                        stopped_early=hooks.stop,
-                        **(period if plan.step_based else {}),
-                    )
-                elif preemption.requested:
-                    self.save()
-                if preemption.requested and not final:
-                    self._exit_preempted(t.step)
+                self._save_at_period_end(preemption, hooks, epoch_logs)
         hooks.train_end(epoch_logs)
         return history
 
+    def _start_fit(self) -> None:
+        """Prepares training (once), plans the periods from the config as it is now, logs where it resumes."""
+        t = self.trainer
+        self.resume = None
+        if self.train_fn is not None:
+            self._plan_periods()
+        self._prepare_train()
+        t.resumed_at_step = t.step
+        if self.resume and self.periods.step_based:
+            logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
+        elif self.resume:
+            logging.info("Resumed from the checkpoint at step %d (epoch %d).", t.step, t.epoch)
+        t.clear_nonfinite()
+
     def _evaluate_period(self) -> dict[str, float]:
-        """Evaluates at a period's end; a step-based run keeps the train metrics' state across it.
+        """Evaluates at a period's end (logged as val/...); a step-based run keeps the train metrics' state.
 
         Evaluation updates the train metrics too unless the runner has eval-only
         ones; a longer rerun may continue a step-based run's last period from its
         final checkpoint, whose metric state must then be the period's.
         """
-        if not self.periods.step_based:
-            return self.evaluate()
         t = self.trainer
-        with periods.values_kept(t.checkpoint_state().get("metrics", []), t.strategy):
-            return self.evaluate()
+        if not self.periods.step_based:
+            results = self.evaluator.evaluate()
+        else:
+            with periods.values_kept(t.checkpoint_state().get("metrics", []), t.strategy):
+                results = self.evaluator.evaluate()
+        val = {f"val/{k}": v for k, v in results.items()}
+        self.run_log.write("eval", t.step, t.epoch + 1, val)
+        return val
+
+    def _save_at_period_end(
+        self, preemption: checkpoint.Preemption, hooks: callbacks.Hooks, logs_: dict
+    ) -> None:
+        """At a period's end: saves when due, and on SIGTERM saves (if not due) and exits.
+
+        Due: every checkpoint.every_epochs or every_steps, every period of a step-based run, and at the end.
+        """
+        t, plan, ckpt = self.trainer, self.periods, self.config.checkpoint
+        final = plan.finished(t.step, t.epoch) or hooks.stop
+        due = plan.step_based or (ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0)
+        if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
+            # A step-based run keeps the period's sums: a longer rerun may continue it.
+            period = {"step_in_epoch": self.period_sums.steps, "sums": self.period_sums}
+            self.save(
+                metrics=logs_, final=final, stopped_early=hooks.stop, **(period if plan.step_based else {})
+            )
+        elif preemption.requested:
+            self.save()
+        if preemption.requested and not final:
+            self._exit_preempted(t.step)
 
     def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:
         """Steps until each boundary a compiled call must not cross."""
@@ -393,7 +388,7 @@ class Controller:
         """
         start = time.perf_counter()
         sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
-        ran, counted = self._after_nonfinite(step, n, last)
+        ran, counted = self.nonfinite.after_call(step, n, last)
         return sums, ran, counted, time.perf_counter() - start
 
     def _log_point(self, step: int, done: int, interval: _Interval, progress: logs.Progress) -> dict | None:
@@ -412,10 +407,10 @@ class Controller:
         """Keras batch hooks and Periodic hooks, with the log point's logs or the call's means."""
         if hooks.wants_batches:
             batch_logs = dict(point or sums.means())
-            if self.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
+            if self.nonfinite.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
                 batch_logs["loss"] = float("nan")
             hooks.batch_end(done - 1, step, batch_logs)
-        self.skipped_in_call = False
+        self.nonfinite.skipped_in_call = False
 
     def _save_in_epoch(self, preemption, step: int, done: int, epoch: logs.Sums, point: dict | None) -> None:
         """On preemption: save and exit; every checkpoint.every_steps: save."""
@@ -454,107 +449,3 @@ class Controller:
             self.checkpoints.wait()
         logging.warning("Preempted: saved step %d; rerun the same command to resume.", step)
         raise SystemExit(0)
-
-    def _after_nonfinite(self, step: int, n: int, last: dict) -> tuple[int, bool]:
-        """Applies config.nan_policy after a call.
-
-        Returns how many steps it ran, and whether its log sums count (not
-        after a restore: they hold the offending step's values).
-        """
-        t = self.trainer
-        bad = t.nonfinite_step()
-        if bad < 0:
-            return n, True
-        terms = [f"{k}={v}" for k, v in last.items() if not math.isfinite(v)]
-        what = (
-            f"loss at step {bad}: {', '.join(terms)}"
-            if terms
-            else f"gradients at step {bad} (the loss was finite)"
-        )
-        policy = self.config.nan_policy
-        if policy == "skip":
-            logging.warning("Non-finite %s; the update was skipped (nan_policy='skip').", what)
-            t.clear_nonfinite()
-            self.skipped_in_call = True
-            return n, True
-        if policy == "restore" and self.nan_restores < self.config.nan_max_retries:
-            self.nan_restores += 1
-            ckpts = self.open_checkpoints(writer=True)
-            ckpts.wait()  # a save of the last good step may still be in flight
-            distribute.any_worker(t.strategy, False)  # ... on the chief: the others read it after this
-            latest = ckpts.steps()[-1]
-            ckpts.restore(t.checkpoint_state(), latest)
-            t.set_step(bad)  # go on from the batch after the offending one
-            t.clear_nonfinite()
-            logging.warning(
-                "Non-finite %s; restored checkpoint %d and continued after that batch (%d/%d).",
-                what,
-                latest,
-                self.nan_restores,
-                self.config.nan_max_retries,
-            )
-            return bad - step, False
-        gave_up = f" Gave up after {self.nan_restores} restores." if policy == "restore" else ""
-        raise FloatingPointError(
-            f"Non-finite {what}. The update was skipped; the weights hold the values before that step.{gave_up}"
-        )
-
-    def _input_of(self, source, what: str) -> DistributedInput:
-        """A fresh distributed input for a dataset (global batches) or hook given to evaluate/predict."""
-        t = self.trainer
-        hook = data.as_hook(source, what)
-        return DistributedInput(t.strategy, hook, what, limit=self._limit(self.debug.limit_eval_steps))
-
-    @staticmethod
-    def _compiled(cache: dict, spec, make):
-        """`cache`'s function for inputs of element spec `spec`, made by `make()` for a new spec.
-
-        A step function calls the graph of its first trace directly, so inputs
-        of another spec (a test set with other shapes) need a function of their own.
-        """
-        key = str(spec)
-        if key not in cache:
-            cache[key] = make()
-        return cache[key]
-
-    def evaluate(self, dataset=None) -> dict[str, float]:
-        t = self.trainer
-        if dataset is not None:
-            eval_input = self._input_of(dataset, "evaluate(dataset)")
-        elif self.has_eval():
-            eval_input = self.eval_input
-        else:
-            raise ValueError(
-                "evaluate() needs build_eval_dataset() to return a dataset, or a dataset argument."
-            )
-
-        def make():
-            t.build_state(eval_input.element_spec)
-            return t.make_eval_function()
-
-        eval_fn = self._compiled(self.eval_fns, eval_input.element_spec, make)
-        t.reset_metrics("eval")
-        iterator = eval_input.fresh_iterator()
-        total, done, sums = eval_input.steps, 0, logs.Sums()
-        with t.eval_phase():
-            while done < total:
-                n = eval_input.call_sizes(done, self.steps_per_call())
-                call_sums, _ = eval_fn(iterator, tf.constant(n, tf.int64))
-                sums.add(call_sums)
-                done += n
-            return {**sums.means(), **t.metric_results("eval")}
-
-    def predict(self, dataset):
-        t = self.trainer
-        source = self._input_of(dataset, "predict(dataset)")
-
-        def make():
-            t.build_state(source.element_spec)
-            return t.make_predict_function()
-
-        predict_fn = self._compiled(self.predict_fns, source.element_spec, make)
-        iterator, outputs = source.fresh_iterator(), []
-        with t.eval_phase():
-            for _ in range(source.steps):
-                outputs.append(tf.nest.map_structure(lambda v: v.numpy(), predict_fn(iterator)))
-        return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)

@@ -14,8 +14,8 @@ resume, in time independent of the step.
   the r-th, as `distribute_datasets_from_function` would deal them.
 * A pipeline whose state tf.data cannot serialize (a Python generator, a
   `py_function`, a stateful random op) or does not restore exactly (a
-  `shuffle` that reshuffles each pass) is named at start-up
-  (`unsavable_reason`) and resumes by replay.
+  `shuffle` that reshuffles each pass, batched before it is repeated) is
+  named at start-up (`unsavable_reason`) and resumes by replay.
 * What is saved is what the pipeline holds: a `shuffle(N)` saves its N
   buffered elements. `global_shuffle` shuffles random-access data with a
   state of about a kilobyte.
@@ -42,28 +42,51 @@ def unsavable_reason(dataset: tf.data.Dataset) -> str | None:
     except (tf.errors.OpError, ValueError, TypeError) as e:
         message = getattr(e, "message", str(e)).split("}}")[-1].split(" [Op:")[0].strip()
         return message or type(e).__name__
-    if _reshuffles(graph.numpy()):
-        # TF 2.21: a restored iterator over `shuffle(..., reshuffle_each_iteration=True)`
-        # under `repeat()` draws a different order for the passes after the
-        # restore, in most runs (measured; `global_shuffle` and
-        # reshuffle_each_iteration=False restore exactly).
+    if _batched_reshuffle(graph.numpy()):
         return (
-            "a shuffle with reshuffle_each_iteration=True (also list_files(shuffle=True)) is not "
-            "restored exactly by tf.data; use framework.data.global_shuffle for in-memory data, or "
-            "reshuffle_each_iteration=False"
+            "a shuffle with reshuffle_each_iteration=True is batched before it is repeated, and "
+            "tf.data restores the later passes of such a pipeline in another order; repeat() right "
+            "after the shuffle, or use framework.data.global_shuffle"
         )
     return None
 
 
-def _reshuffles(serialized_graph: bytes) -> bool:
+_BATCHING = ("BatchDataset", "PaddedBatchDataset", "ParallelBatchDataset", "DenseToRaggedBatchDataset")
+
+
+def _batched_reshuffle(serialized_graph: bytes) -> bool:
+    """Whether a reshuffling `shuffle` reaches a `repeat` through a batching op (or inside a function).
+
+    Measured in TF 2.21, restoring in a fresh process: `shuffle → repeat → map
+    → batch` and `list_files(shuffle=True) → interleave → parse → shuffle →
+    repeat → batch` continue in the uninterrupted run's order; `shuffle → batch
+    → repeat` (also a finite pipeline that a step-based run cycles) draws
+    other orders for the passes after the restore in most runs.
+    """
     graph = tf.compat.v1.GraphDef()
     graph.ParseFromString(serialized_graph)
-    nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
-    return any(
-        node.op.startswith("ShuffleDataset") and node.attr["reshuffle_each_iteration"].b
-        for node in nodes
-        if "reshuffle_each_iteration" in node.attr
-    )
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name.lstrip("^").split(":")[0], []).append(node)
+
+    def reshuffles(node) -> bool:
+        attr = node.attr.get("reshuffle_each_iteration")
+        return node.op.startswith("ShuffleDataset") and attr is not None and attr.b
+
+    def batched_before_repeat(node, seen: set) -> bool:
+        for consumer in consumers.get(node.name, []):
+            if consumer.name in seen or consumer.op.startswith("RepeatDataset"):
+                continue
+            seen.add(consumer.name)
+            if consumer.op.startswith(_BATCHING) or batched_before_repeat(consumer, seen):
+                return True
+        return False
+
+    in_functions = (n for function in graph.library.function for n in function.node_def)
+    if any(reshuffles(node) for node in in_functions):
+        return True
+    return any(reshuffles(node) and batched_before_repeat(node, set()) for node in graph.node)
 
 
 def global_shuffle(

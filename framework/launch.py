@@ -226,7 +226,7 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> N
             )
             start_step = trainer.resumed_at_step
             results = history[-1] if history else {}
-            if not history and FLAGS.mode == "train_and_eval" and trainer.controller.has_eval():
+            if not history and FLAGS.mode == "train_and_eval" and trainer.controller.evaluator.has_eval():
                 results = {f"val/{k}": v for k, v in trainer.evaluate().items()}  # a finished run
         if trainer.is_chief:
             print(summary(trainer, results, time.perf_counter() - start_time, start_step))

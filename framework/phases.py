@@ -1,7 +1,8 @@
 """The phases a researcher calls on a trainer: `fit`, `evaluate`, `predict`, `restore`.
 
 Each phase is run by the trainer's `Controller` (the host loop, written
-against `framework.runner.Runner`), made at the first phase that needs it.
+against `framework.runner.Runner`), made at the first phase that needs it;
+`evaluate` and `predict` by its `Evaluator` (`framework.evaluation`).
 `Phases` is a base of `framework.Trainer`; the trainer says what a step is,
 the Controller when steps run.
 """
@@ -12,7 +13,7 @@ from framework.controller import Controller
 
 
 class Phases:
-    """`fit`, `evaluate`, `predict` and `restore`, delegated to the trainer's Controller."""
+    """`fit`, `evaluate`, `predict` and `restore`, delegated to the trainer's Controller and its Evaluator."""
 
     _controller: Controller | None = None
 
@@ -60,7 +61,7 @@ class Phases:
           ValueError: no dataset given and `build_eval_dataset` returns None.
           TypeError: `dataset` is neither a dataset nor a function.
         """
-        return self.controller.evaluate(dataset)
+        return self.controller.evaluator.evaluate(dataset)
 
     def predict(self, dataset):
         """The outputs of `predict_step` (the model, by default) over a whole dataset, in order.
@@ -74,7 +75,7 @@ class Phases:
         Returns:
           numpy arrays nested like the model's outputs, one row per example.
         """
-        return self.controller.predict(dataset)
+        return self.controller.evaluator.predict(dataset)
 
     def restore(self, which: str | int = "latest") -> int | None:
         """Loads a checkpoint of the workdir.

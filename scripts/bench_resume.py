@@ -9,11 +9,12 @@ step on the input side. Methods take turns; medians over rounds.
 
     python scripts/bench_resume.py [--quick] [--rounds 3] [--replay_max 10000]
 
-Pipelines: "array" `from_tensor_slices -> shuffle(1000) -> repeat -> map ->
-batch` over 50,000 vectors of 32 floats; "array/global_shuffle" the same
-with `framework.data.global_shuffle`; "tfrecord" `list_files(shuffle) ->
-interleave -> parse -> shuffle(256) -> repeat -> batch` over 8 shards of
-16x16x3 uint8 images (written to a temporary directory).
+Pipelines (shuffles reshuffle each pass): "array" `from_tensor_slices ->
+shuffle(1000) -> repeat -> map -> batch` over 50,000 vectors of 32 floats;
+"array/global_shuffle" the same with `framework.data.global_shuffle`;
+"tfrecord" `list_files(shuffle=True) -> interleave -> parse -> shuffle(256)
+-> repeat -> batch` over 8 shards of 16x16x3 uint8 images (written to a
+temporary directory).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def array_pipeline(shuffle: str, examples: int):
         if shuffle == "global":
             dataset = data.global_shuffle(dataset, seed=1)
         else:
-            dataset = dataset.shuffle(1000, seed=1, reshuffle_each_iteration=False)
+            dataset = dataset.shuffle(1000, seed=1, reshuffle_each_iteration=True)
         return dataset.repeat().map(lambda v: v * 2.0).batch(BATCH)
 
     return hook
@@ -76,11 +77,9 @@ def record_pipeline(pattern: str):
         return tf.cast(image, tf.float32) / 255.0, parsed["label"]
 
     def hook(input_context):
-        files = tf.data.Dataset.list_files(pattern, shuffle=False).shuffle(
-            64, seed=1, reshuffle_each_iteration=False
-        )
+        files = tf.data.Dataset.list_files(pattern, shuffle=True, seed=1)
         dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=4, block_length=1)
-        dataset = dataset.map(parse).shuffle(256, seed=1, reshuffle_each_iteration=False)
+        dataset = dataset.map(parse).shuffle(256, seed=1, reshuffle_each_iteration=True)
         return dataset.repeat().batch(BATCH)
 
     return hook

@@ -2,10 +2,12 @@
 
 `StreamTrainer` trains a small conv net on 8x8 images in epochs of
 `config.steps_per_epoch` steps over an endless pipeline (config.task.pipeline):
-"array" `from_tensor_slices -> shuffle -> repeat -> map -> batch`, "global"
-the same with `framework.data.global_shuffle`, "records" `list_files(shuffle)
--> interleave -> parse -> shuffle -> repeat -> batch` over shards
-`write_shards` made, "generator" a Python generator. Batches are global
+"array" `from_tensor_slices -> shuffle -> repeat -> map -> batch` ("reshuffle":
+a new order each pass; "global": `framework.data.global_shuffle`;
+"batched_reshuffle": reshuffled, batched, then repeated), "records"
+`list_files -> shuffle -> interleave -> parse -> shuffle -> repeat -> batch`
+over shards `write_shards` made ("records_reshuffle": `list_files(shuffle=True)`
+and a reshuffling record shuffle), "generator" a Python generator. Batches are global
 (`distribute.global_batches`): one process, mirrored replicas and several
 workers see the same global batches.
 
@@ -71,19 +73,28 @@ def scale(x, y):
 
 
 def array_pipeline(input_context, batch_size: int, seed: int, *, shuffle: str = "buffer"):
+    """shuffle: "buffer" (one order), "reshuffle" (a new order each pass), "global"
+    (`global_shuffle`), "batched_reshuffle" (reshuffled, batched, then repeated:
+    tf.data does not restore that exactly)."""
     dataset = tf.data.Dataset.from_tensor_slices(images(96))
     if shuffle == "global":
         dataset = framework.data.global_shuffle(dataset, seed)
-    else:  # "reshuffle": a new order each pass, which tf.data does not restore exactly
-        dataset = dataset.shuffle(64, seed=seed, reshuffle_each_iteration=shuffle == "reshuffle")
+    else:
+        dataset = dataset.shuffle(64, seed=seed, reshuffle_each_iteration=shuffle != "buffer")
+    if shuffle == "batched_reshuffle":
+        return distribute.global_batches(dataset.map(scale), input_context, batch_size).repeat()
     return distribute.global_batches(dataset.repeat().map(scale), input_context, batch_size)
 
 
-def record_pipeline(input_context, batch_size: int, seed: int, pattern: str):
-    files = tf.data.Dataset.list_files(pattern, shuffle=False)
-    files = files.shuffle(64, seed=seed, reshuffle_each_iteration=False)
+def record_pipeline(input_context, batch_size: int, seed: int, pattern: str, *, reshuffle: bool = False):
+    """reshuffle: files and records in a new order each pass (`list_files(shuffle=True)`)."""
+    if reshuffle:
+        files = tf.data.Dataset.list_files(pattern, shuffle=True, seed=seed)
+    else:
+        files = tf.data.Dataset.list_files(pattern, shuffle=False)
+        files = files.shuffle(64, seed=seed, reshuffle_each_iteration=False)
     dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=2, block_length=1)
-    dataset = dataset.map(parse).shuffle(32, seed=seed, reshuffle_each_iteration=False)
+    dataset = dataset.map(parse).shuffle(32, seed=seed, reshuffle_each_iteration=reshuffle)
     return distribute.global_batches(dataset.repeat(), input_context, batch_size)
 
 
@@ -123,16 +134,13 @@ class StreamTrainer(framework.Trainer):
 
     def build_train_dataset(self, input_context):
         task, batch, seed = self.config.task, self.config.batch_size, self.config.seed
-        if task.pipeline == "records":
-            return record_pipeline(input_context, batch, seed, task.pattern)
+        if task.pipeline in ("records", "records_reshuffle"):
+            reshuffle = task.pipeline == "records_reshuffle"
+            return record_pipeline(input_context, batch, seed, task.pattern, reshuffle=reshuffle)
         if task.pipeline == "generator":
             return generator_pipeline(input_context, batch, seed)
-        return array_pipeline(
-            input_context,
-            batch,
-            seed,
-            shuffle={"global": "global", "reshuffle": "reshuffle"}.get(task.pipeline, "buffer"),
-        )
+        shuffle = task.pipeline if task.pipeline in ("global", "reshuffle", "batched_reshuffle") else "buffer"
+        return array_pipeline(input_context, batch, seed, shuffle=shuffle)
 
 
 def config(

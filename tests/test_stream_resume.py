@@ -4,8 +4,10 @@ Each case trains 4 epochs of 5 steps straight, and 2 epochs then (a new
 Trainer on the same workdir) 4, with metrics and checkpoints every 3 steps,
 on the conv net and pipelines of tests/stream_cases.py. The resumed run must
 end on bitwise the same weights, and must have restored its input position
-(a replay would be exact too, only slower). A generator pipeline cannot be
-saved: it says why and resumes by replay. Two worker processes are compared
+(a replay would be exact too, only slower); reshuffling pipelines shaped as
+the README's table says are restored too. A generator pipeline, and a
+reshuffled pipeline batched before it is repeated, say why they cannot be
+restored and resume by replay. Two worker processes are compared
 with one process (slow).
 """
 
@@ -28,19 +30,31 @@ def pattern(tmp_path_factory):
     return stream_cases.write_shards(str(tmp_path_factory.mktemp("shards")))
 
 
-def _fit(workdir, pipeline, epochs, replicas, pattern):
-    config = stream_cases.config(pipeline, epochs=epochs, replicas=replicas, pattern=pattern)
+def _fit(workdir, pipeline, epochs, replicas, pattern, **overrides):
+    config = stream_cases.config(pipeline, epochs=epochs, replicas=replicas, pattern=pattern, **overrides)
     trainer = stream_cases.StreamTrainer(config, str(workdir))
     trainer.fit()
     return trainer
 
 
-def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog):
-    straight = _fit(tmp_path / "straight", pipeline, 4, replicas, pattern)
-    _fit(tmp_path / "split", pipeline, 2, replicas, pattern)
+def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_based=False):
+    """4 periods of 5 steps straight, and 2 then (a new Trainer on the same workdir) 4: equal weights.
+
+    step_based: periods of `eval_every_steps` in a step-based run, which the
+    second fit continues by raising `train_steps`.
+    """
+
+    def fit(workdir, periods):
+        if step_based:
+            steps = {"steps_per_epoch": 0, "eval_every_steps": 5, "train_steps": 5 * periods}
+            return _fit(workdir, pipeline, 0, replicas, pattern, **steps)
+        return _fit(workdir, pipeline, periods, replicas, pattern)
+
+    straight = fit(tmp_path / "straight", 4)
+    fit(tmp_path / "split", 2)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="absl"):
-        resumed = _fit(tmp_path / "split", pipeline, 4, replicas, pattern)
+        resumed = fit(tmp_path / "split", 4)
     assert resumed.step == straight.step == 20
     same = [np.array_equal(a, b) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights())]
     assert all(same), same
@@ -49,8 +63,10 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog):
 
 @pytest.mark.parametrize(
     "pipeline, replicas",
-    [("array", 1), ("records", 2), pytest.param("array", 2, marks=pytest.mark.slow),
-     pytest.param("records", 1, marks=pytest.mark.slow)],
+    [("array", 1), ("records", 2), ("reshuffle", 1), ("records_reshuffle", 1),
+     pytest.param("array", 2, marks=pytest.mark.slow), pytest.param("records", 1, marks=pytest.mark.slow),
+     pytest.param("reshuffle", 2, marks=pytest.mark.slow),
+     pytest.param("records_reshuffle", 2, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     tmp_path, pattern, caplog, pipeline, replicas
@@ -63,6 +79,15 @@ def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     assert sorted(saved) == sorted(kept)  # dropped with their checkpoints
 
 
+@pytest.mark.parametrize("pipeline", ["reshuffle", "records_reshuffle"])
+def test_a_step_based_run_restores_the_position_of_a_reshuffling_pipeline(
+    tmp_path, pattern, caplog, pipeline
+):
+    _stop_and_resume(tmp_path, pipeline, 1, pattern, caplog, step_based=True)
+    assert "restored the input position of step 10" in caplog.text
+    assert "replaying" not in caplog.text
+
+
 def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, caplog):
     _stop_and_resume(tmp_path, "global", 1, pattern, caplog)
     assert "restored the input position of step 10" in caplog.text
@@ -72,7 +97,8 @@ def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, 
 
 
 @pytest.mark.parametrize(
-    "pipeline, reason", [("generator", "PyFunc is stateful"), ("reshuffle", "reshuffle_each_iteration=True")]
+    "pipeline, reason",
+    [("generator", "PyFunc is stateful"), ("batched_reshuffle", "batched before it is repeated")],
 )
 def test_an_input_tf_data_cannot_restore_names_why_and_resumes_exactly_by_replay(
     tmp_path, pattern, caplog, pipeline, reason
@@ -114,7 +140,7 @@ def _finish(processes, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["array", "records"])
+@pytest.mark.parametrize("pipeline", ["reshuffle", "records_reshuffle"])
 def test_two_workers_resume_their_own_positions_to_one_process_weights(tmp_path, pattern, pipeline):
     reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", tmp_path / "one.npz")
     workdir = tmp_path / "workers"
