@@ -25,6 +25,7 @@ def batches(
     batch_size: int,
     *,
     shuffle_seed: int | None = None,
+    endless: bool = False,
 ) -> tf.data.Dataset:
     """Per-replica batches of `arrays` (a nest of numpy arrays sharing their first axis).
 
@@ -34,11 +35,18 @@ def batches(
       the layout.
     shuffle_seed: reshuffle every epoch, reproducibly (training); None keeps
       the order (evaluation).
+    endless: repeat forever (a step-based run), reshuffled each pass by
+      `framework.data.global_shuffle`, whose position a checkpoint saves in
+      about a kilobyte (a shuffle buffer of all the arrays would be saved whole).
     """
     dataset = tf.data.Dataset.from_tensor_slices(arrays)
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and endless:
+        dataset = framework.data.global_shuffle(dataset, shuffle_seed).repeat()
+    elif shuffle_seed is not None:
         count = len(tf.nest.flatten(arrays)[0])
         dataset = dataset.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=True)
+    elif endless:
+        dataset = dataset.repeat()
     dataset = framework.distribute.global_batches(dataset, input_context, batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -222,9 +222,8 @@ class LMTrainer(framework.Trainer):
         return (data["inputs"], data["targets"], data["mask"])
 
     def build_train_dataset(self, input_context):
-        dataset = batches(self._split(self.train_data), input_context, self.config.batch_size,
-                          shuffle_seed=self.config.seed)  # fmt: skip
-        return dataset.repeat() if self.config.steps_per_epoch else dataset
+        data, batch_size = self._split(self.train_data), self.config.batch_size
+        return batches(data, input_context, batch_size, shuffle_seed=self.config.seed, endless=True)
 
     def build_eval_dataset(self, input_context):
         return batches(self._split(self.eval_data), input_context, self.config.batch_size)
