@@ -144,12 +144,23 @@ class StreamTrainer(framework.Trainer):
 
 
 def config(
-    pipeline: str, *, epochs: int, replicas: int = 1, pattern: str = "", strategy: str = "", **overrides
+    pipeline: str,
+    *,
+    epochs: int,
+    replicas: int = 1,
+    pattern: str = "",
+    strategy: str = "",
+    step_based: bool = False,
+    **overrides,
 ):
+    """`epochs` periods of 5 steps: epochs of `steps_per_epoch`, or evaluation intervals of a step-based run."""
     c = framework.config.defaults()
     c.batch_size = 8
     c.epochs = epochs
     c.steps_per_epoch = 5
+    if step_based:
+        c.epochs, c.steps_per_epoch = 0, 0
+        c.train_steps, c.eval_every_steps = 5 * epochs, 5
     c.steps_per_execution = 2
     c.log_every_steps = 5
     c.optimizer.name = "sgd"
@@ -176,8 +187,15 @@ def main() -> None:
     for flag in ("pipeline", "pattern", "workdir", "strategy", "out"):
         parser.add_argument(f"--{flag}", default="")
     parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--step_based", action="store_true", help="periods of a step-based run")
     args = parser.parse_args()
-    cfg = config(args.pipeline, epochs=args.epochs, pattern=args.pattern, strategy=args.strategy)
+    cfg = config(
+        args.pipeline,
+        epochs=args.epochs,
+        pattern=args.pattern,
+        strategy=args.strategy,
+        step_based=args.step_based,
+    )
     trainer = StreamTrainer(cfg, args.workdir)
     trainer.fit()
     weights = {f"w{i}": w for i, w in enumerate(trainer.model.get_weights())}

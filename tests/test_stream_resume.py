@@ -45,10 +45,7 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_base
     """
 
     def fit(workdir, periods):
-        if step_based:
-            steps = {"steps_per_epoch": 0, "eval_every_steps": 5, "train_steps": 5 * periods}
-            return _fit(workdir, pipeline, 0, replicas, pattern, **steps)
-        return _fit(workdir, pipeline, periods, replicas, pattern)
+        return _fit(workdir, pipeline, periods, replicas, pattern, step_based=step_based)
 
     straight = fit(tmp_path / "straight", 4)
     fit(tmp_path / "split", 2)
@@ -79,11 +76,18 @@ def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     assert sorted(saved) == sorted(kept)  # dropped with their checkpoints
 
 
-@pytest.mark.parametrize("pipeline", ["reshuffle", "records_reshuffle"])
+@pytest.mark.parametrize(
+    "pipeline, replicas",
+    [
+        ("reshuffle", 1),
+        ("records_reshuffle", 1),
+        pytest.param("records_reshuffle", 2, marks=pytest.mark.slow),
+    ],
+)
 def test_a_step_based_run_restores_the_position_of_a_reshuffling_pipeline(
-    tmp_path, pattern, caplog, pipeline
+    tmp_path, pattern, caplog, pipeline, replicas
 ):
-    _stop_and_resume(tmp_path, pipeline, 1, pattern, caplog, step_based=True)
+    _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, step_based=True)
     assert "restored the input position of step 10" in caplog.text
     assert "replaying" not in caplog.text
 
@@ -110,7 +114,7 @@ def test_an_input_tf_data_cannot_restore_names_why_and_resumes_exactly_by_replay
     assert not (tmp_path / "split" / "checkpoints" / "input").exists()
 
 
-def _run_worker(pipeline, pattern, workdir, epochs, strategy, out, tf_config=None):
+def _run_worker(pipeline, pattern, workdir, epochs, strategy, out, tf_config=None, step_based=False):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
     env.pop("TF_CONFIG", None)
     if tf_config:
@@ -118,7 +122,7 @@ def _run_worker(pipeline, pattern, workdir, epochs, strategy, out, tf_config=Non
     args = [
         sys.executable, os.path.join(ROOT, "tests", "stream_cases.py"), f"--pipeline={pipeline}",
         f"--pattern={pattern}", f"--workdir={workdir}", f"--epochs={epochs}", f"--strategy={strategy}",
-        f"--out={out}",
+        f"--out={out}", *(["--step_based"] if step_based else []),
     ]  # fmt: skip
     return subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -140,9 +144,12 @@ def _finish(processes, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["reshuffle", "records_reshuffle"])
-def test_two_workers_resume_their_own_positions_to_one_process_weights(tmp_path, pattern, pipeline):
-    reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", tmp_path / "one.npz")
+@pytest.mark.parametrize("pipeline, step_based", [("reshuffle", False), ("records_reshuffle", True)])
+def test_two_workers_resume_their_own_positions_to_one_process_weights(
+    tmp_path, pattern, pipeline, step_based
+):
+    one = tmp_path / "one.npz"
+    reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", one, step_based=step_based)
     workdir = tmp_path / "workers"
     for epochs in (2, 4):
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
@@ -157,6 +164,7 @@ def test_two_workers_resume_their_own_positions_to_one_process_weights(tmp_path,
                 tf_config=f'{{"cluster": {cluster}, "task": {{"type": "worker", "index": {i}}}}}'.replace(
                     "'", '"'
                 ),
+                step_based=step_based,
             )  # fmt: skip
             for i in range(2)
         ]
