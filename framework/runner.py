@@ -23,8 +23,10 @@ from framework import logs
 class StepFunction(Protocol):
     """A compiled function of up to `num_steps` steps; see `framework.loop.StepFunction`."""
 
-    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> tuple[logs.Sums, Mapping[str, float]]:
-        """Runs the steps; returns their log sums and the values a non-finite step shows in (see loop)."""
+    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> tuple[logs.Sums, Mapping[str, float], Any]:
+        """Runs the steps; returns their log sums, the values a non-finite step shows in (see loop),
+        and what the call read after its last step (a train function: `Runner.after_train_call`'s
+        keys as floats; None: the host reads them from the runner)."""
 
     def experimental_get_tracing_count(self) -> int:
         """How many times it was traced (0 before its first call)."""
