@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 
+import tensorflow as tf
+
 from framework import keras_internals, loop
 
 
@@ -41,6 +43,7 @@ class CompiledSteps:
             keep_going=None if skip else lambda: self._nonfinite_step < 0,
             jit_compile=self._xla_plan("train_step") == "step",
             finite_sums=skip,
+            after=None if isinstance(self.strategy, tf.distribute.TPUStrategy) else self.after_train_call,
         )
 
     def make_eval_function(self) -> loop.StepFunction:

@@ -6,7 +6,7 @@
             iterator = train input's iterator for the epoch (replayed when resuming)
             while the epoch has steps left:
                 n = steps to the next boundary: log point, checkpoint, hook, profiler, epoch end
-                sums, last = train_fn(iterator, n)           # <= steps_per_execution steps
+                sums, last, after = train_fn(iterator, n)    # <= steps_per_execution steps; after: metrics, lr
                 non-finite step: raise | skip | restore (config.nan_policy: framework.nonfinite)
                 at log points: logs, TensorBoard, progress; callbacks and hooks
                 on SIGTERM: save and exit 0; every_steps: save
@@ -76,6 +76,7 @@ class Controller:
         self.periods: periods.Periods | None = None
         self.period_steps = 0  # steps of the period being trained
         self.period_sums = logs.Sums()  # its log sums so far
+        self._after: dict | None = None  # what the last train call read after its steps, if still current
         self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
         self.auto_steps = 32
@@ -358,7 +359,7 @@ class Controller:
             self._batch_end(hooks, done, step, point, sums)
             self._agree(preemption, hooks, steps=n, seconds=seconds)
             self._save_in_epoch(preemption, step, done, epoch, point)
-        return {**epoch.means(), **t.metric_results(), **t.optimizer_logs()}
+        return {**epoch.means(), **self._host_values()}
 
     def _start_epoch(self, progress: logs.Progress) -> tuple[int, logs.Sums, object]:
         """(steps already trained in this epoch, their log sums, the epoch's iterator past them)."""
@@ -370,6 +371,7 @@ class Controller:
             sums = sums if saved == done else None  # saved sums of another period's length
         if not done:
             t.reset_metrics()
+        self._after = None
         iterator = self.train_input.iterator(t.epoch, skip=done)
         self.period_steps = plan.steps_in(t.epoch)
         if plan.step_based:
@@ -387,9 +389,17 @@ class Controller:
         Returns its log sums, the steps it ran, whether its sums count, and its duration.
         """
         start = time.perf_counter()
-        sums, last = self.train_fn(iterator, tf.constant(n, tf.int64))
-        ran, counted = self.nonfinite.after_call(step, n, last)
+        sums, last, after = self.train_fn(iterator, tf.constant(n, tf.int64))
+        bad = None if after is None else int(after["nonfinite_step"])
+        ran, counted = self.nonfinite.after_call(step, n, last, bad)
+        self._after = after if counted else None  # a restore loaded other values
         return sums, ran, counted, time.perf_counter() - start
+
+    def _host_values(self) -> dict[str, float]:
+        """Metric results and optimizer logs now: as the last train call read them, or read here."""
+        after, t = self._after, self.trainer
+        metric_values = after["metrics"] if after and after["metrics"] is not None else t.metric_results()
+        return {**metric_values, **(after["optimizer"] if after else t.optimizer_logs())}
 
     def _log_point(self, step: int, done: int, interval: _Interval, progress: logs.Progress) -> dict | None:
         """At log points (every log_every_steps, and the epoch's end): the logs, written and shown."""
@@ -397,7 +407,7 @@ class Controller:
             progress.update(done)
             return None
         t, rate = self.trainer, interval.steps_per_sec()
-        point = {**interval.sums.means(), **t.metric_results(), **t.optimizer_logs()}
+        point = {**interval.sums.means(), **self._host_values()}
         self.run_log.write("train", step, t.epoch + 1, {**point, "steps_per_sec": rate})
         progress.update(done, point, rate=rate)
         interval.sums, interval.start = logs.Sums(), time.perf_counter()

@@ -99,7 +99,7 @@ class Evaluator:
         with t.eval_phase():
             while done < total:
                 n = eval_input.call_sizes(done, self.steps_per_call())
-                call_sums, _ = eval_fn(iterator, tf.constant(n, tf.int64))
+                call_sums, _, _ = eval_fn(iterator, tf.constant(n, tf.int64))
                 sums.add(call_sums)
                 done += n
             return {**sums.means(), **t.metric_results("eval")}

@@ -5,12 +5,12 @@ loop. `num_steps` is a tensor argument and the iterator's type spec does not
 change between epochs, so each function is traced once per run: a short last
 group of steps costs no retrace.
 
-    train_fn(iterator, num_steps) -> (sums, suspect):
+    train_fn(iterator, num_steps) -> (sums, suspect, after):
         packed = pack(replica_step(next(iterator))) averaged over replicas  # step 1
         sums = packed
         repeat num_steps - 1 times while `keep_going()` (tested in the loop condition):
             packed = ...; sums += packed
-        return sums, (packed if finite_sums else sums)
+        return sums, (packed if finite_sums else sums), after()
 
 Per-step logs are scalars, each with the weight it has in a mean
 (`framework.log_values`): a step packs them into one flat tensor (`v * w`,
@@ -19,6 +19,9 @@ summed over the call, so the host reads one small array per call and
 nothing per step; means are exact over examples whatever the batch sizes.
 The loop carries as little as it can: each loop variable costs a few ops
 per step, so the last step's values are carried only with `finite_sums`.
+`after()` is what the host reads between calls (the trainer's metric
+results, learning rates, non-finite step), read once after the last step
+in the same call: reading it eagerly would cost a few eager ops per value.
 
 `config.jit_compile` (`xla_plan`): with one replica the whole replica step is
 XLA-compiled. With several, all-reduces and distributed variable updates need
@@ -50,14 +53,18 @@ def make_step_function(
     keep_going: Callable[[], tf.Tensor] | None = None,
     jit_compile: bool = False,
     finite_sums: bool = False,
+    after: Callable[[], object] | None = None,
 ) -> StepFunction:
-    """Returns the compiled function `fn(iterator, num_steps) -> (sums, last)`; see `StepFunction`.
+    """Returns the compiled function `fn(iterator, num_steps) -> (sums, last, after)`; see `StepFunction`.
 
     jit_compile: XLA-compile the whole replica step (see `xla_plan`).
     finite_sums: leave steps with a non-finite log out of the sums
       (nan_policy="skip"); `sums.counted` says how many were summed.
+    after: returns a nest of scalar tensors, read in cross-replica context
+      after the call's last step; the host gets the same nest of floats.
     """
     layout = log_values.Layout()
+    after_values = _Nest(after)
 
     def add(sums, packed):
         if not finite_sums:
@@ -103,30 +110,55 @@ def make_step_function(
                 packed = one_step(iterator)
                 sums = add(sums, packed)
                 done += 1
-            return sums, packed
+            return sums, packed, after_values.flat(sums)
         while go_on(done, num_steps):
             sums = add(sums, one_step(iterator))
             done += 1
-        return sums, sums
+        return sums, sums, after_values.flat(sums)
 
-    return StepFunction(multi_step, layout, counted=finite_sums)
+    return StepFunction(multi_step, layout, counted=finite_sums, after=after_values)
+
+
+class _Nest:
+    """A nest of scalar tensors as one flat float64 tensor in the graph, and back as floats on the host."""
+
+    def __init__(self, fn: Callable[[], object] | None):
+        self.fn, self.structure = fn, None
+
+    @tf.autograph.experimental.do_not_convert
+    def flat(self, last: tf.Tensor) -> tf.Tensor:
+        if self.fn is None:
+            return tf.zeros([0], tf.float64)
+        with tf.control_dependencies([last]):  # after the last step
+            nest = self.fn()
+        values = [tf.cast(v, tf.float64) for v in tf.nest.flatten(nest)]
+        self.structure = nest
+        return tf.stack(values) if values else tf.zeros([0], tf.float64)
+
+    def unflatten(self, flat) -> object | None:
+        if self.structure is None:
+            return None
+        return tf.nest.pack_sequence_as(self.structure, flat.numpy().tolist())
 
 
 class StepFunction:
-    """The compiled function; its results come back to the host as `logs.Sums` and suspect values.
+    """The compiled function; its results come back to the host as `logs.Sums`, suspect values and `after`.
 
     The suspect values are where a non-finite step's logs show: the last
     step's values with `counted` (nan_policy="skip" leaves a non-finite step
     out of the sums), else the call's means (a non-finite step ends the call,
-    and a non-finite value stays non-finite in a sum).
+    and a non-finite value stays non-finite in a sum). `after` is the nest of
+    floats `make_step_function(after=...)` read after the last step (None
+    without one).
     """
 
-    def __init__(self, function, layout: log_values.Layout, *, counted: bool):
+    def __init__(self, function, layout: log_values.Layout, *, counted: bool, after: _Nest | None = None):
         self.function, self.layout, self.counted = function, layout, counted
+        self.after = after or _Nest(None)
         self._concrete = None
 
-    def __call__(self, iterator, num_steps) -> tuple[logs.Sums, Mapping[str, float]]:
-        """Runs up to `num_steps` steps; returns their sums and the suspect values (see the class)."""
+    def __call__(self, iterator, num_steps) -> tuple[logs.Sums, Mapping[str, float], object | None]:
+        """Runs up to `num_steps` steps; returns their sums, the suspect values and `after` (see the class)."""
         # The traced function is called directly: every epoch's iterator has
         # the same spec, and skipping tf.function's dispatch saves ~0.1 ms per
         # call. Tracing through get_concrete_function also keeps TensorFlow's
@@ -134,7 +166,7 @@ class StepFunction:
         # each new Trainer's first trace for a retrace of the previous one's.
         if self._concrete is None:
             self._concrete = self.function.get_concrete_function(iterator, num_steps)
-        sums, suspect = self._concrete(iterator, num_steps)
+        sums, suspect, after = self._concrete(iterator, num_steps)
         sums, steps = sums.numpy(), int(num_steps)
         counted = None
         if self.counted:
@@ -142,7 +174,8 @@ class StepFunction:
             suspect = suspect.numpy()
         else:
             suspect = sums
-        return logs.Sums(self.layout.unpack(sums), steps, counted=counted), _Means(self.layout, suspect)
+        sums = logs.Sums(self.layout.unpack(sums), steps, counted=counted)
+        return sums, _Means(self.layout, suspect), self.after.unflatten(after)
 
     def experimental_get_tracing_count(self) -> int:
         return self.function.experimental_get_tracing_count()

@@ -50,7 +50,9 @@ class NonFinitePolicy:
         self.restores = 0
         self.skipped_in_call = False
 
-    def after_call(self, step: int, n: int, last: Mapping[str, float]) -> tuple[int, bool]:
+    def after_call(
+        self, step: int, n: int, last: Mapping[str, float], bad: int | None = None
+    ) -> tuple[int, bool]:
         """Applies the policy after a call of `n` steps that started at global step `step`.
 
         Args:
@@ -58,6 +60,8 @@ class NonFinitePolicy:
           n: the steps the call was asked to run.
           last: the log values the call returned with its sums (a non-finite
             step's loss terms when it stopped on one).
+          bad: the runner's non-finite step as the call read it at its end
+            (-1: none); None: read it from the runner.
 
         Returns:
           How many steps the call ran (after a restore: up to the offending
@@ -68,7 +72,7 @@ class NonFinitePolicy:
             "restore" past `config.nan_max_retries` restores.
         """
         runner, config = self.runner, self.runner.config
-        bad = runner.nonfinite_step()
+        bad = runner.nonfinite_step() if bad is None else bad
         if bad < 0:
             return n, True
         terms = [f"{k}={v}" for k, v in last.items() if not math.isfinite(v)]

@@ -23,8 +23,11 @@ from framework import logs
 class StepFunction(Protocol):
     """A compiled function of up to `num_steps` steps; see `framework.loop.StepFunction`."""
 
-    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> tuple[logs.Sums, Mapping[str, float]]:
-        """Runs the steps; returns their log sums and the values a non-finite step shows in (see loop)."""
+    def __call__(self, iterator: Any, num_steps: tf.Tensor) -> tuple[logs.Sums, Mapping[str, float], Any]:
+        """Runs the steps; returns their log sums, the values a non-finite step shows in (see loop),
+        and what a train call read after its last step: {"metrics": `metric_results()` or None,
+        "optimizer": `optimizer_logs()`, "nonfinite_step": `nonfinite_step()`}, or None (the host
+        then asks the runner)."""
 
     def experimental_get_tracing_count(self) -> int:
         """How many times it was traced (0 before its first call)."""

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import keras
 import ml_collections
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -479,13 +480,31 @@ class Trainer(Phases, TrainerState, CompiledSteps):
 
     def optimizer_logs(self) -> dict[str, float]:
         """`lr` (`lr/<name>` for added optimizers), the updater's logs, and `nonfinite_steps` under "skip"."""
+        return {key: float(np.asarray(value, np.float64)) for key, value in self._optimizer_values().items()}
+
+    def _optimizer_values(self) -> dict[str, tf.Tensor]:
         out = {}
         for i, (name, optimizer) in enumerate(self._updater.named_optimizers()):
-            out["lr" if i == 0 else f"lr/{name}"] = optimizer_builder.current_learning_rate(optimizer)
+            out["lr" if i == 0 else f"lr/{name}"] = tf.convert_to_tensor(optimizer.learning_rate)
         out.update(self._updater.logs())
         if self.config.nan_policy == "skip":
-            out["nonfinite_steps"] = float(self._nonfinite_count.numpy())
+            out["nonfinite_steps"] = tf.convert_to_tensor(self._nonfinite_count)
         return out
+
+    def after_train_call(self) -> dict:
+        """What the host reads after each train call, as tensors: the compiled call reads them itself.
+
+        Keys: "metrics" (`metric_results()`'s, or None when a metric cannot be
+        read in a graph), "optimizer" (`optimizer_logs()`'s), "nonfinite_step".
+        """
+        with self.strategy.scope():
+            try:
+                metric_values = metrics.results(self.metrics)
+            except Exception:  # noqa: BLE001 - a metric a graph cannot read is read on the host instead
+                metric_values = None
+            optimizer_values = self._optimizer_values()
+            nonfinite = tf.convert_to_tensor(self._nonfinite_step)
+        return {"metrics": metric_values, "optimizer": optimizer_values, "nonfinite_step": nonfinite}
 
     def fit_schedules(self, total_updates: int) -> None:
         """Sets the length of `decay_steps = 0` schedules to the run's `total_updates`."""

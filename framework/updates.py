@@ -257,13 +257,13 @@ class Updater:
             "know this optimizer. Create it with self.add_optimizer(...) inside build_optimizer()."
         )
 
-    def logs(self) -> dict[str, float]:
-        """The current loss scale of each float16 optimizer (host side, at log points)."""
+    def logs(self) -> dict[str, tf.Tensor]:
+        """The current loss scale of each float16 optimizer (read eagerly or in a graph)."""
         out = {}
         for i, e in enumerate(self._entries):
             scale = precision.loss_scale(e.optimizer)
             if scale is not None and e.optimizer.built:
-                out["loss_scale" if i == 0 else f"loss_scale/{e.name}"] = float(scale.numpy())
+                out["loss_scale" if i == 0 else f"loss_scale/{e.name}"] = tf.convert_to_tensor(scale)
         return out
 
     def counting_examples(self, step: Callable) -> Callable:

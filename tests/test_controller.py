@@ -41,7 +41,7 @@ class StubStep:
         self.stub.counter.assign_add(n)
         self.stub.weight.assign_add(sum(values))
         sums = logs.Sums({"loss": np.array([[sum(values)], [float(n)]])}, n)
-        return sums, {"loss": values[-1]}
+        return sums, {"loss": values[-1]}, None
 
     def experimental_get_tracing_count(self) -> int:
         return self.traced

@@ -4,6 +4,7 @@ References: Keras' own `evaluate` and `fit`, numpy on one big batch, and an
 uninterrupted run for a run resumed mid-epoch.
 """
 
+import json
 import os
 import signal
 
@@ -15,7 +16,7 @@ import tensorflow as tf
 import framework
 from framework import losses
 
-from toys import ArrayTrainer, blobs, config, max_abs_diff, mlp, weights_of
+from toys import ArrayTrainer, ExampleCount, blobs, config, max_abs_diff, mlp, weights_of
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -152,3 +153,58 @@ def test_a_run_resumed_mid_epoch_logs_the_same_epoch_means(tmp_path):
     assert logs["loss/keras_ce"] == pytest.approx(np.mean(w * ce), rel=1e-5)
     for key in ("loss", "loss/ce", "loss/keras_ce"):
         assert logs[key] == pytest.approx(straight[key], rel=1e-6), key
+
+
+class _LabelCounts(keras.metrics.Metric):
+    """Examples seen per class since the last reset: a vector result, logged as `labels/<i>`."""
+
+    def __init__(self, classes=3):
+        super().__init__(name="labels")
+        self.counts = self.add_variable(shape=(classes,), initializer="zeros", name="counts")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.counts.assign_add(tf.math.bincount(y_true, minlength=3, maxlength=3, dtype="float32"))
+
+    def result(self):
+        return self.counts
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_log_points_show_the_metrics_and_learning_rate_after_their_last_step(tmp_path, replicas):
+    """Each log point's metric results and learning rate are those after its last step (read in the call).
+
+    References: numpy counts of the examples and labels trained on so far in the epoch, and Keras'
+    cosine schedule evaluated at the number of updates. 90 examples in batches of 16: 6 steps an
+    epoch, the last one short (and on 2 replicas uneven).
+    """
+    x, y = blobs(n=90)
+    cfg = config(
+        **_replicas(replicas),
+        epochs=2,
+        log_every_steps=2,
+        steps_per_execution=3,
+        **{"optimizer.schedule": "cosine", "optimizer.decay_steps": 20},
+    )
+    metrics = lambda: [ExampleCount(), _LabelCounts()]  # noqa: E731
+    trainer = ArrayTrainer(cfg, data=(x, y), model_fn=mlp, metrics=metrics, workdir=str(tmp_path))
+    trainer.fit()
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 20)
+    with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    points = [r for r in records if r["kind"] in ("train", "epoch")]
+    assert [(r["kind"], r["step"]) for r in points] == [
+        *[("train", s) for s in (2, 4, 6)],
+        ("epoch", 6),
+        *[("train", s) for s in (8, 10, 12)],
+        ("epoch", 12),
+    ]
+    for r in points:
+        seen = min(((r["step"] - 1) % 6 + 1) * 16, 90)
+        labels = np.bincount(y[:seen], minlength=3)
+        assert r["count"] == seen, r
+        assert [r[f"labels/{i}"] for i in range(3)] == labels.tolist(), r
+        np.testing.assert_allclose(r["lr"], float(schedule(r["step"])), rtol=1e-6)
+    eager = trainer.metric_results()
+    assert {k: eager[k] for k in ("count", "labels/0", "labels/1", "labels/2")} == {
+        k: points[-1][k] for k in ("count", "labels/0", "labels/1", "labels/2")
+    }

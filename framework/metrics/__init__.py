@@ -5,7 +5,7 @@ are used as they are. This package adds `RecallAtK` and `NDCG`, and the
 helpers the trainer uses to collect, update, read and reset metrics.
 """
 
-from framework.metrics.handling import Pairs, build, collect, name, read, reset, update
+from framework.metrics.handling import Pairs, build, collect, name, read, reset, results, update
 from framework.metrics.library import NDCG, RecallAtK
 
-__all__ = ["NDCG", "Pairs", "RecallAtK", "build", "collect", "name", "read", "reset", "update"]
+__all__ = ["NDCG", "Pairs", "RecallAtK", "build", "collect", "name", "read", "reset", "results", "update"]

@@ -92,19 +92,30 @@ def build(pairs: Pairs, y, y_pred) -> None:
 
 def read(pairs: Pairs, strategy: tf.distribute.Strategy) -> dict[str, float]:
     """Current values, summed over replicas. Vector results become `name/i`, dict results `name/key`."""
-    out = {}
     with strategy.scope():
-        for head, metric in pairs:
-            label = name(head, metric)
-            result = metric.result()
-            items = result.items() if isinstance(result, dict) else [(None, result)]
-            for key, value in items:
-                value = np.asarray(tf.convert_to_tensor(value), dtype=np.float64)
-                full = label if key is None else f"{label}/{key}"
-                if value.ndim == 0:
-                    out[full] = float(value)
-                else:
-                    out.update({f"{full}/{i}": float(v) for i, v in enumerate(value.ravel())})
+        return {key: float(np.asarray(value, dtype=np.float64)) for key, value in results(pairs).items()}
+
+
+def results(pairs: Pairs) -> dict[str, tf.Tensor]:
+    """`read`'s keys -> scalar tensors: eagerly, or in a graph (a compiled train call reads them).
+
+    Raises:
+      ValueError: in a graph, a vector result of unknown length.
+    """
+    out = {}
+    for head, metric in pairs:
+        label = name(head, metric)
+        result = metric.result()
+        items = result.items() if isinstance(result, dict) else [(None, result)]
+        for key, value in items:
+            value = tf.convert_to_tensor(value)
+            full = label if key is None else f"{label}/{key}"
+            if value.shape.rank == 0:
+                out[full] = value
+                continue
+            if not value.shape.is_fully_defined():
+                raise ValueError(f"metric {full!r} has a result of unknown shape {value.shape}")
+            out.update({f"{full}/{i}": v for i, v in enumerate(tf.unstack(tf.reshape(value, [-1])))})
     return out
 
 
