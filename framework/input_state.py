@@ -55,13 +55,14 @@ _BATCHING = ("BatchDataset", "PaddedBatchDataset", "ParallelBatchDataset", "Dens
 
 
 def _batched_reshuffle(serialized_graph: bytes) -> bool:
-    """Whether a reshuffling `shuffle` reaches a `repeat` through a batching op (or inside a function).
+    """Whether a reshuffling `shuffle` is batched, then repeated (or sits inside a function).
 
     Measured in TF 2.21, restoring in a fresh process: `shuffle → repeat → map
-    → batch` and `list_files(shuffle=True) → interleave → parse → shuffle →
-    repeat → batch` continue in the uninterrupted run's order; `shuffle → batch
-    → repeat` (also a finite pipeline that a step-based run cycles) draws
-    other orders for the passes after the restore in most runs.
+    → batch`, `repeat → shuffle → batch` (a shuffle iterated once) and
+    `list_files(shuffle=True) → interleave → parse → shuffle → repeat → batch`
+    continue in the uninterrupted run's order; `shuffle → batch → repeat`
+    (also a finite pipeline that a step-based run cycles) draws other orders
+    for the passes after the restore in most runs.
     """
     graph = tf.compat.v1.GraphDef()
     graph.ParseFromString(serialized_graph)
@@ -74,19 +75,24 @@ def _batched_reshuffle(serialized_graph: bytes) -> bool:
         attr = node.attr.get("reshuffle_each_iteration")
         return node.op.startswith("ShuffleDataset") and attr is not None and attr.b
 
-    def batched_before_repeat(node, seen: set) -> bool:
+    def batched_then_repeated(node, batched: bool, seen: set) -> bool:
         for consumer in consumers.get(node.name, []):
-            if consumer.name in seen or consumer.op.startswith("RepeatDataset"):
+            if consumer.op.startswith("RepeatDataset"):
+                if batched:
+                    return True
+                continue  # a repeat before any batch: each pass restarts the shuffle whole
+            state = (consumer.name, batched or consumer.op.startswith(_BATCHING))
+            if state in seen:
                 continue
-            seen.add(consumer.name)
-            if consumer.op.startswith(_BATCHING) or batched_before_repeat(consumer, seen):
+            seen.add(state)
+            if batched_then_repeated(consumer, state[1], seen):
                 return True
         return False
 
     in_functions = (n for function in graph.library.function for n in function.node_def)
     if any(reshuffles(node) for node in in_functions):
         return True
-    return any(reshuffles(node) and batched_before_repeat(node, set()) for node in graph.node)
+    return any(reshuffles(node) and batched_then_repeated(node, False, set()) for node in graph.node)
 
 
 def global_shuffle(

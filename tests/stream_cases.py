@@ -4,7 +4,8 @@
 `config.steps_per_epoch` steps over an endless pipeline (config.task.pipeline):
 "array" `from_tensor_slices -> shuffle -> repeat -> map -> batch` ("reshuffle":
 a new order each pass; "global": `framework.data.global_shuffle`;
-"batched_reshuffle": reshuffled, batched, then repeated), "records"
+"batched_reshuffle": reshuffled, batched, then repeated; "repeat_reshuffle": repeated,
+then reshuffled), "records"
 `list_files -> shuffle -> interleave -> parse -> shuffle -> repeat -> batch`
 over shards `write_shards` made ("records_reshuffle": `list_files(shuffle=True)`
 and a reshuffling record shuffle), "generator" a Python generator. Batches are global
@@ -75,8 +76,12 @@ def scale(x, y):
 def array_pipeline(input_context, batch_size: int, seed: int, *, shuffle: str = "buffer"):
     """shuffle: "buffer" (one order), "reshuffle" (a new order each pass), "global"
     (`global_shuffle`), "batched_reshuffle" (reshuffled, batched, then repeated:
-    tf.data does not restore that exactly)."""
+    tf.data does not restore that exactly), "repeat_reshuffle" (repeated, then
+    shuffled: one endless pass)."""
     dataset = tf.data.Dataset.from_tensor_slices(images(96))
+    if shuffle == "repeat_reshuffle":
+        dataset = dataset.repeat().shuffle(64, seed=seed, reshuffle_each_iteration=True)
+        return distribute.global_batches(dataset.map(scale), input_context, batch_size)
     if shuffle == "global":
         dataset = framework.data.global_shuffle(dataset, seed)
     else:
@@ -139,7 +144,8 @@ class StreamTrainer(framework.Trainer):
             return record_pipeline(input_context, batch, seed, task.pattern, reshuffle=reshuffle)
         if task.pipeline == "generator":
             return generator_pipeline(input_context, batch, seed)
-        shuffle = task.pipeline if task.pipeline in ("global", "reshuffle", "batched_reshuffle") else "buffer"
+        shuffles = ("global", "reshuffle", "batched_reshuffle", "repeat_reshuffle")
+        shuffle = task.pipeline if task.pipeline in shuffles else "buffer"
         return array_pipeline(input_context, batch, seed, shuffle=shuffle)
 
 
