@@ -110,7 +110,9 @@ def shuffled_records(
 
     options = tf.data.Options()
     options.experimental_symbolic_checkpoint = True
-    return tf.data.Dataset.counter().flat_map(one_pass).with_options(options)
+    stream = tf.data.Dataset.counter().flat_map(one_pass)
+    stream = stream.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    return stream.with_options(options)
 
 
 def _paths(files: str | Sequence[str]) -> list[str]:

@@ -8,7 +8,8 @@ a new order each pass; "global": `framework.data.global_shuffle`;
 then reshuffled), "records"
 `list_files -> shuffle -> interleave -> parse -> shuffle -> repeat -> batch`
 over shards `write_shards` made ("records_reshuffle": `list_files(shuffle=True)`
-and a reshuffling record shuffle), "generator" a Python generator. Batches are global
+and a reshuffling record shuffle; "records_indexed": `framework.data.shuffled_records
+-> parse -> batch`, no buffer), "generator" a Python generator. Batches are global
 (`distribute.global_batches`): one process, mirrored replicas and several
 workers see the same global batches.
 
@@ -103,6 +104,13 @@ def record_pipeline(input_context, batch_size: int, seed: int, pattern: str, *, 
     return distribute.global_batches(dataset.repeat(), input_context, batch_size)
 
 
+def indexed_record_pipeline(batch_size: int, seed: int, pattern: str, input_context):
+    """`shuffled_records`, parsed and batched. Every pipeline reads all shards: global batches
+    need the same stream on every worker (a real multi-worker input passes input_context)."""
+    dataset = framework.data.shuffled_records(pattern, seed, cycle_length=2)
+    return distribute.global_batches(dataset.map(parse), input_context, batch_size)
+
+
 def generator_pipeline(input_context, batch_size: int, seed: int):
     x, y = images(96)
 
@@ -142,6 +150,8 @@ class StreamTrainer(framework.Trainer):
         if task.pipeline in ("records", "records_reshuffle"):
             reshuffle = task.pipeline == "records_reshuffle"
             return record_pipeline(input_context, batch, seed, task.pattern, reshuffle=reshuffle)
+        if task.pipeline == "records_indexed":
+            return indexed_record_pipeline(batch, seed, task.pattern, input_context)
         if task.pipeline == "generator":
             return generator_pipeline(input_context, batch, seed)
         shuffles = ("global", "reshuffle", "batched_reshuffle", "repeat_reshuffle")

@@ -66,7 +66,8 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_base
     [("array", 1), ("records", 2), ("reshuffle", 1), ("records_reshuffle", 1), ("repeat_reshuffle", 1),
      pytest.param("array", 2, marks=pytest.mark.slow), pytest.param("records", 1, marks=pytest.mark.slow),
      pytest.param("reshuffle", 2, marks=pytest.mark.slow),
-     pytest.param("records_reshuffle", 2, marks=pytest.mark.slow)],
+     pytest.param("records_reshuffle", 2, marks=pytest.mark.slow), ("records_indexed", 1),
+     pytest.param("records_indexed", 2, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     tmp_path, pattern, caplog, pipeline, replicas
@@ -84,6 +85,7 @@ def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     [
         ("reshuffle", 1),
         ("records_reshuffle", 1),
+        ("records_indexed", 1),
         pytest.param("records_reshuffle", 2, marks=pytest.mark.slow),
     ],
 )
