@@ -18,7 +18,8 @@ resume, in time independent of the step.
   named at start-up (`unsavable_reason`) and resumes by replay.
 * What is saved is what the pipeline holds: a `shuffle(N)` saves its N
   buffered elements. `global_shuffle` shuffles random-access data with a
-  state of about a kilobyte.
+  state of about a kilobyte; `record_stream.shuffled_records` TFRecord files
+  with a few.
 """
 
 from __future__ import annotations
@@ -188,8 +189,8 @@ class InputStates:
             if size > LARGE_STATE_BYTES:
                 logging.warning(
                     "The saved input position is %.1f MB per checkpoint: the pipeline's shuffle buffer "
-                    "is saved with it. Shuffle in-memory data with framework.input_state.global_shuffle "
-                    "(~1 KB), or shuffle serialized records before parsing them (a smaller buffer).",
+                    "is saved with it. Shuffle in-memory data with framework.data.global_shuffle (~1 KB) "
+                    "and TFRecord files with framework.data.shuffled_records (a few KB).",
                     size / 2**20,
                 )
 
