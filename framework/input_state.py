@@ -167,16 +167,33 @@ class InputStates:
     def __init__(self, directory: str, worker: int):
         self.directory, self.worker = directory, worker
         self._reported = False
+        self.unsavable = False  # an op of the pipeline cannot save its state: positions are not saved
 
     def prefix(self, step: int) -> str:
         return os.path.join(self.directory, str(step), f"worker-{self.worker}")
 
     def write(self, iterator, step: int) -> None:
-        """Saves `iterator`'s position as that of checkpoint `step`; drops positions orbax dropped."""
+        """Saves `iterator`'s position as that of checkpoint `step`; drops positions orbax dropped.
+
+        An op that cannot save its state under symbolic checkpointing (which
+        `global_shuffle` and `shuffled_records` switch on; e.g. `cache`,
+        `rebatch`, `bucket_by_sequence_length`) is logged once, and no position
+        is saved: a resumed run replays.
+        """
         self.prune(keep=step)
+        if self.unsavable:
+            return
         prefix = self.prefix(step)
         start = time.perf_counter()
-        tf.train.Checkpoint(iterator=iterator).write(prefix)
+        try:
+            tf.train.Checkpoint(iterator=iterator).write(prefix)
+        except tf.errors.UnimplementedError as e:
+            self.unsavable = True
+            logging.warning(
+                "The input position cannot be saved (%s); a resumed run replays every batch since its start.",
+                e.message.split("}}")[-1].split(" [Op:")[0].strip(),
+            )
+            return
         if not self._reported:
             self._reported = True
             size = self.size(step)

@@ -38,8 +38,9 @@ def shuffled_records(
     the pipeline, so its saved position (a few KB, whatever the records)
     names the pass, the files in the cycle and the records read of each, and
     restoring it re-reads those files. Ops downstream must support symbolic
-    checkpoints (`map`, `batch`, `shuffle`, `prefetch`, `filter` do; `cache`
-    and `rebatch` do not).
+    checkpoints (`map`, `batch`, `shuffle`, `prefetch`, `filter` do; `cache`,
+    `rebatch` and `bucket_by_sequence_length` do not, and the position of such
+    a pipeline is not saved: a resumed run replays).
 
     Memory: the `cycle_length` files being read are held whole (their
     serialized records, with a transient second copy while a file is

@@ -1,6 +1,7 @@
 """`framework.data.shuffled_records`: its order, its sharding, its errors, the size of its saved
 position (against a `shuffle(N)` record pipeline's), and a restore in a fresh process."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -171,3 +172,18 @@ def test_a_fresh_process_continues_the_saved_stream_exactly(tmp_path):
 def test_the_stream_is_known_to_be_infinite(tmp_path):
     stream = data.shuffled_records(_write(str(tmp_path)), 1)
     assert stream.cardinality() == tf.data.INFINITE_CARDINALITY
+
+
+def test_an_op_that_cannot_save_its_state_is_named_once_and_the_run_replays(tmp_path, caplog):
+    files = _write(str(tmp_path))
+    lengths = data.shuffled_records(files, 1).map(tf.strings.length)
+    dataset = lengths.bucket_by_sequence_length(lambda n: n, [10], [4, 4])
+    states = input_state.InputStates(str(tmp_path / "input"), 0)
+    iterator = iter(dataset)
+    next(iterator)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        states.write(iterator, 3)
+        states.write(iterator, 6)
+    warnings = [r.getMessage() for r in caplog.records if "cannot be saved" in r.getMessage()]
+    assert len(warnings) == 1 and "GroupByWindowDataset" in warnings[0], warnings
+    assert not states.read(iter(dataset), 3)
