@@ -164,7 +164,9 @@ def _finish(processes, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline, step_based", [("reshuffle", False), ("records_reshuffle", True)])
+@pytest.mark.parametrize(
+    "pipeline, step_based", [("reshuffle", False), ("records_reshuffle", True), ("records_indexed", True)]
+)
 def test_two_workers_resume_their_own_positions_to_one_process_weights(
     tmp_path, pattern, pipeline, step_based
 ):
