@@ -91,8 +91,8 @@ def shuffled_records(
     def fold(seed_pair, value):
         return tf.random.experimental.stateless_fold_in(seed_pair, value, alg="philox")
 
-    def permutation(count, seed_pair):
-        return tf.random.experimental.index_shuffle(tf.range(count + 1), seed_pair, count)
+    def permutation(last, seed_pair):  # of 0..last
+        return tf.random.experimental.index_shuffle(tf.range(last + 1), seed_pair, last)
 
     def one_pass(pass_number):
         pass_key = fold(key, pass_number)
@@ -103,6 +103,8 @@ def shuffled_records(
                 order = permutation(count - 1, fold(pass_key, file_index + 1))
                 return tf.data.Dataset.from_tensor_slices(tf.gather(whole_file, order))
 
+            # The file as one batch, not `get_single_element` (a stateful op tf.data will not
+            # save): a symbolic checkpoint of the flat_map holds the records read, not the batch.
             reader = tf.data.TFRecordDataset(names[file_index], compression_type=compression_type)
             return reader.batch(_WHOLE_FILE).flat_map(permuted)
 
