@@ -31,6 +31,7 @@ from absl import logging
 
 from framework import distribute, input_state
 from framework.input_state import global_shuffle  # noqa: F401 - part of this module's API
+from framework.record_stream import shuffled_records  # noqa: F401 - part of this module's API
 
 Hook = Callable[[tf.distribute.InputContext], Any]
 

@@ -18,7 +18,8 @@ resume, in time independent of the step.
   named at start-up (`unsavable_reason`) and resumes by replay.
 * What is saved is what the pipeline holds: a `shuffle(N)` saves its N
   buffered elements. `global_shuffle` shuffles random-access data with a
-  state of about a kilobyte.
+  state of about a kilobyte; `record_stream.shuffled_records` TFRecord files
+  with a few.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ _BATCHING = ("BatchDataset", "PaddedBatchDataset", "ParallelBatchDataset", "Dens
 
 
 def _batched_reshuffle(serialized_graph: bytes) -> bool:
-    """Whether a reshuffling `shuffle` reaches a `repeat` through a batching op (or inside a function).
+    """Whether a reshuffling `shuffle` is batched, then repeated (or sits inside a function).
 
     Measured in TF 2.21, restoring in a fresh process: `shuffle → repeat → map
-    → batch` and `list_files(shuffle=True) → interleave → parse → shuffle →
-    repeat → batch` continue in the uninterrupted run's order; `shuffle → batch
-    → repeat` (also a finite pipeline that a step-based run cycles) draws
-    other orders for the passes after the restore in most runs.
+    → batch`, `repeat → shuffle → batch` (a shuffle iterated once) and
+    `list_files(shuffle=True) → interleave → parse → shuffle → repeat → batch`
+    continue in the uninterrupted run's order; `shuffle → batch → repeat`
+    (also a finite pipeline that a step-based run cycles) draws other orders
+    for the passes after the restore in most runs.
     """
     graph = tf.compat.v1.GraphDef()
     graph.ParseFromString(serialized_graph)
@@ -74,19 +76,24 @@ def _batched_reshuffle(serialized_graph: bytes) -> bool:
         attr = node.attr.get("reshuffle_each_iteration")
         return node.op.startswith("ShuffleDataset") and attr is not None and attr.b
 
-    def batched_before_repeat(node, seen: set) -> bool:
+    def batched_then_repeated(node, batched: bool, seen: set) -> bool:
         for consumer in consumers.get(node.name, []):
-            if consumer.name in seen or consumer.op.startswith("RepeatDataset"):
+            if consumer.op.startswith("RepeatDataset"):
+                if batched:
+                    return True
+                continue  # a repeat before any batch: each pass restarts the shuffle whole
+            state = (consumer.name, batched or consumer.op.startswith(_BATCHING))
+            if state in seen:
                 continue
-            seen.add(consumer.name)
-            if consumer.op.startswith(_BATCHING) or batched_before_repeat(consumer, seen):
+            seen.add(state)
+            if batched_then_repeated(consumer, state[1], seen):
                 return True
         return False
 
     in_functions = (n for function in graph.library.function for n in function.node_def)
     if any(reshuffles(node) for node in in_functions):
         return True
-    return any(reshuffles(node) and batched_before_repeat(node, set()) for node in graph.node)
+    return any(reshuffles(node) and batched_then_repeated(node, False, set()) for node in graph.node)
 
 
 def global_shuffle(
@@ -160,16 +167,33 @@ class InputStates:
     def __init__(self, directory: str, worker: int):
         self.directory, self.worker = directory, worker
         self._reported = False
+        self.unsavable = False  # an op of the pipeline cannot save its state: positions are not saved
 
     def prefix(self, step: int) -> str:
         return os.path.join(self.directory, str(step), f"worker-{self.worker}")
 
     def write(self, iterator, step: int) -> None:
-        """Saves `iterator`'s position as that of checkpoint `step`; drops positions orbax dropped."""
+        """Saves `iterator`'s position as that of checkpoint `step`; drops positions orbax dropped.
+
+        An op that cannot save its state under symbolic checkpointing (which
+        `global_shuffle` and `shuffled_records` switch on; e.g. `cache`,
+        `rebatch`, `bucket_by_sequence_length`) is logged once, and no position
+        is saved: a resumed run replays.
+        """
         self.prune(keep=step)
+        if self.unsavable:
+            return
         prefix = self.prefix(step)
         start = time.perf_counter()
-        tf.train.Checkpoint(iterator=iterator).write(prefix)
+        try:
+            tf.train.Checkpoint(iterator=iterator).write(prefix)
+        except tf.errors.UnimplementedError as e:
+            self.unsavable = True
+            logging.warning(
+                "The input position cannot be saved (%s); a resumed run replays every batch since its start.",
+                e.message.split("}}")[-1].split(" [Op:")[0].strip(),
+            )
+            return
         if not self._reported:
             self._reported = True
             size = self.size(step)
@@ -182,8 +206,8 @@ class InputStates:
             if size > LARGE_STATE_BYTES:
                 logging.warning(
                     "The saved input position is %.1f MB per checkpoint: the pipeline's shuffle buffer "
-                    "is saved with it. Shuffle in-memory data with framework.input_state.global_shuffle "
-                    "(~1 KB), or shuffle serialized records before parsing them (a smaller buffer).",
+                    "is saved with it. Shuffle in-memory data with framework.data.global_shuffle (~1 KB) "
+                    "and TFRecord files with framework.data.shuffled_records (a few KB).",
                     size / 2**20,
                 )
 

@@ -14,7 +14,8 @@ shuffle(1000) -> repeat -> map -> batch` over 50,000 vectors of 32 floats;
 "array/global_shuffle" the same with `framework.data.global_shuffle`;
 "tfrecord" `list_files(shuffle=True) -> interleave -> parse -> shuffle(256)
 -> repeat -> batch` over 8 shards of 16x16x3 uint8 images (written to a
-temporary directory).
+temporary directory); "tfrecord/shuffled_records" `framework.data.shuffled_records(4
+files at a time) -> parse -> batch` over the same shards.
 """
 
 from __future__ import annotations
@@ -68,19 +69,27 @@ def write_shards(directory: str, shards: int = 8, per_shard: int = 512) -> str:
     return os.path.join(directory, "shard-*.tfrecord")
 
 
-def record_pipeline(pattern: str):
+def parse(record):
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    parsed = tf.io.parse_single_example(record, spec)
+    image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), [SIDE, SIDE, 3])
+    return tf.cast(image, tf.float32) / 255.0, parsed["label"]
 
-    def parse(record):
-        parsed = tf.io.parse_single_example(record, spec)
-        image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), [SIDE, SIDE, 3])
-        return tf.cast(image, tf.float32) / 255.0, parsed["label"]
 
+def record_pipeline(pattern: str):
     def hook(input_context):
         files = tf.data.Dataset.list_files(pattern, shuffle=True, seed=1)
         dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=4, block_length=1)
         dataset = dataset.map(parse).shuffle(256, seed=1, reshuffle_each_iteration=True)
         return dataset.repeat().batch(BATCH)
+
+    return hook
+
+
+def indexed_record_pipeline(pattern: str):
+    def hook(input_context):
+        records = data.shuffled_records(pattern, seed=1, cycle_length=4, input_context=input_context)
+        return records.map(parse).batch(BATCH)
 
     return hook
 
@@ -138,6 +147,7 @@ def main() -> None:
             "array": array_pipeline("buffer", examples),
             "array/global_shuffle": array_pipeline("global", examples),
             "tfrecord": record_pipeline(pattern),
+            "tfrecord/shuffled_records": indexed_record_pipeline(pattern),
         }
         rows = []
         for name, hook in pipelines.items():

@@ -4,10 +4,12 @@
 `config.steps_per_epoch` steps over an endless pipeline (config.task.pipeline):
 "array" `from_tensor_slices -> shuffle -> repeat -> map -> batch` ("reshuffle":
 a new order each pass; "global": `framework.data.global_shuffle`;
-"batched_reshuffle": reshuffled, batched, then repeated), "records"
+"batched_reshuffle": reshuffled, batched, then repeated; "repeat_reshuffle": repeated,
+then reshuffled), "records"
 `list_files -> shuffle -> interleave -> parse -> shuffle -> repeat -> batch`
 over shards `write_shards` made ("records_reshuffle": `list_files(shuffle=True)`
-and a reshuffling record shuffle), "generator" a Python generator. Batches are global
+and a reshuffling record shuffle; "records_indexed": `framework.data.shuffled_records
+-> parse -> batch`, no buffer), "generator" a Python generator. Batches are global
 (`distribute.global_batches`): one process, mirrored replicas and several
 workers see the same global batches.
 
@@ -75,8 +77,12 @@ def scale(x, y):
 def array_pipeline(input_context, batch_size: int, seed: int, *, shuffle: str = "buffer"):
     """shuffle: "buffer" (one order), "reshuffle" (a new order each pass), "global"
     (`global_shuffle`), "batched_reshuffle" (reshuffled, batched, then repeated:
-    tf.data does not restore that exactly)."""
+    tf.data does not restore that exactly), "repeat_reshuffle" (repeated, then
+    shuffled: one endless pass)."""
     dataset = tf.data.Dataset.from_tensor_slices(images(96))
+    if shuffle == "repeat_reshuffle":
+        dataset = dataset.repeat().shuffle(64, seed=seed, reshuffle_each_iteration=True)
+        return distribute.global_batches(dataset.map(scale), input_context, batch_size)
     if shuffle == "global":
         dataset = framework.data.global_shuffle(dataset, seed)
     else:
@@ -96,6 +102,13 @@ def record_pipeline(input_context, batch_size: int, seed: int, pattern: str, *, 
     dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=2, block_length=1)
     dataset = dataset.map(parse).shuffle(32, seed=seed, reshuffle_each_iteration=reshuffle)
     return distribute.global_batches(dataset.repeat(), input_context, batch_size)
+
+
+def indexed_record_pipeline(batch_size: int, seed: int, pattern: str, input_context):
+    """`shuffled_records`, parsed and batched. Every pipeline reads all shards: global batches
+    need the same stream on every worker (a real multi-worker input passes input_context)."""
+    dataset = framework.data.shuffled_records(pattern, seed, cycle_length=2)
+    return distribute.global_batches(dataset.map(parse), input_context, batch_size)
 
 
 def generator_pipeline(input_context, batch_size: int, seed: int):
@@ -137,9 +150,12 @@ class StreamTrainer(framework.Trainer):
         if task.pipeline in ("records", "records_reshuffle"):
             reshuffle = task.pipeline == "records_reshuffle"
             return record_pipeline(input_context, batch, seed, task.pattern, reshuffle=reshuffle)
+        if task.pipeline == "records_indexed":
+            return indexed_record_pipeline(batch, seed, task.pattern, input_context)
         if task.pipeline == "generator":
             return generator_pipeline(input_context, batch, seed)
-        shuffle = task.pipeline if task.pipeline in ("global", "reshuffle", "batched_reshuffle") else "buffer"
+        shuffles = ("global", "reshuffle", "batched_reshuffle", "repeat_reshuffle")
+        shuffle = task.pipeline if task.pipeline in shuffles else "buffer"
         return array_pipeline(input_context, batch, seed, shuffle=shuffle)
 
 

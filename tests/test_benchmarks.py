@@ -38,6 +38,6 @@ def test_step_and_checkpoint_benchmarks_quick():
 
 def test_resume_benchmark_quick():
     table = _run("bench_resume.py", "--quick")
-    for pipeline in ("array", "array/global_shuffle", "tfrecord"):
+    for pipeline in ("array", "array/global_shuffle", "tfrecord", "tfrecord/shuffled_records"):
         for method in ("restore", "replay"):
             assert f"| {pipeline} | {method} |" in table

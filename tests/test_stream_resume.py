@@ -19,6 +19,9 @@ import sys
 import numpy as np
 import pytest
 import stream_cases
+import tensorflow as tf
+
+from framework import input_state
 
 from toys import free_ports
 
@@ -60,10 +63,11 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_base
 
 @pytest.mark.parametrize(
     "pipeline, replicas",
-    [("array", 1), ("records", 2), ("reshuffle", 1), ("records_reshuffle", 1),
+    [("array", 1), ("records", 2), ("reshuffle", 1), ("records_reshuffle", 1), ("repeat_reshuffle", 1),
      pytest.param("array", 2, marks=pytest.mark.slow), pytest.param("records", 1, marks=pytest.mark.slow),
      pytest.param("reshuffle", 2, marks=pytest.mark.slow),
-     pytest.param("records_reshuffle", 2, marks=pytest.mark.slow)],
+     pytest.param("records_reshuffle", 2, marks=pytest.mark.slow), ("records_indexed", 1),
+     pytest.param("records_indexed", 2, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     tmp_path, pattern, caplog, pipeline, replicas
@@ -81,6 +85,7 @@ def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     [
         ("reshuffle", 1),
         ("records_reshuffle", 1),
+        ("records_indexed", 1),
         pytest.param("records_reshuffle", 2, marks=pytest.mark.slow),
     ],
 )
@@ -114,6 +119,21 @@ def test_an_input_tf_data_cannot_restore_names_why_and_resumes_exactly_by_replay
     assert not (tmp_path / "split" / "checkpoints" / "input").exists()
 
 
+def test_only_a_reshuffle_batched_then_repeated_is_flagged():
+    def flagged(dataset):
+        reason = input_state.unsavable_reason(dataset)
+        return reason is not None and "batched before it is repeated" in reason
+
+    numbers = tf.data.Dataset.range(50)
+    reshuffled = numbers.shuffle(10, seed=1, reshuffle_each_iteration=True)
+    assert flagged(reshuffled.batch(4).repeat())
+    assert flagged(reshuffled.batch(4).map(lambda b: b * 2).repeat())
+    assert not flagged(reshuffled.repeat().batch(4))
+    assert not flagged(numbers.repeat().shuffle(10, seed=1, reshuffle_each_iteration=True).batch(4))
+    assert not flagged(numbers.shuffle(10, seed=1, reshuffle_each_iteration=False).batch(4).repeat())
+    assert not flagged(reshuffled.batch(4))  # iterated once
+
+
 def _run_worker(pipeline, pattern, workdir, epochs, strategy, out, tf_config=None, step_based=False):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
     env.pop("TF_CONFIG", None)
@@ -144,7 +164,9 @@ def _finish(processes, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline, step_based", [("reshuffle", False), ("records_reshuffle", True)])
+@pytest.mark.parametrize(
+    "pipeline, step_based", [("reshuffle", False), ("records_reshuffle", True), ("records_indexed", True)]
+)
 def test_two_workers_resume_their_own_positions_to_one_process_weights(
     tmp_path, pattern, pipeline, step_based
 ):
