@@ -415,12 +415,12 @@ class Controller:
 
     def _batch_end(self, hooks: callbacks.Hooks, done: int, step: int, point: dict | None, sums) -> None:
         """Keras batch hooks and Periodic hooks, with the log point's logs or the call's means."""
+        skipped = self.nonfinite.take_skipped()
         if hooks.wants_batches:
             batch_logs = dict(point or sums.means())
-            if self.nonfinite.skipped_in_call:  # TerminateOnNaN sees what the skipped step produced
+            if skipped:  # TerminateOnNaN sees what the skipped step produced
                 batch_logs["loss"] = float("nan")
             hooks.batch_end(done - 1, step, batch_logs)
-        self.nonfinite.skipped_in_call = False
 
     def _save_in_epoch(self, preemption, step: int, done: int, epoch: logs.Sums, point: dict | None) -> None:
         """On preemption: save and exit; every checkpoint.every_steps: save."""

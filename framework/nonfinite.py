@@ -40,15 +40,18 @@ class NonFinitePolicy:
 
     Attributes:
       restores: checkpoints restored so far under "restore".
-      skipped_in_call: whether the last call skipped a non-finite step (under
-        "skip"); the host clears it once its batch hooks have seen it.
     """
 
     def __init__(self, runner: Runner, open_checkpoints: Callable[[], checkpoint.Checkpoints]):
         self.runner = runner
         self.open_checkpoints = open_checkpoints
         self.restores = 0
-        self.skipped_in_call = False
+        self._skipped = False
+
+    def take_skipped(self) -> bool:
+        """Whether a call skipped a non-finite step (under "skip") since this was last asked."""
+        skipped, self._skipped = self._skipped, False
+        return skipped
 
     def after_call(
         self, step: int, n: int, last: Mapping[str, float], bad: int | None = None
@@ -85,7 +88,7 @@ class NonFinitePolicy:
         if policy == "skip":
             logging.warning("Non-finite %s; the update was skipped (nan_policy='skip').", what)
             runner.clear_nonfinite()
-            self.skipped_in_call = True
+            self._skipped = True
             return n, True
         if policy == "restore" and self.restores < config.nan_max_retries:
             self.restores += 1
