@@ -82,6 +82,7 @@ def image_dataset(
     augment: bool = True,
     shuffle_buffer: int = 4096,
     crop_padding: int = 4,
+    endless: bool = False,
 ) -> tf.data.Dataset:
     """Per-replica batches of (image, label) from the TFRecord files matching `pattern`.
 
@@ -93,22 +94,33 @@ def image_dataset(
     train: shuffle (files and records) and drop a short last batch.
     augment: random crops of the image padded by `crop_padding`.
     seed: fixes the file order, the shuffle and the crops (different every epoch).
+    endless: (train) an endless stream for a step-based run: `shuffled_records`,
+      a new order each pass and a saved position of a few KB (no shuffle
+      buffer of images in the checkpoint); crops seeded by the example's
+      position in the stream.
     """
     files = shard_files(pattern, input_context)
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if train:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 4),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    if train:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment:
+    if train and endless:
+        cycle = min(len(files), 4)
+        dataset = framework.data.shuffled_records(files, seed, cycle_length=cycle)
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        positions = tf.data.Dataset.counter()
+        crop_seeds = positions.map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        if train:
+            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 4),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if train:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         crop_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    if augment:
 
         def crop(example, crop_seed):
             return random_crop(example["image"], crop_seed, crop_padding), example["label"]
@@ -206,6 +218,7 @@ class ImagesTrainer(framework.Trainer):
             train=train,
             augment=train and data.augment,
             shuffle_buffer=data.shuffle_buffer,
+            endless=train and self.config.train_steps > 0,
         )
 
     def build_train_dataset(self, input_context):
