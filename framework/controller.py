@@ -398,7 +398,7 @@ class Controller:
     def _host_values(self) -> dict[str, float]:
         """Metric results and optimizer logs now: as the last train call read them, or read here."""
         after, t = self._after, self.trainer
-        metric_values = after["metrics"] if after and after["metrics"] is not None else t.metric_results()
+        metric_values = after["metrics"] if after and "metrics" in after else t.metric_results()
         return {**metric_values, **(after["optimizer"] if after else t.optimizer_logs())}
 
     def _log_point(self, step: int, done: int, interval: _Interval, progress: logs.Progress) -> dict | None:

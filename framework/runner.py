@@ -25,9 +25,9 @@ class StepFunction(Protocol):
 
     def __call__(self, iterator: Any, num_steps: tf.Tensor) -> tuple[logs.Sums, Mapping[str, float], Any]:
         """Runs the steps; returns their log sums, the values a non-finite step shows in (see loop),
-        and what a train call read after its last step: {"metrics": `metric_results()` or None,
-        "optimizer": `optimizer_logs()`, "nonfinite_step": `nonfinite_step()`}, or None (the host
-        then asks the runner)."""
+        and what a train call read after its last step: {"metrics": `metric_results()` (absent when
+        a metric cannot be read in a graph), "optimizer": `optimizer_logs()`, "nonfinite_step":
+        `nonfinite_step()`}, or None (the host then asks the runner)."""
 
     def experimental_get_tracing_count(self) -> int:
         """How many times it was traced (0 before its first call)."""

@@ -32,6 +32,7 @@ non-finite losses).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import keras
@@ -494,17 +495,16 @@ class Trainer(Phases, TrainerState, CompiledSteps):
     def after_train_call(self) -> dict:
         """What the host reads after each train call, as tensors: the compiled call reads them itself.
 
-        Keys: "metrics" (`metric_results()`'s, or None when a metric cannot be
-        read in a graph), "optimizer" (`optimizer_logs()`'s), "nonfinite_step".
+        Keys: "optimizer" (`optimizer_logs()`'s), "nonfinite_step" and "metrics"
+        (`metric_results()`'s; left out when a metric cannot be read in a graph).
         """
         with self.strategy.scope():
-            try:
-                metric_values = metrics.results(self.metrics)
-            except Exception:  # noqa: BLE001 - a metric a graph cannot read is read on the host instead
-                metric_values = None
-            optimizer_values = self._optimizer_values()
             nonfinite = tf.convert_to_tensor(self._nonfinite_step)
-        return {"metrics": metric_values, "optimizer": optimizer_values, "nonfinite_step": nonfinite}
+            out = {"optimizer": self._optimizer_values(), "nonfinite_step": nonfinite}
+            # A metric a graph cannot read (Python in its result) is read on the host instead.
+            with contextlib.suppress(Exception):
+                out["metrics"] = metrics.results(self.metrics)
+        return out
 
     def fit_schedules(self, total_updates: int) -> None:
         """Sets the length of `decay_steps = 0` schedules to the run's `total_updates`."""

@@ -208,3 +208,31 @@ def test_log_points_show_the_metrics_and_learning_rate_after_their_last_step(tmp
     assert {k: eager[k] for k in ("count", "labels/0", "labels/1", "labels/2")} == {
         k: points[-1][k] for k in ("count", "labels/0", "labels/1", "labels/2")
     }
+
+
+class _HostOnlyCount(keras.metrics.Metric):
+    """Examples seen, read as a Python float: its result cannot be computed in a graph."""
+
+    def __init__(self):
+        super().__init__(name="host_count")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.count.assign_add(tf.cast(tf.shape(y_true)[0], "float32"))
+
+    def result(self):
+        return float(self.count.numpy())
+
+
+def test_a_metric_that_only_reads_on_the_host_is_logged_from_the_host(tmp_path):
+    """The train call cannot read it after its steps: every log point reads the metrics eagerly instead."""
+    x, y = blobs(n=90)
+    cfg = config(epochs=1, log_every_steps=2, steps_per_execution=3)
+    metrics = lambda: [_HostOnlyCount(), ExampleCount()]  # noqa: E731
+    trainer = ArrayTrainer(cfg, data=(x, y), model_fn=mlp, metrics=metrics, workdir=str(tmp_path))
+    trainer.fit()
+    with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
+        points = [r for r in map(json.loads, f) if r["kind"] in ("train", "epoch")]
+    assert [r["step"] for r in points] == [2, 4, 6, 6]
+    for r in points:
+        assert r["host_count"] == r["count"] == min(r["step"] * 16, 90), r
