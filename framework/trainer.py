@@ -1,8 +1,9 @@
-"""Trainer: build hooks, the per-replica step, and what the host loop reads of it.
+"""Trainer: build hooks and the per-replica step.
 
 Its bases hold the rest: `framework.phases` (`fit`, `evaluate`, `predict`,
 `restore`, run by the Controller), `framework.trainer_state` (building the
-variables, the input checks, the checkpoint groups) and
+variables, the input checks, the checkpoint groups), `framework.host_reads`
+(what the host loop reads and sets between compiled calls) and
 `framework.compiled_steps` (the compiled train / eval / predict functions).
 
     class Trainer:
@@ -14,7 +15,7 @@ variables, the input checks, the checkpoint groups) and
                 while the epoch has steps left:
                     n = steps to the next log point (<= steps_per_execution)
                     train_fn(iterator, n)          # n x strategy.run(train_step)
-                    at log points: loss means, metric results -> logs
+                    at log points: loss means, metric results (read by the call) -> logs
                 if an eval dataset exists: logs |= val/... <- evaluate()
         train_step(batch):                         # per replica, compiled
             x, y, w = batch
@@ -32,12 +33,10 @@ non-finite losses).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, NamedTuple
 
 import keras
 import ml_collections
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -52,6 +51,7 @@ from framework import (
     updates,
 )
 from framework.compiled_steps import CompiledSteps
+from framework.host_reads import HostReads
 from framework.losses import Loss
 from framework.phases import Phases
 from framework.trainer_state import TrainerState
@@ -80,7 +80,7 @@ def _counter(name: str, initial: int) -> tf.Variable:
     )
 
 
-class Trainer(Phases, TrainerState, CompiledSteps):
+class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
     """Subclass and implement `build_model`, `build_train_dataset`, `build_loss`.
 
     A subclass's `__init__` may load data before calling `super().__init__`,
@@ -440,73 +440,3 @@ class Trainer(Phases, TrainerState, CompiledSteps):
 
     def _phase_metrics(self, phase: str | None = None) -> metrics.Pairs:
         return self.eval_metrics if (phase or self._phase) == "eval" else self.metrics
-
-    # ---- state ---------------------------------------------------------------
-
-    @property
-    def step(self) -> int:
-        """Training steps completed (the global step), read on the host."""
-        return int(self._step.numpy())
-
-    def metric_results(self, phase: str = "train") -> dict[str, float]:
-        """Current values of the train (or eval) metrics, summed over replicas, read on the host.
-
-        Every worker must call it alike: reading a metric is a collective.
-
-        Args:
-          phase: "train" or "eval".
-
-        Returns:
-          Metric name -> value; vector results give `name/<i>`, dict results `name/<key>`.
-        """
-        return metrics.read(self._phase_metrics(phase), self.strategy)
-
-    def reset_metrics(self, phase: str = "train") -> None:
-        """Resets the train (or "eval") metrics; the Controller does it at each epoch and evaluation."""
-        metrics.reset(self._phase_metrics(phase))
-
-    # ---- what the host loop asks (framework.runner.Runner) ---------------------------
-
-    def set_step(self, step: int) -> None:
-        """Sets the global step (a restore that goes on after an offending batch)."""
-        self._step.assign(step)
-
-    def nonfinite_step(self) -> int:
-        """The step whose loss or gradients were non-finite since the last clear; -1: none."""
-        return int(self._nonfinite_step.numpy())
-
-    def clear_nonfinite(self) -> None:
-        """Forgets the non-finite step: the compiled train function goes on."""
-        self._nonfinite_step.assign(-1)
-
-    def optimizer_logs(self) -> dict[str, float]:
-        """`lr` (`lr/<name>` for added optimizers), the updater's logs, and `nonfinite_steps` under "skip"."""
-        return {key: float(np.asarray(value, np.float64)) for key, value in self._optimizer_values().items()}
-
-    def _optimizer_values(self) -> dict[str, tf.Tensor]:
-        out = {}
-        for i, (name, optimizer) in enumerate(self._updater.named_optimizers()):
-            out["lr" if i == 0 else f"lr/{name}"] = tf.convert_to_tensor(optimizer.learning_rate)
-        out.update(self._updater.logs())
-        if self.config.nan_policy == "skip":
-            out["nonfinite_steps"] = tf.convert_to_tensor(self._nonfinite_count)
-        return out
-
-    def after_train_call(self) -> dict:
-        """What the host reads after each train call, as tensors: the compiled call reads them itself.
-
-        Keys: "optimizer" (`optimizer_logs()`'s), "nonfinite_step" and "metrics"
-        (`metric_results()`'s; left out when a metric cannot be read in a graph).
-        """
-        with self.strategy.scope():
-            nonfinite = tf.convert_to_tensor(self._nonfinite_step)
-            out = {"optimizer": self._optimizer_values(), "nonfinite_step": nonfinite}
-            # A metric a graph cannot read (Python in its result) is read on the host instead.
-            with contextlib.suppress(Exception):
-                out["metrics"] = metrics.results(self.metrics)
-        return out
-
-    def fit_schedules(self, total_updates: int) -> None:
-        """Sets the length of `decay_steps = 0` schedules to the run's `total_updates`."""
-        for _, optimizer in self._updater.named_optimizers():
-            optimizer_builder.fit_schedule(optimizer, total_updates)
