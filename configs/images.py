@@ -44,7 +44,7 @@ def get_config(arg: str | None = None):
     config.model.sync_bn = arg.sync_bn
     if arg.smoke:
         config.batch_size = 64
-        config.train_steps = 93  # 3 passes over 2,000 images
+        config.train_steps = 124  # 4 passes over 2,000 images
         config.eval_every_steps = 31
         config.optimizer.name = "adamw"
         config.optimizer.options = {}
