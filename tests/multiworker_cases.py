@@ -215,7 +215,7 @@ CASES = {
     "callbacks": lambda: (*_with(Blobs, base_config(), epochs=12), _callbacks()),
     "gan": _gan,
     "long": lambda: _with(
-        Blobs, base_config(eval=True), epochs=6, steps_per_execution=1, **{"checkpoint.every_steps": 4}
+        Blobs, base_config(eval=True), epochs=10, steps_per_execution=1, **{"checkpoint.every_steps": 4}
     ),
 }
 

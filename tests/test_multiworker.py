@@ -243,24 +243,41 @@ def long_reference(tmp_path_factory):
         finish([reference], timeout=1)
 
 
-def _wait_for_checkpoint(directory, processes, timeout=600):
+def _wait_for(condition, what, processes, timeout=600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+        if condition():
             return
         for p in processes:
             assert p.poll() is None, p.communicate()[1][-4000:]
         time.sleep(0.2)
-    raise AssertionError(f"no checkpoint in {directory} after {timeout}s")
+    raise AssertionError(f"no {what} after {timeout}s")
+
+
+def _has_checkpoint(workdir):
+    directory = workdir / "checkpoints"
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def _logged_step_4(workdir, step=4):
+    """Whether the chief has logged training at step 4 or later: unlike a checkpoint directory, which
+    appears when orbax's background write ends, this follows the training loop."""
+    path = workdir / "metrics.jsonl"
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        lines = [line for line in f if line.endswith("\n")]
+    return any(r["kind"] == "train" and r["step"] >= step for r in map(json.loads, lines))
 
 
 @contextlib.contextmanager
-def _one_worker_signalled(tmp_path, signum):
+def _one_worker_signalled(tmp_path, signum, ready):
     """Two slow-stepping workers on `long`; yields them and the time worker 1 got `signum`, sent
-    once the first checkpoint exists. Whatever still runs on exit is killed."""
+    once `ready(workdir)` holds. Whatever still runs on exit is killed."""
     workers = start_workers(["long"], tmp_path / "mw", tmp_path, extra=SLOW_STEPS)
+    workdir = tmp_path / "mw" / "long"
     try:
-        _wait_for_checkpoint(tmp_path / "mw" / "long" / "checkpoints", workers)
+        _wait_for(lambda: ready(workdir), ready.__name__, workers)
         workers[1].send_signal(signum)
         yield workers, time.monotonic()
     finally:
@@ -280,7 +297,7 @@ def _resume_and_compare(tmp_path, long_reference):
 
 @pytest.mark.slow
 def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(tmp_path, long_reference):
-    with _one_worker_signalled(tmp_path, signal.SIGKILL) as (workers, killed_at):
+    with _one_worker_signalled(tmp_path, signal.SIGKILL, _has_checkpoint) as (workers, killed_at):
         _, err = workers[0].communicate(timeout=120)
         survived = time.monotonic() - killed_at
     assert workers[0].returncode != 0
@@ -292,12 +309,12 @@ def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(tmp
 
 @pytest.mark.slow
 def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(tmp_path, long_reference):
-    with _one_worker_signalled(tmp_path, signal.SIGTERM) as (workers, signalled_at):
+    with _one_worker_signalled(tmp_path, signal.SIGTERM, _logged_step_4) as (workers, signalled_at):
         errors = [w.communicate(timeout=60)[1] for w in workers]
         took = time.monotonic() - signalled_at
     check_ok(workers, errors)
     steps = [re.findall(r"Preempted: saved step (\d+)", err) for err in errors]
-    assert steps[0] and steps[0] == steps[1], steps
+    assert steps[0] and steps[0] == steps[1], (steps, [err[-3000:] for err in errors])
     saved = sorted(int(n) for n in os.listdir(tmp_path / "mw" / "long" / "checkpoints") if n.isdigit())
     assert int(steps[0][0]) == saved[-1]
     assert not os.path.exists(tmp_path / "w0.json")  # preempted before the case finished
