@@ -11,7 +11,8 @@ over shards `write_shards` made ("records_reshuffle": `list_files(shuffle=True)`
 and a reshuffling record shuffle; "records_indexed": `framework.data.shuffled_records
 -> parse -> batch`, no buffer), "generator" a Python generator. Batches are global
 (`distribute.global_batches`): one process, mirrored replicas and several
-workers see the same global batches.
+workers see the same global batches. "records_sharded" is the exception, as a
+multi-worker script reads: `shuffled_records` over each worker's own shards.
 
 As a script, one run (a fit) that writes its final weights to --out:
 
@@ -28,6 +29,7 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -111,6 +113,15 @@ def indexed_record_pipeline(batch_size: int, seed: int, pattern: str, input_cont
     return distribute.global_batches(dataset.map(parse), input_context, batch_size)
 
 
+def sharded_record_pipeline(batch_size: int, seed: int, pattern: str, input_context):
+    """`shuffled_records` over this input pipeline's own shards, as a multi-worker script reads
+    them: each worker's stream, and so its saved position, is its own."""
+    dataset = framework.data.shuffled_records(pattern, seed, cycle_length=2, input_context=input_context)
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    return dataset.map(parse).batch(batch_size, drop_remainder=True)
+
+
 def generator_pipeline(input_context, batch_size: int, seed: int):
     x, y = images(96)
 
@@ -152,6 +163,8 @@ class StreamTrainer(framework.Trainer):
             return record_pipeline(input_context, batch, seed, task.pattern, reshuffle=reshuffle)
         if task.pipeline == "records_indexed":
             return indexed_record_pipeline(batch, seed, task.pattern, input_context)
+        if task.pipeline == "records_sharded":
+            return sharded_record_pipeline(batch, seed, task.pattern, input_context)
         if task.pipeline == "generator":
             return generator_pipeline(input_context, batch, seed)
         shuffles = ("global", "reshuffle", "batched_reshuffle", "repeat_reshuffle")
@@ -205,6 +218,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--step_based", action="store_true", help="periods of a step-based run")
     args = parser.parse_args()
+    absl_logging.set_verbosity(absl_logging.INFO)  # every worker says how it resumed its input
     cfg = config(
         args.pipeline,
         epochs=args.epochs,

@@ -8,7 +8,8 @@ end on bitwise the same weights, and must have restored its input position
 the README's table says are restored too. A generator pipeline, and a
 reshuffled pipeline batched before it is repeated, say why they cannot be
 restored and resume by replay. Two worker processes are compared
-with one process (slow).
+with one process, and two workers reading their own shards with an unbroken
+two-worker run; every worker must say it restored its position (slow).
 """
 
 import logging
@@ -161,6 +162,13 @@ def _finish(processes, timeout=600):
                 p.communicate()
     for p, err in zip(processes, errors):
         assert p.returncode == 0, err[-4000:]
+    return errors
+
+
+def _assert_restored(errors, step):
+    for i, err in enumerate(errors):
+        assert f"restored the input position of step {step}" in err, (i, err[-3000:])
+        assert "replaying" not in err, (i, err[-3000:])
 
 
 @pytest.mark.slow
@@ -190,7 +198,9 @@ def test_two_workers_resume_their_own_positions_to_one_process_weights(
             )  # fmt: skip
             for i in range(2)
         ]
-        _finish(workers)
+        errors = _finish(workers)
+        if epochs == 4:
+            _assert_restored(errors, 10)
         if epochs == 2:  # each worker saved its own position
             saved = sorted(os.listdir(workdir / "checkpoints" / "input" / "10"))
             assert saved == [
@@ -203,3 +213,44 @@ def test_two_workers_resume_their_own_positions_to_one_process_weights(
         assert int(got["step"]) == int(one["step"]) == 20
         diff = max(float(np.max(np.abs(got[k] - one[k]))) for k in one.files if k != "step")
         assert diff <= 1e-5, (i, diff)
+
+
+@pytest.mark.slow
+def test_two_workers_reading_their_own_shards_resume_to_an_unbroken_runs_weights(tmp_path):
+    """Each worker streams its own shards: 3 files (58 records) and 2 (38), so at the save one
+    worker is in its first pass and the other in its second. A worker that restored the other's
+    position, or none, would train on other batches."""
+    pattern = stream_cases.write_shards(str(tmp_path / "shards"), shards=5)
+
+    def run(workdir, epochs, tag):
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+        return [
+            _run_worker(
+                "records_sharded",
+                pattern,
+                workdir,
+                epochs,
+                "multi_worker",
+                tmp_path / f"{tag}-w{i}.npz",
+                tf_config=f'{{"cluster": {cluster}, "task": {{"type": "worker", "index": {i}}}}}'.replace(
+                    "'", '"'
+                ),
+                step_based=True,
+            )  # fmt: skip
+            for i in range(2)
+        ]
+
+    unbroken = run(tmp_path / "unbroken", 4, "unbroken")
+    _finish(run(tmp_path / "resumed", 2, "first"))
+    positions = tmp_path / "resumed" / "checkpoints" / "input" / "10"
+    first, second = ((positions / f"worker-{i}.data-00000-of-00001").read_bytes() for i in range(2))
+    assert first != second
+    resumed = run(tmp_path / "resumed", 4, "resumed")
+    _finish(unbroken)
+    _assert_restored(_finish(resumed), 10)
+    want = np.load(tmp_path / "unbroken-w0.npz")
+    for i in range(2):
+        got = np.load(tmp_path / f"resumed-w{i}.npz")
+        assert int(got["step"]) == int(want["step"]) == 20
+        for key in want.files:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"worker {i}, {key}")
