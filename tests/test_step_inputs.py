@@ -213,6 +213,22 @@ def test_evaluate_any_dataset_matches_keras_evaluate(replicas):
     assert trainer.evaluate(odd)["accuracy"] == model.evaluate(odd, verbose=0, return_dict=True)["accuracy"]
 
 
+def test_an_input_of_unknown_length_is_counted_with_an_info_line_and_read_whole(caplog):
+    trainer = ArrayTrainer(mirrored(1, batch_size=32), data=digits(0, 256), model_fn=mlp, metrics=accuracy)
+    trainer.fit()
+    model = keras_twin(trainer)
+    known = tf.data.Dataset.from_tensor_slices(digits(416, 461)).batch(16)  # 45 examples: 3 batches
+    unknown = known.unbatch().filter(lambda x, y: True).batch(16)
+    assert unknown.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    caplog.set_level("INFO")
+    got = trainer.evaluate(unknown)
+    assert got["accuracy"] == model.evaluate(known, verbose=0, return_dict=True)["accuracy"]
+    counted = [r for r in caplog.records if "unknown length" in r.getMessage()]
+    assert [r.levelname for r in counted] == ["INFO"], [r.getMessage() for r in counted]
+    assert "counted its 3 batches" in counted[0].getMessage()
+    assert "steps_per_epoch" not in counted[0].getMessage()  # a training setting
+
+
 @pytest.mark.parametrize("replicas", [1, 4])
 def test_predict_returns_the_model_outputs_in_order(replicas):
     def two_heads():
