@@ -116,9 +116,44 @@ def _configure_coordination(peer_timeout_secs: int) -> None:
     )
 
 
+def cluster_tasks() -> int:
+    """The chief and worker tasks the TF_CONFIG environment variable describes (0 without one).
+
+    Raises:
+      RuntimeError: TF_CONFIG is set but is not a JSON object.
+    """
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        return 0
+    try:
+        tf_config = json.loads(text)
+        cluster = tf_config.get("cluster", {})
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise RuntimeError(
+            f"The TF_CONFIG environment variable is not a JSON object ({e}): {text[:200]!r}"
+        ) from e
+    return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+
+
 def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
-    """Builds the strategy named by `config.distribution`."""
+    """Builds the strategy named by `config.distribution`.
+
+    "auto": a TPU if this machine has one; else, when TF_CONFIG describes a
+    cluster of several tasks, this process's worker of a multi-worker run; else
+    every local GPU (or `cpu_devices` logical CPUs) mirrored; else one device.
+    """
     name = dist.strategy
+    tasks = cluster_tasks()
+    if name == "auto" and tasks > 1 and not _tpu_present():
+        name = "multi_worker"
+    elif name in ("one_device", "mirrored") and tasks > 1:
+        logging.warning(
+            "TF_CONFIG describes a cluster of %d tasks, but config.distribution.strategy=%r: this "
+            "process trains alone and writes its workdir as if it were the only one. Use 'multi_worker' "
+            "(or 'auto') to train together.",
+            tasks,
+            name,
+        )
     cpus = configure_cpu_devices(dist.cpu_devices) if dist.cpu_devices else None
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
@@ -254,6 +289,14 @@ def any_worker(strategy: tf.distribute.Strategy, *flags: bool) -> tuple[bool, ..
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
+    if isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ):  # its class: CollectiveAllReduceStrategy
+        resolver = strategy.cluster_resolver
+        return (
+            f"MultiWorkerMirroredStrategy with {strategy.num_replicas_in_sync} replica(s) on "
+            f"{num_workers(strategy)} workers; this is {resolver.task_type} {resolver.task_id}"
+        )
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
 
 

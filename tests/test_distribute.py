@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "multiworker_script.py")
 
 
-def _run_workers(workdir, tmp_path, *flags, tag=""):
+def _run_workers(workdir, tmp_path, *flags, tag="", strategy="multi_worker"):
     """Two worker processes on 127.0.0.1 running the script; returns their (stdout, stderr)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = []
@@ -33,7 +33,7 @@ def _run_workers(workdir, tmp_path, *flags, tag=""):
             }
             args = [
                 sys.executable, SCRIPT, f"--config={SCRIPT}", f"--workdir={workdir}", "--mode=train",
-                "--config.distribution.strategy=multi_worker", f"--weights_out={tmp_path}/w{index}{tag}.npz",
+                f"--config.distribution.strategy={strategy}", f"--weights_out={tmp_path}/w{index}{tag}.npz",
                 *flags,
             ]  # fmt: skip
             workers.append(
@@ -78,9 +78,14 @@ def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(
     assert json.loads((workdir / "config.json").read_text())["distribution"]["strategy"] == "multi_worker"
     assert len(os.listdir(workdir / "train")) == 1  # one TensorBoard event file: the chief's
 
-    # Rerun with one more epoch: both workers restore the chief's checkpoint and go on.
+    # Rerun with one more epoch: both workers restore the chief's checkpoint and go on; "auto"
+    # under a TF_CONFIG cluster is multi_worker.
     assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()) == [5, 10]
-    outputs = _run_workers(workdir, tmp_path, "--config.epochs=3", tag="_resumed")
+    outputs = _run_workers(workdir, tmp_path, "--config.epochs=3", tag="_resumed", strategy="auto")
+    for index, (_, err) in enumerate(outputs):
+        want = f"Distribution: MultiWorkerMirroredStrategy with 2 replica(s) on 2 workers; this is worker {index}"
+        assert want in err, err[-3000:]
+    assert "Final metrics:" not in outputs[1][0]
     longer = multiworker_script.get_config()
     longer.epochs = 3
     reference = multiworker_script.BlobsTrainer(longer)
@@ -131,3 +136,23 @@ def test_multi_worker_without_tf_config_names_it(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(RuntimeError, match="TF_CONFIG"):
         distribute.make_strategy(config(**{"distribution.strategy": "multi_worker"}).distribution)
+
+
+def test_tf_config_counts_its_tasks_and_a_bad_one_is_named(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribute.cluster_tasks() == 0
+    cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"], "ps": ["d:1"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert distribute.cluster_tasks() == 3
+    monkeypatch.setenv("TF_CONFIG", "{'cluster': }")
+    with pytest.raises(RuntimeError, match="TF_CONFIG environment variable is not a JSON object"):
+        distribute.make_strategy(config(**{"distribution.strategy": "auto"}).distribution)
+
+
+def test_one_device_under_a_tf_config_cluster_trains_alone_and_says_so(monkeypatch, caplog):
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    caplog.set_level("WARNING")
+    strategy = distribute.make_strategy(config(**{"distribution.strategy": "one_device"}).distribution)
+    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+    assert "cluster of 2 tasks, but config.distribution.strategy='one_device'" in caplog.text
