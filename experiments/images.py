@@ -86,8 +86,9 @@ def image_dataset(
 ) -> tf.data.Dataset:
     """Per-replica batches of (image, label) from the TFRecord files matching `pattern`.
 
-    batch_size: the global batch. Each pipeline reads its own files and
-      batches its share (batch_size / pipelines); the replicas it feeds get
+    batch_size: the global batch. Each pipeline reads its own files (for
+      evaluation with fewer files than pipelines: every pipeline reads them
+      all and keeps every k-th record) and batches its share (batch_size / pipelines); the replicas it feeds get
       consecutive slices of that batch, so with one pipeline a global batch
       holds the same images on one device and on N replicas. Training drops a
       short last batch (conv gradients fail on a replica's empty batch).
@@ -99,7 +100,11 @@ def image_dataset(
       buffer of images in the checkpoint); crops seeded by the example's
       position in the stream.
     """
-    files = shard_files(pattern, input_context)
+    pipelines = input_context.num_input_pipelines
+    matched = sorted(glob.glob(pattern))
+    # Evaluation reads every example once: with fewer files than pipelines, each keeps every k-th record.
+    by_record = not train and 0 < len(matched) < pipelines
+    files = matched if by_record else shard_files(pattern, input_context)
     if train and endless:
         cycle = min(len(files), 4)
         dataset = framework.data.shuffled_records(files, seed, cycle_length=cycle)
@@ -116,6 +121,8 @@ def image_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+        if by_record:
+            dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
         if train:
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
@@ -132,7 +139,6 @@ def image_dataset(
             return example["image"], example["label"]
 
         dataset = dataset.map(pair)
-    pipelines = input_context.num_input_pipelines
     local = tf.distribute.InputContext(
         num_input_pipelines=1,
         input_pipeline_id=0,

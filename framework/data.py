@@ -116,6 +116,19 @@ def spread_last_step(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset
     return spread
 
 
+def empty_batches(element_spec) -> tf.data.Dataset | None:
+    """Endless batches of no rows shaped like `element_spec`; None when a leaf is not a dense tensor."""
+    leaves = tf.nest.flatten(element_spec)
+    if not all(isinstance(s, tf.TensorSpec) and s.shape.rank for s in leaves):
+        return None
+
+    def empty(spec):
+        shape = [0] + [d if d is not None else 0 for d in spec.shape[1:]]
+        return tf.fill(shape, "") if spec.dtype == tf.string else tf.zeros(shape, spec.dtype)
+
+    return tf.data.Dataset.from_tensors(tf.nest.map_structure(empty, element_spec)).repeat()
+
+
 def _host_only(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.OneDeviceStrategy) and all(
         "CPU" in device.upper() for device in strategy.extended.worker_devices
@@ -168,12 +181,17 @@ class DistributedInput:
         limit: int = 0,
         overfit_batches: int = 0,
         cycle: bool = False,
+        pad_workers: bool = False,
     ):
         """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch.
 
         cycle: a step-based run's input: a finite dataset is repeated (one
         iterator for the run, as for an infinite one) and `steps_per_epoch`
         may exceed one pass.
+        pad_workers: (evaluation) under several workers, a finite input may
+        give workers different numbers of steps: every worker runs the most,
+        a worker past its own end on batches of no rows. Without it, such an
+        input is refused (every worker must run the same steps).
         """
         self.strategy, self.name = strategy, name
         self.present = True
@@ -186,8 +204,12 @@ class DistributedInput:
         def dataset_fn(input_context):
             dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
             built.append(pipeline)
-            if cycle and pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY:
+            finite = pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY
+            if cycle and finite:
                 dataset = dataset.repeat()  # after spread_last_step: each pass ends on a whole step
+            elif pad_workers and finite and distribute.num_workers(strategy) > 1:
+                padding = empty_batches(dataset.element_spec)
+                dataset = dataset if padding is None else dataset.concatenate(padding)
             datasets.append(dataset)
             return dataset
 
@@ -217,7 +239,7 @@ class DistributedInput:
                 self.pass_steps = math.ceil(self.cardinality / pipeline.replicas)
             self.steps = steps_per_epoch
         else:
-            self.steps = self._count_steps(pipeline, hook, steps_per_epoch)
+            self.steps = self._agreed_steps(pipeline, hook, steps_per_epoch, limit, pad_workers)
         if limit:
             self.steps = min(self.steps, limit)
         self._iterators_made = 0
@@ -239,7 +261,43 @@ class DistributedInput:
             else:
                 self._host_dataset = input_state.stack_replicas(datasets[0], pipeline.replicas)
 
-    def _count_steps(self, pipeline: Pipeline, hook: Hook, requested: int) -> int:
+    def _agreed_steps(self, pipeline: Pipeline, hook: Hook, requested: int, limit: int, pad: bool) -> int:
+        """Steps per pass, the same on every worker; see `pad_workers`.
+
+        Every worker reaches this point: a worker's error is raised on all of them after the count.
+        """
+        if distribute.num_workers(self.strategy) == 1:
+            return self._count_steps(pipeline, hook, requested, allow_empty=False)
+        error = None
+        try:
+            steps = self._count_steps(pipeline, hook, requested, allow_empty=pad)
+            steps = min(steps, limit) if limit else steps
+        except ValueError as e:
+            steps, error = -1, e
+        counts = distribute.per_worker(self.strategy, pipeline.context.input_pipeline_id, steps)
+        if error is not None:
+            raise error
+        failed = [w for w, c in enumerate(counts) if c < 0]
+        if failed:
+            raise ValueError(f"{self.name}() failed on worker(s) {failed}; their logs say why.")
+        if max(counts) == 0:
+            raise ValueError(f"{self.name}() returned an empty dataset on every worker.")
+        if len(set(counts)) == 1:
+            return counts[0]
+        by_worker = ", ".join(f"worker {w}: {c}" for w, c in enumerate(counts))
+        if pad and empty_batches(pipeline.element_spec) is not None:
+            logging.info(
+                "%s() gives the workers uneven steps (%s); all run %d.", self.name, by_worker, max(counts)
+            )
+            return max(counts)
+        raise ValueError(
+            f"{self.name}() gives the workers different numbers of steps per pass ({by_worker}), but "
+            "every worker must run the same steps. Give every worker as many batches (shard the files "
+            f"evenly), set config.steps_per_epoch <= {min(counts)}, or train by steps (config.train_steps), "
+            "which repeats each worker's input."
+        )
+
+    def _count_steps(self, pipeline: Pipeline, hook: Hook, requested: int, *, allow_empty: bool) -> int:
         cardinality = self.cardinality
         if cardinality == tf.data.UNKNOWN_CARDINALITY:
             start = time.process_time()
@@ -260,7 +318,7 @@ class DistributedInput:
                 raise ValueError(f"{self.name}() returned an infinite dataset: set config.steps_per_epoch.")
             return requested
         available = math.ceil(cardinality / pipeline.replicas)
-        if available == 0:
+        if available == 0 and not allow_empty:
             raise ValueError(f"{self.name}() returned an empty dataset.")
         if requested > available:
             raise ValueError(

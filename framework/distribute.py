@@ -288,10 +288,22 @@ def any_worker(strategy: tf.distribute.Strategy, *flags: bool) -> tuple[bool, ..
     return tuple(v > 0 for v in mean_over_workers(strategy, [float(bool(f)) for f in flags]))
 
 
+def per_worker(strategy: tf.distribute.Strategy, worker: int, value: int) -> list[int]:
+    """Every worker's `value` (an integer), by worker index: one all-reduce (see `mean_over_workers`).
+
+    Each worker contributes `value` at its own index; workers feed equal numbers of replicas.
+    """
+    workers = num_workers(strategy)
+    if workers == 1:
+        return [int(value)]
+    slots = [0.0] * workers
+    slots[worker] = float(value)
+    return [round(v * workers) for v in mean_over_workers(strategy, slots)]
+
+
 def describe(strategy: tf.distribute.Strategy) -> str:
-    if isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ):  # its class: CollectiveAllReduceStrategy
+    # MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy.
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         resolver = strategy.cluster_resolver
         return (
             f"MultiWorkerMirroredStrategy with {strategy.num_replicas_in_sync} replica(s) on "

@@ -51,13 +51,14 @@ class Evaluator:
                 "build_eval_dataset",
                 optional=True,
                 limit=self._limit(),
+                pad_workers=True,
             )
         return self.eval_input.present
 
     def _input_of(self, source, what: str) -> DistributedInput:
         """A fresh distributed input for a dataset (global batches) or hook given to evaluate/predict."""
         hook = data.as_hook(source, what)
-        return DistributedInput(self.runner.strategy, hook, what, limit=self._limit())
+        return DistributedInput(self.runner.strategy, hook, what, limit=self._limit(), pad_workers=True)
 
     @staticmethod
     def _compiled(cache: dict, spec, make):

@@ -320,3 +320,52 @@ def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(
     assert not os.path.exists(tmp_path / "w0.json")  # preempted before the case finished
     print(f"both workers saved step {steps[0][0]} and exited 0, {took:.1f}s after SIGTERM")
     _resume_and_compare(tmp_path, long_reference)
+
+
+# ---- uneven inputs ----------------------------------------------------------------------------
+
+
+def _run_uneven(tmp_path, mode):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    script = os.path.join(ROOT, "tests", "uneven_workers.py")
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                script,
+                f"--mode={mode}",
+                f"--workdir={tmp_path / mode}",
+                f"--out={tmp_path}/{mode}{i}.json",
+            ],
+            cwd=ROOT,
+            env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    return workers, finish(workers, timeout=300)
+
+
+@pytest.mark.slow
+def test_uneven_evaluation_batches_evaluate_every_example_once_and_uneven_training_is_refused(tmp_path):
+    """Worker 0 has 5 evaluation batches and worker 1 has 3 (it runs two steps on batches of no rows):
+    the logged and returned values are Keras' over all 64 examples. Uneven training data would make
+    one worker wait for the other's missing steps: both say so before training."""
+    workers, errors = _run_uneven(tmp_path, "eval")
+    check_ok(workers, errors)
+    for i in range(2):
+        got = load(tmp_path / f"eval{i}.json")
+        want = got["keras"]
+        for values in (got["history"][-1], {f"val/{k}": v for k, v in got["evaluate"].items()}):
+            assert values["val/accuracy"] == pytest.approx(want["accuracy"], abs=1e-7)
+            assert values["val/loss"] == pytest.approx(want["loss"], abs=1e-6)
+    assert "uneven steps (worker 0: 5, worker 1: 3); all run 5" in errors[0]
+
+    workers, errors = _run_uneven(tmp_path, "train")
+    for p, err in zip(workers, errors):
+        assert p.returncode != 0
+        assert "different numbers of steps per pass (worker 0: 6, worker 1: 4)" in err, err[-3000:]
+        assert "config.steps_per_epoch <= 4" in err
+    assert not os.path.exists(tmp_path / "train" / "checkpoints")

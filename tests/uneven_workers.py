@@ -1,0 +1,90 @@
+"""Two workers whose datasets give them uneven numbers of batches: the worker script.
+
+Worker k's training data is `TRAIN[k]` examples and its evaluation data `EVAL[k]`
+(batches of 8 per worker). With --mode=eval the training data are even and the
+evaluation data uneven; the script trains, evaluates, and writes to --out its
+history, its own `evaluate()`, and Keras' `evaluate` of the same weights on
+every worker's evaluation examples together (the reference). With
+--mode=train the training data are uneven: the framework must refuse them.
+
+    TF_CONFIG=... python tests/uneven_workers.py --mode=eval --workdir=/tmp/u --out=/tmp/u0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging as absl_logging
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import framework  # noqa: E402
+from framework import losses  # noqa: E402
+
+EVAL = (40, 24)  # 5 and 3 batches of 8
+TRAIN = {"eval": (48, 48), "train": (48, 32)}
+CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def examples(worker: int, n: int, split: str):
+    rng = np.random.default_rng([worker, n, split == "eval"])
+    return rng.normal(size=(n, 4)).astype("float32"), rng.integers(0, 3, n).astype("int32")
+
+
+def model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs)))
+
+
+class UnevenTrainer(framework.Trainer):
+    def build_model(self):
+        return model()
+
+    def build_loss(self):
+        return losses.Term(CE, name="ce")
+
+    def build_metrics(self):
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+    def _data(self, context, split, counts):
+        x, y = examples(context.input_pipeline_id, counts[context.input_pipeline_id], split)
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(context.get_per_replica_batch_size(16))
+
+    def build_train_dataset(self, context):
+        return self._data(context, "train", TRAIN[self.config.task.mode])
+
+    def build_eval_dataset(self, context):
+        return self._data(context, "eval", EVAL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("mode", "workdir", "out"):
+        parser.add_argument(f"--{flag}", required=True)
+    args = parser.parse_args()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    config = framework.config.defaults()
+    config.batch_size, config.epochs = 16, 2
+    config.distribution.strategy = "multi_worker"
+    config.task.mode = args.mode
+    trainer = UnevenTrainer(config, args.workdir)
+    history = trainer.fit()
+    reference = model()
+    reference.set_weights(trainer.model.get_weights())
+    reference.compile(loss=CE, metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    x, y = (np.concatenate(parts) for parts in zip(*(examples(w, n, "eval") for w, n in enumerate(EVAL))))
+    keras_eval = reference.evaluate(x, y, batch_size=len(y), verbose=0, return_dict=True)
+    with open(args.out, "w") as f:
+        json.dump({"history": history, "evaluate": trainer.evaluate(), "keras": keras_eval}, f)
+
+
+if __name__ == "__main__":
+    main()
