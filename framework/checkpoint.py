@@ -221,10 +221,18 @@ class Checkpoints:
 
 
 class Preemption:
-    """Context manager: SIGTERM sets `requested` instead of killing the process."""
+    """Context manager: SIGTERM sets `requested` instead of killing the process.
+
+    `requested` is this process's signal and is never cleared; `agreed` is what
+    the training loop decided from every worker's `requested` and acts on. The
+    two are kept apart because the handler runs whenever the main thread next
+    executes Python, which may be between reading the workers' flags and
+    storing the decision: a signal that arrives then is sent at the next agreement.
+    """
 
     def __init__(self):
         self.requested = False
+        self.agreed = False
         self._previous = None
 
     def _handler(self, signum, frame) -> None:

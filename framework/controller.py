@@ -325,9 +325,9 @@ class Controller:
             self.save(
                 metrics=logs_, final=final, stopped_early=hooks.stop, **(period if plan.step_based else {})
             )
-        elif preemption.requested:
+        elif preemption.agreed:
             self.save()
-        if preemption.requested and not final:
+        if preemption.agreed and not final:
             self._exit_preempted(t.step)
 
     def _bounds(self, step: int, hooks: callbacks.Hooks) -> list[int]:
@@ -424,7 +424,7 @@ class Controller:
 
     def _save_in_epoch(self, preemption, step: int, done: int, epoch: logs.Sums, point: dict | None) -> None:
         """On preemption: save and exit; every checkpoint.every_steps: save."""
-        if preemption.requested:
+        if preemption.agreed:
             self.save(step_in_epoch=done, sums=epoch)
             self._exit_preempted(step)
         save_every = self.config.checkpoint.every_steps
@@ -448,7 +448,7 @@ class Controller:
         preempted, stop, mean_seconds = distribute.mean_over_workers(
             self.trainer.strategy, [float(preemption.requested), float(hooks.stop), seconds]
         )
-        preemption.requested = preempted > 0
+        preemption.agreed = preempted > 0
         if stop > 0:
             self.trainer.model.stop_training = True
         if steps and not self.config.steps_per_execution:

@@ -199,6 +199,34 @@ def test_sigterm_saves_mid_epoch_and_a_rerun_replays_the_epoch_to_the_next_batch
     assert last_epoch["loss"] == pytest.approx(np.mean(range(1, BATCHES + 1)))
 
 
+def test_a_sigterm_handled_just_after_the_workers_agreed_preempts_at_the_next_agreement(
+    tmp_path, monkeypatch
+):
+    """Under several workers the main thread waits in the agreement's all-reduce; a SIGTERM that
+    arrives then runs its handler as soon as the all-reduce returns, before the result is stored."""
+    signalled_at, agree = [], framework.distribute.mean_over_workers
+
+    def signalled_during(strategy, values):
+        result = agree(strategy, values)
+        if stub.step == 3 and not signalled_at:
+            signalled_at.append(stub.step)
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, after the values were read
+        return result
+
+    monkeypatch.setattr(framework.distribute, "mean_over_workers", signalled_during)
+    options = {"epochs": 2, "steps_per_execution": 1, "checkpoint": {"async_save": False}}
+    stub = StubRunner(str(tmp_path), **options)
+    with pytest.raises(SystemExit) as exit_info:
+        Controller(stub).fit()
+    assert signalled_at == [3]
+    assert exit_info.value.code == 0 and stub.step == 4  # the agreement after step 4 saw the flag
+    ckpts = checkpoint.Checkpoints(
+        os.path.join(str(tmp_path), "checkpoints"), stub.config.checkpoint, writer=False
+    )
+    assert ckpts.steps() == [4]
+    ckpts.close()
+
+
 def test_keras_batch_hooks_periodic_hooks_and_early_stop(tmp_path):
     batches, epochs, periodic = [], [], []
     stub = StubRunner(None, epochs=5)
