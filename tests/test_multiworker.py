@@ -12,6 +12,7 @@ metric and checkpoints is tests/test_distribute.py.
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -259,8 +260,8 @@ def _has_checkpoint(workdir):
     return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
 
 
-def _logged_step_4(workdir, step=4):
-    """Whether the chief has logged training at step 4 or later: unlike a checkpoint directory, which
+def _logged_step(workdir, step=4):
+    """Whether the chief has logged training at `step` or later: unlike a checkpoint directory, which
     appears when orbax's background write ends, this follows the training loop."""
     path = workdir / "metrics.jsonl"
     if not os.path.exists(path):
@@ -309,7 +310,7 @@ def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(tmp
 
 @pytest.mark.slow
 def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(tmp_path, long_reference):
-    with _one_worker_signalled(tmp_path, signal.SIGTERM, _logged_step_4) as (workers, signalled_at):
+    with _one_worker_signalled(tmp_path, signal.SIGTERM, _logged_step) as (workers, signalled_at):
         errors = [w.communicate(timeout=60)[1] for w in workers]
         took = time.monotonic() - signalled_at
     check_ok(workers, errors)
@@ -369,3 +370,71 @@ def test_uneven_evaluation_batches_evaluate_every_example_once_and_uneven_traini
         assert "different numbers of steps per pass (worker 0: 6, worker 1: 4)" in err, err[-3000:]
         assert "config.steps_per_epoch <= 4" in err
     assert not os.path.exists(tmp_path / "train" / "checkpoints")
+
+
+# ---- a real experiment ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_images_experiment_on_two_workers_resumes_after_sigterm_to_the_unbroken_runs_evaluations(
+    tmp_path,
+):
+    """experiments/images.py as a user starts it on two workers (strategy "auto" under TF_CONFIG):
+    each worker streams its own training shards; the one eval file is shared by records. SIGTERM to
+    worker 1 mid-run, a rerun of the same command, and every evaluation equals an unbroken run's."""
+    spec = importlib.util.spec_from_file_location(
+        "make_images", os.path.join(ROOT, "scripts", "make_images.py")
+    )
+    make_images = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_images)
+    shards = make_images.make(str(tmp_path / "shards"), train=2000, eval=400, shards=4)
+
+    def start(workdir):
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+        args = [
+            sys.executable, "experiments/images.py", "--config=configs/images.py:smoke,sync_bn", f"--workdir={workdir}",
+            f"--config.data.dir={shards}", "--config.train_steps=40", "--config.eval_every_steps=10",
+            "--config.log_every_steps=5",
+        ]  # fmt: skip
+        return [
+            subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i in range(2)
+        ]
+
+    unbroken, broken = start(tmp_path / "unbroken"), start(tmp_path / "broken")
+    try:
+        _wait_for(lambda: _logged_step(tmp_path / "broken", 15), "train record at step 15", broken)
+        broken[1].send_signal(signal.SIGTERM)
+        errors = finish(broken, timeout=300)
+    finally:
+        finish(broken, timeout=1)
+    check_ok(broken, errors)
+    assert all("Preempted: saved step" in err for err in errors), [err[-2000:] for err in errors]
+    assert "this is worker 1" in errors[1]
+    rerun = start(tmp_path / "broken")
+    errors = finish(rerun, timeout=600)
+    check_ok(rerun, errors)
+    for err in errors:
+        assert "restored the input position" in err and "replaying" not in err, err[-3000:]
+    check_ok(unbroken, finish(unbroken, timeout=600))
+
+    def evaluations(workdir):
+        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return {
+            r["step"]: {k: v for k, v in r.items() if k.startswith("val/")}
+            for r in rows
+            if r["kind"] == "eval"
+        }
+
+    want, got = evaluations(tmp_path / "unbroken"), evaluations(tmp_path / "broken")
+    assert sorted(want) == sorted(got) == [10, 20, 30, 40]
+    for step, values in want.items():  # the loss mean's float32 sums may group differently
+        assert got[step]["val/accuracy"] == values["val/accuracy"], step
+        assert got[step]["val/loss"] == pytest.approx(values["val/loss"], rel=1e-6, abs=0), step
