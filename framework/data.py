@@ -190,9 +190,11 @@ class DistributedInput:
         may exceed one pass.
         pad_workers: (evaluation) under several workers, a finite input may
         give workers different numbers of steps: every worker runs the most,
-        a worker past its own end on batches of no rows. Without it, such an
-        input is refused (every worker must run the same steps).
+        a worker past its own end on batches of no rows. Without it (and on
+        TPUs, whose batches keep their shapes), such an input is refused:
+        every worker must run the same steps.
         """
+        pad_workers = pad_workers and not isinstance(strategy, tf.distribute.TPUStrategy)
         self.strategy, self.name = strategy, name
         self.present = True
         if overfit_batches:

@@ -326,26 +326,33 @@ def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(
 # ---- uneven inputs ----------------------------------------------------------------------------
 
 
-def _run_uneven(tmp_path, mode):
+def _two_workers(args, *, stdout=subprocess.PIPE):
+    """`args` (a command; `{i}` in it is the worker's index) run as workers 0 and 1 of a new cluster."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    script = os.path.join(ROOT, "tests", "uneven_workers.py")
-    workers = [
+    return [
         subprocess.Popen(
-            [
-                sys.executable,
-                script,
-                f"--mode={mode}",
-                f"--workdir={tmp_path / mode}",
-                f"--out={tmp_path}/{mode}{i}.json",
-            ],
+            [arg.format(i=i) for arg in args],
             cwd=ROOT,
             env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
         for i in range(2)
     ]
+
+
+def _run_uneven(tmp_path, mode):
+    script = os.path.join(ROOT, "tests", "uneven_workers.py")
+    workers = _two_workers(
+        [
+            sys.executable,
+            script,
+            f"--mode={mode}",
+            f"--workdir={tmp_path / mode}",
+            f"--out={tmp_path}/{mode}{{i}}.json",
+        ]
+    )
     return workers, finish(workers, timeout=300)
 
 
@@ -390,23 +397,19 @@ def test_the_images_experiment_on_two_workers_resumes_after_sigterm_to_the_unbro
     shards = make_images.make(str(tmp_path / "shards"), train=2000, eval=400, shards=4)
 
     def start(workdir):
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-        args = [
-            sys.executable, "experiments/images.py", "--config=configs/images.py:smoke,sync_bn", f"--workdir={workdir}",
-            f"--config.data.dir={shards}", "--config.train_steps=40", "--config.eval_every_steps=10",
-            "--config.log_every_steps=5",
-        ]  # fmt: skip
-        return [
-            subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-            for i in range(2)
-        ]
+        return _two_workers(
+            [
+                sys.executable,
+                "experiments/images.py",
+                "--config=configs/images.py:smoke,sync_bn",
+                f"--workdir={workdir}",
+                f"--config.data.dir={shards}",
+                "--config.train_steps=40",
+                "--config.eval_every_steps=10",
+                "--config.log_every_steps=5",
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+        )
 
     unbroken, broken = start(tmp_path / "unbroken"), start(tmp_path / "broken")
     try:

@@ -12,6 +12,7 @@ with one process, and two workers reading their own shards with an unbroken
 two-worker run; every worker must say it restored its position (slow).
 """
 
+import json
 import logging
 import os
 import subprocess
@@ -150,6 +151,24 @@ def _run_worker(pipeline, pattern, workdir, epochs, strategy, out, tf_config=Non
     )
 
 
+def _run_two_workers(pipeline, pattern, workdir, epochs, out, *, step_based):
+    """Workers 0 and 1 of a new cluster; worker i writes its weights to `out.format(i=i)`."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    return [
+        _run_worker(
+            pipeline,
+            pattern,
+            workdir,
+            epochs,
+            "multi_worker",
+            str(out).format(i=i),
+            tf_config=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            step_based=step_based,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+
+
 def _finish(processes, timeout=600):
     errors = []
     try:
@@ -182,22 +201,8 @@ def test_two_workers_resume_their_own_positions_to_one_process_weights(
     reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", one, step_based=step_based)
     workdir = tmp_path / "workers"
     for epochs in (2, 4):
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-        workers = [
-            _run_worker(
-                pipeline,
-                pattern,
-                workdir,
-                epochs,
-                "multi_worker",
-                tmp_path / f"w{i}-{epochs}.npz",
-                tf_config=f'{{"cluster": {cluster}, "task": {{"type": "worker", "index": {i}}}}}'.replace(
-                    "'", '"'
-                ),
-                step_based=step_based,
-            )  # fmt: skip
-            for i in range(2)
-        ]
+        out = tmp_path / f"w{{i}}-{epochs}.npz"
+        workers = _run_two_workers(pipeline, pattern, workdir, epochs, out, step_based=step_based)
         errors = _finish(workers)
         if epochs == 4:
             _assert_restored(errors, 10)
@@ -223,22 +228,9 @@ def test_two_workers_reading_their_own_shards_resume_to_an_unbroken_runs_weights
     pattern = stream_cases.write_shards(str(tmp_path / "shards"), shards=5)
 
     def run(workdir, epochs, tag):
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-        return [
-            _run_worker(
-                "records_sharded",
-                pattern,
-                workdir,
-                epochs,
-                "multi_worker",
-                tmp_path / f"{tag}-w{i}.npz",
-                tf_config=f'{{"cluster": {cluster}, "task": {{"type": "worker", "index": {i}}}}}'.replace(
-                    "'", '"'
-                ),
-                step_based=True,
-            )  # fmt: skip
-            for i in range(2)
-        ]
+        return _run_two_workers(
+            "records_sharded", pattern, workdir, epochs, tmp_path / f"{tag}-w{{i}}.npz", step_based=True
+        )
 
     unbroken = run(tmp_path / "unbroken", 4, "unbroken")
     _finish(run(tmp_path / "resumed", 2, "first"))
