@@ -120,19 +120,18 @@ def cluster_tasks() -> int:
     """The chief and worker tasks the TF_CONFIG environment variable describes (0 without one).
 
     Raises:
-      RuntimeError: TF_CONFIG is set but is not a JSON object.
+      RuntimeError: TF_CONFIG is set but is not valid JSON.
     """
     text = os.environ.get("TF_CONFIG", "")
     if not text.strip():
         return 0
     try:
-        tf_config = json.loads(text)
-        cluster = tf_config.get("cluster", {})
-    except (json.JSONDecodeError, AttributeError) as e:
+        cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    except (ValueError, AttributeError) as e:  # json's errors are ValueErrors
         raise RuntimeError(
             f"The TF_CONFIG environment variable is not a JSON object ({e}): {text[:200]!r}"
         ) from e
-    return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+    return sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
 
 
 def make_strategy(dist: ml_collections.ConfigDict) -> tf.distribute.Strategy:
