@@ -39,7 +39,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from framework import input_state, log_values, logs
+from framework import input_state, log_values, logs, randomness
 
 ReplicaStep = Callable[[object], dict]
 
@@ -75,7 +75,9 @@ def make_step_function(
         return kept if sums is None else sums + kept
 
     def replica_fn(batch):
-        packed = layout.pack(replica_step(batch), batch, where)
+        with randomness.replica_streams():
+            logs_of_step = replica_step(batch)
+        packed = layout.pack(logs_of_step, batch, where)
         if packed is None:
             packed = tf.zeros([0])
         context = tf.distribute.get_replica_context()
@@ -211,7 +213,8 @@ def make_predict_function(strategy: tf.distribute.Strategy, predict_step: Replic
     """
 
     def replica_fn(batch):
-        outputs = predict_step(batch)
+        with randomness.replica_streams():
+            outputs = predict_step(batch)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             outputs = context.all_gather(outputs, axis=0)
