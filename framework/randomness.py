@@ -48,7 +48,9 @@ def replica_seed(seed: tf.Tensor) -> tf.Tensor:
     if static is not None:  # MirroredStrategy, MultiWorkerMirroredStrategy: known when traced
         if int(static) == 0:
             return seed
-        return tf.random.experimental.stateless_fold_in(seed, tf.constant(int(static), seed.dtype), alg="philox")
+        return tf.random.experimental.stateless_fold_in(
+            seed, tf.constant(int(static), seed.dtype), alg="philox"
+        )
     folded = tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, seed.dtype), alg="philox")
     return tf.where(tf.equal(replica, 0), seed, folded)
 
