@@ -29,6 +29,9 @@ XLA-compiled. With several, all-reduces and distributed variable updates need
 MirroredStrategy: keras#21366), so only the model's forward pass is compiled,
 and with it the backward pass (the gradient of a `jit_compile` function is
 compiled too); loss reductions, clipping and the update run outside XLA.
+
+Replica steps trace under `randomness.replica_streams()`: each replica draws
+its own numbers from the SeedGenerators (Dropout's, a trainer's).
 """
 
 from __future__ import annotations
