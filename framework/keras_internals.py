@@ -16,8 +16,14 @@ distribution strategy, so the update pipeline does them itself:
   a new graph"); it is refused here in favour of `config.grad_accum_steps`.
 
 and `updates` hands the optimizer an already all-reduced gradient, so Keras'
-own all-reduce is switched off for it (`install_passthrough`). Every Keras
-internal the framework relies on is in this file.
+own all-reduce is switched off for it (`install_passthrough`).
+
+A `keras.random.SeedGenerator`'s state is one mirrored variable, so under a
+distribution strategy every replica draws the same seeds and the same
+random numbers (Dropout masks, noise); `folded_seed_draws` makes the
+replicas' draws differ (`framework.randomness`).
+
+Every Keras internal the framework relies on is in this file.
 """
 
 from __future__ import annotations
@@ -188,3 +194,64 @@ def ema_weights(optimizer: keras.optimizers.Optimizer):
     finally:
         for (variable, _), value in zip(pairs, raw):
             variable.assign(value)
+
+
+# ---- seeds drawn from SeedGenerators, folded per replica ------------------------
+#
+# Every Keras random op (keras.random.*, Dropout, GaussianNoise, the random
+# preprocessing layers) takes its seed from `draw_seed`, which calls
+# `SeedGenerator.next()` for a generator. `next` returns the state and advances
+# it; under a strategy the state is a mirrored variable with aggregation
+# "none", which each replica advances on its own copy by the same increment.
+# The override below hands the random op `fold(seed)` instead of the seed
+# while `_FOLDING.depth > 0` (inside the framework's replica steps) and leaves
+# the state's update alone, so the copies stay equal and a checkpoint of the
+# state restores every replica's stream. Like `_PASSTHROUGH` this is a
+# process-wide depth: MirroredStrategy traces the replicas in threads of its own.
+
+
+class _Folding:
+    depth = 0
+    fold = None
+
+
+_FOLDING = _Folding()
+
+
+def install_seed_folding(fold) -> None:
+    """Makes `SeedGenerator.next` return `fold(seed)` within `folded_seed_draws` (once per process).
+
+    Args:
+      fold: maps a drawn seed (an int tensor of shape [2]) to the seed the
+        random op uses; called where the op is traced, so it may read the
+        replica context.
+    """
+    generator = keras.random.SeedGenerator
+    if getattr(generator, "_framework_folding", False):
+        if _FOLDING.fold is not fold:
+            raise RuntimeError("SeedGenerator draws are already folded by another function.")
+        return
+    original = generator.next
+
+    def next(self, ordered=True):  # noqa: A001 - SeedGenerator's own method name
+        seed = original(self, ordered=ordered)
+        if _FOLDING.depth > 0:
+            return _FOLDING.fold(seed)
+        return seed
+
+    next.__doc__ = original.__doc__
+    _FOLDING.fold = fold
+    generator.next = next
+    generator._framework_folding = True
+
+
+@contextlib.contextmanager
+def folded_seed_draws():
+    """Within: a random op seeded by a `SeedGenerator` gets the installed fold of its drawn seed."""
+    if _FOLDING.fold is None:
+        raise RuntimeError("install_seed_folding() must be called before folded_seed_draws().")
+    _FOLDING.depth += 1
+    try:
+        yield
+    finally:
+        _FOLDING.depth -= 1

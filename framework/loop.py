@@ -29,6 +29,9 @@ XLA-compiled. With several, all-reduces and distributed variable updates need
 MirroredStrategy: keras#21366), so only the model's forward pass is compiled,
 and with it the backward pass (the gradient of a `jit_compile` function is
 compiled too); loss reductions, clipping and the update run outside XLA.
+
+Replica steps trace under `randomness.replica_streams()`: each replica draws
+its own numbers from the SeedGenerators (Dropout's, a trainer's).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from framework import input_state, log_values, logs
+from framework import input_state, log_values, logs, randomness
 
 ReplicaStep = Callable[[object], dict]
 
@@ -75,7 +78,9 @@ def make_step_function(
         return kept if sums is None else sums + kept
 
     def replica_fn(batch):
-        packed = layout.pack(replica_step(batch), batch, where)
+        with randomness.replica_streams():
+            logs_of_step = replica_step(batch)
+        packed = layout.pack(logs_of_step, batch, where)
         if packed is None:
             packed = tf.zeros([0])
         context = tf.distribute.get_replica_context()
@@ -211,7 +216,8 @@ def make_predict_function(strategy: tf.distribute.Strategy, predict_step: Replic
     """
 
     def replica_fn(batch):
-        outputs = predict_step(batch)
+        with randomness.replica_streams():
+            outputs = predict_step(batch)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             outputs = context.all_gather(outputs, axis=0)

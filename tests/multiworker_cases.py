@@ -129,6 +129,40 @@ class Embeddings(Blobs):
         ]
 
 
+class RandomDraws(Blobs):
+    """Dropout (seed 5) in the model and noise from the trainer's SeedGenerator (seed 11) in a
+    custom step; each worker keeps its replica's last mask and noise (`draws`)."""
+
+    WIDTH = 256
+
+    def build_model(self):
+        self.noise = keras.random.SeedGenerator(11)
+        rows = BATCH // self.strategy.num_replicas_in_sync
+        self.drawn = keras.Variable(
+            np.zeros((rows, self.WIDTH), "float32"), trainable=False, aggregation="none"
+        )
+        self.mask = keras.Variable(
+            np.zeros((rows, self.WIDTH), "float32"), trainable=False, aggregation="none"
+        )
+        inputs = keras.Input((6,))
+        hidden = keras.layers.Dense(self.WIDTH, activation="relu")(inputs)
+        self.dropout = keras.layers.Dropout(0.3, seed=5)
+        return keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+    def train_step(self, batch):
+        x, y = batch
+        rows = tf.shape(x)[0]
+        self.drawn.assign(keras.random.normal((rows, self.WIDTH), seed=self.noise))
+        self.mask.assign(self.dropout(tf.ones((rows, self.WIDTH)), training=True))
+        with tf.GradientTape() as tape:
+            loss, logs = self.compute_loss(y, self.model(x, training=True))
+        self.apply_gradients(tape, loss)
+        return logs
+
+    def draws(self) -> dict:
+        return {"mask": np.asarray(self.mask).tolist(), "noise": np.asarray(self.drawn).tolist()}
+
+
 def base_config(**task):
     config = framework.config.defaults()
     config.batch_size = BATCH
@@ -214,6 +248,7 @@ CASES = {
     ),
     "callbacks": lambda: (*_with(Blobs, base_config(), epochs=12), _callbacks()),
     "gan": _gan,
+    "random_draws": lambda: _with(RandomDraws, base_config(), epochs=1),
     "long": lambda: _with(
         Blobs, base_config(eval=True), epochs=10, steps_per_execution=1, **{"checkpoint.every_steps": 4}
     ),
@@ -260,13 +295,16 @@ def run_case(name: str, strategy, root: str, step_seconds: float) -> dict:
     models = [trainer.model] + [
         m for m in vars(trainer).values() if isinstance(m, keras.Model) and m is not trainer.model
     ]
-    return {
+    result = {
         "weights": [w.tolist() for m in models for w in m.get_weights()],
         "history": history,
         "step": trainer.step,
         "epoch": trainer.epoch,
         "lr": float(framework.optimizer_builder.current_learning_rate(trainer.optimizer)),
     }
+    if hasattr(trainer, "draws"):
+        result["draws"] = trainer.draws()
+    return result
 
 
 def main() -> None:

@@ -220,6 +220,30 @@ def test_every_experiment_smoke_config_trains_on_two_workers(matrix):
             np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=case)
 
 
+@pytest.mark.slow
+def test_each_worker_draws_its_own_dropout_masks_and_noise(tmp_path):
+    """Oracle for worker 0 (global replica 0): Keras' Dropout and keras.random.normal with the
+    same seeds on one worker's rows, outside the framework; for worker 1: independence."""
+    import keras  # the worker processes' own import is what is tested; here only the oracle
+
+    workers = start_workers(["random_draws"], tmp_path / "mw", tmp_path)
+    check_ok(workers, finish(workers))
+    got = [load(tmp_path / f"w{i}.json")["random_draws"] for i in range(2)]
+    masks = [np.array(g["draws"]["mask"]) > 0 for g in got]
+    noise = [np.array(g["draws"]["noise"]) for g in got]
+    dropout, generator = keras.layers.Dropout(0.3, seed=5), keras.random.SeedGenerator(11)
+    for _ in range(got[0]["step"]):  # one draw of each per step
+        want_mask = np.array(dropout(np.ones(masks[0].shape, "float32"), training=True)) > 0
+        want_noise = np.array(keras.random.normal(noise[0].shape, seed=generator))
+    np.testing.assert_array_equal(masks[0], want_mask)
+    np.testing.assert_array_equal(noise[0], want_noise)
+    assert abs(masks[1].mean() - 0.7) < 0.04
+    assert abs(np.mean(masks[0] == masks[1]) - 0.58) < 0.04  # independent masks; the same mask: 1.0
+    assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.1  # the same noise: 1.0
+    for a, b in zip(got[0]["weights"], got[1]["weights"]):  # the workers' replicas stay in sync
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
 # ---- faults ---------------------------------------------------------------------------------
 
 SLOW_STEPS = ("--step_seconds=0.15", "--peer_timeout_secs=10")
