@@ -44,6 +44,7 @@ from framework import config as config_lib
 from framework import (
     distribute,
     heads,
+    losses,
     metrics,
     optimizer_builder,
     precision,
@@ -55,6 +56,10 @@ from framework.host_reads import HostReads
 from framework.losses import Loss
 from framework.phases import Phases
 from framework.trainer_state import TrainerState
+
+
+class _Default:
+    """Marks an argument left out (where None means something else)."""
 
 
 class StepLoss(NamedTuple):
@@ -337,16 +342,37 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
     # a custom train_step calling them is still converted.
     @tf.autograph.experimental.do_not_convert
     def compute_loss(
-        self, y, y_pred, sample_weight=None, *, loss: Loss | None = None, prefix: str = ""
+        self,
+        y,
+        y_pred,
+        sample_weight=None,
+        *,
+        loss: Loss | None = None,
+        prefix: str = "",
+        model: keras.Model | None | type[_Default] = _Default,
     ) -> StepLoss:
-        """Evaluates `loss` (default: `self.loss`) with global reductions.
+        """Evaluates `loss` (default: `self.loss`) plus `model`'s layer losses, with global reductions.
+
+        As Keras' `Model.compute_loss`, the objective includes the layer
+        losses of `model` (`model.losses`: kernel and activity regularizers,
+        `add_loss` values of its last call), once, as the term
+        `model_losses`; unless `loss` holds a `losses.ModelLosses` term
+        itself, which then counts them instead (`ModelLosses(weight=0.0)`
+        leaves them out). Call it after `model`'s forward pass.
 
         Args:
-          y: the batch labels (a dict keyed by head for a multi-output model).
+          y: the batch labels (a dict keyed by head for a multi-output model);
+            None for a loss whose terms read no labels (`PredictionTerm`,
+            regularizers).
           y_pred: the model's outputs.
           sample_weight: per-example weights, or None.
           loss: a `framework.losses.Loss` to evaluate instead of `self.loss`.
           prefix: prepended to every log key (a GAN's "d_" and "g_" losses).
+          model: the model this objective trains: its layer losses are added
+            and its regularizer terms (`L2`, ...) read it. Default
+            `self.model`; pass the model another objective trains (a GAN's
+            `model=self.disc`), or None to add no layer losses. Models held
+            as attributes are never added to `self.model`'s objective.
 
         Returns:
           A `StepLoss`: the total to differentiate (its value is the global
@@ -364,9 +390,11 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         loss = loss if loss is not None else self.loss
         if loss is None:
             raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
+        model = self.model if model is _Default else model
         labelled = {t.head for t in loss.flat_terms() if t.reads_labels}
         heads.check_batch(y, y_pred, labelled, sample_weight)
-        result = loss(y, y_pred, sample_weight, model=self.model, step=self._step)
+        loss = losses.with_layer_losses(loss, model)
+        result = loss(y, y_pred, sample_weight, model=model, step=self._step)
         return StepLoss(result.total, result.logs(prefix))
 
     @tf.autograph.experimental.do_not_convert
