@@ -127,9 +127,10 @@ def test_model_losses_with_weight_zero_leave_them_out(data):
     assert history[-1]["loss/model_losses"] == 0.0 and history[-1]["loss/model_losses/raw"] > 0.01
 
 
-def test_two_replicas_train_as_one_device(data, keras_run):
+@pytest.mark.parametrize("jit_compile", [False, True])  # True: the forward pass is XLA-compiled on its own
+def test_two_replicas_train_as_keras_fit(data, keras_run, jit_compile):
     keras_model, keras_losses = keras_run
-    trainer, history = _ours(*data, replicas=2)
+    trainer, history = _ours(*data, replicas=2, jit_compile=jit_compile)
     assert max_abs_diff(weights_of(trainer.model), weights_of(keras_model)) <= 1e-6
     np.testing.assert_allclose([h["loss"] for h in history], keras_losses, rtol=1e-5)
 
