@@ -140,6 +140,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
             "_step",
             "_nonfinite_step",
             "_nonfinite_count",
+            "_single_term_logs",
             "_updater",
             "_given_attributes",
             "_controller",
@@ -169,6 +170,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
             tf.config.experimental.enable_op_determinism()
         self.epoch = 0
         self.resumed_at_step = 0
+        self._single_term_logs: dict[str, str] = {}  # log key -> the term, for non-finite errors
         self._updater = updates.Updater.from_config(self.strategy, self.config)
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
@@ -288,7 +290,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
 
         Args:
           optimizer: a Keras optimizer.
-          variables: what it trains: a Keras layer or model, a list of variables,
+          variables: what it trains: a Keras layer or model, a list of layers and variables,
             or a callable returning them (resolved before tracing).
           name: its name in logs (`lr/<name>`) and checkpoints; default: its own.
 
@@ -406,6 +408,8 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         model = self._with_forward_losses(model)
         loss = losses.with_layer_losses(loss, model)
         result = loss(y, y_pred, sample_weight, model=model, step=self._step)
+        if len(result.terms) == 1:
+            self._single_term_logs[f"{prefix}loss"] = next(iter(result.terms))
         return StepLoss(result.total, result.logs(prefix))
 
     def _with_forward_losses(self, model):
@@ -428,11 +432,14 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         Args:
           tape: the tape that recorded `loss`.
           loss: the scalar to differentiate (`compute_loss(...).loss`).
-          variables: what to update; default: those `optimizer` was registered for.
+          variables: what to update: any subset of the variables `optimizer`
+            was registered for (the others keep their values and slots);
+            default: all of them.
           optimizer: `self.optimizer` (default) or one from `add_optimizer`.
 
         Raises:
-          ValueError: the loss depends on none of `variables`.
+          ValueError: the loss depends on none of `variables`, or one of them
+            is not registered for `optimizer` (named, with the fix).
         """
         entry = self._updater.entry(optimizer)
         optimizer = entry.optimizer
