@@ -44,7 +44,7 @@ from framework import config as config_lib
 from framework import (
     distribute,
     heads,
-    losses,
+    layer_losses,
     metrics,
     optimizer_builder,
     precision,
@@ -60,16 +60,6 @@ from framework.trainer_state import TrainerState
 
 class _Default:
     """Marks an argument left out (where None means something else)."""
-
-
-class _LayerLossesOf:
-    """A model whose `losses` are given: those its XLA-compiled forward pass returned."""
-
-    def __init__(self, model: keras.Model, layer_losses: list):
-        self._model, self.losses = model, list(layer_losses)
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
 
 
 class StepLoss(NamedTuple):
@@ -405,20 +395,11 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         model = self.model if model is _Default else model
         labelled = {t.head for t in loss.flat_terms() if t.reads_labels}
         heads.check_batch(y, y_pred, labelled, sample_weight)
-        model = self._with_forward_losses(model)
-        loss = losses.with_layer_losses(loss, model)
+        loss, model = layer_losses.objective(loss, model, self.model, self._forward)
         result = loss(y, y_pred, sample_weight, model=model, step=self._step)
         if len(result.terms) == 1:
             self._single_term_logs[f"{prefix}loss"] = next(iter(result.terms))
         return StepLoss(result.total, result.logs(prefix))
-
-    def _with_forward_losses(self, model):
-        """`model`, or where its last call was the XLA-compiled forward of this graph, a view holding its layer losses."""
-        found = self._forward.layer_losses() if hasattr(self._forward, "layer_losses") else []
-        graph = tf.compat.v1.get_default_graph()
-        if model is not self.model or not found or any(getattr(v, "graph", None) is not graph for v in found):
-            return model
-        return _LayerLossesOf(model, found)
 
     @tf.autograph.experimental.do_not_convert
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
