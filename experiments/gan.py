@@ -120,7 +120,7 @@ class GanTrainer(framework.Trainer):
         fake_scores = self.discriminator(fake, training=training)
         labels = {"real": tf.ones_like(real_scores), "fake": tf.zeros_like(fake_scores)}
         scores = {"real": real_scores, "fake": fake_scores}
-        return self.compute_loss(labels, scores, loss=self.d_loss, prefix="d_")
+        return self.compute_loss(labels, scores, loss=self.d_loss, prefix="d_", model=self.discriminator)
 
     def _generator_loss(self, fake, training=True):
         scores = self.discriminator(fake, training=training)

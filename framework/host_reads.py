@@ -58,6 +58,10 @@ class HostReads:
         """Forgets the non-finite step: the compiled train function goes on."""
         self._nonfinite_step.assign(-1)
 
+    def loss_term_of(self, key: str) -> str | None:
+        """The term a loss log holds when its loss has one term (its logs then name no term); else None."""
+        return self._single_term_logs.get(key)
+
     def optimizer_logs(self) -> dict[str, float]:
         """`lr` (`lr/<name>` for added optimizers), the updater's logs, and `nonfinite_steps` under "skip"."""
         return {key: float(np.asarray(value, np.float64)) for key, value in self._optimizer_values().items()}

@@ -77,6 +77,15 @@ def inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     return optimizer
 
 
+def unknown_variables(optimizer: keras.optimizers.Optimizer, variables: list) -> list:
+    """The variables Keras' `optimizer.apply` would refuse: not among those it was built with."""
+    updating = inner(optimizer)
+    known = getattr(updating, "_trainable_variables_indices", None)
+    if not updating.built or known is None:
+        return []
+    return [v for v in variables if updating._var_key(v) not in known]
+
+
 def check_usable(optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy):
     """Refuses what cannot work; returns the optimizer that does the updates (inside a LSO)."""
     unwrapped = inner(optimizer)

@@ -36,6 +36,7 @@ its own numbers from the SeedGenerators (Dropout's, a trainer's).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 
 import keras
@@ -265,14 +266,19 @@ def compile_forward(model: keras.Model) -> Callable:
 
     A layer that updates a distributed variable with a cross-replica
     aggregation in its call needs `merge_call`, which fails while tracing.
+    `forward.layer_losses()`: the layer losses of this thread's last call
+    (the model's own belong to the compiled function's graph).
     """
-    compiled = tf.function(lambda x, training: model(x, training=training), jit_compile=True)
+    compiled = tf.function(lambda x, training: (model(x, training=training), model.losses), jit_compile=True)
     state = {"compile": True}
+    last = threading.local()  # MirroredStrategy traces each replica in a thread of its own
 
     def forward(x, training=False):
+        last.losses = []
         if state["compile"]:
             try:
-                return compiled(x, training=training)
+                outputs, last.losses = compiled(x, training=training)
+                return outputs
             except RuntimeError as e:
                 if "merge_call" not in str(e):
                     raise
@@ -284,4 +290,5 @@ def compile_forward(model: keras.Model) -> Callable:
                 )
         return model(x, training=training)
 
+    forward.layer_losses = lambda: getattr(last, "losses", [])
     return forward

@@ -29,6 +29,11 @@ from framework import checkpoint, distribute
 from framework.runner import Runner
 
 
+def _describe(runner: Runner, key: str, value: float) -> str:
+    term = runner.loss_term_of(key)
+    return f"{key}={value} (term {term!r})" if term else f"{key}={value}"
+
+
 class NonFinitePolicy:
     """Applies `config.nan_policy` after each compiled train call.
 
@@ -78,7 +83,7 @@ class NonFinitePolicy:
         bad = runner.nonfinite_step() if bad is None else bad
         if bad < 0:
             return n, True
-        terms = [f"{k}={v}" for k, v in last.items() if not math.isfinite(v)]
+        terms = [_describe(runner, k, v) for k, v in last.items() if not math.isfinite(v)]
         what = (
             f"loss at step {bad}: {', '.join(terms)}"
             if terms

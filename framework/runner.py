@@ -111,6 +111,9 @@ class Runner(Protocol):
     def clear_nonfinite(self) -> None:
         """Forgets the non-finite step, so training goes on."""
 
+    def loss_term_of(self, key: str) -> str | None:
+        """The term a loss log holds when its loss has one term (its logs then name no term); else None."""
+
     # ---- logs and metrics ---------------------------------------------------------
 
     def optimizer_logs(self) -> dict[str, float]:

@@ -44,6 +44,7 @@ from framework import config as config_lib
 from framework import (
     distribute,
     heads,
+    layer_losses,
     metrics,
     optimizer_builder,
     precision,
@@ -55,6 +56,10 @@ from framework.host_reads import HostReads
 from framework.losses import Loss
 from framework.phases import Phases
 from framework.trainer_state import TrainerState
+
+
+class _Default:
+    """Marks an argument left out (where None means something else)."""
 
 
 class StepLoss(NamedTuple):
@@ -125,6 +130,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
             "_step",
             "_nonfinite_step",
             "_nonfinite_count",
+            "_single_term_logs",
             "_updater",
             "_given_attributes",
             "_controller",
@@ -154,6 +160,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
             tf.config.experimental.enable_op_determinism()
         self.epoch = 0
         self.resumed_at_step = 0
+        self._single_term_logs: dict[str, str] = {}  # log key -> the term, for non-finite errors
         self._updater = updates.Updater.from_config(self.strategy, self.config)
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
@@ -273,7 +280,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
 
         Args:
           optimizer: a Keras optimizer.
-          variables: what it trains: a Keras layer or model, a list of variables,
+          variables: what it trains: a Keras layer or model, a list of layers and variables,
             or a callable returning them (resolved before tracing).
           name: its name in logs (`lr/<name>`) and checkpoints; default: its own.
 
@@ -337,16 +344,37 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
     # a custom train_step calling them is still converted.
     @tf.autograph.experimental.do_not_convert
     def compute_loss(
-        self, y, y_pred, sample_weight=None, *, loss: Loss | None = None, prefix: str = ""
+        self,
+        y,
+        y_pred,
+        sample_weight=None,
+        *,
+        loss: Loss | None = None,
+        prefix: str = "",
+        model: keras.Model | None | type[_Default] = _Default,
     ) -> StepLoss:
-        """Evaluates `loss` (default: `self.loss`) with global reductions.
+        """Evaluates `loss` (default: `self.loss`) plus `model`'s layer losses, with global reductions.
+
+        As Keras' `Model.compute_loss`, the objective includes the layer
+        losses of `model` (`model.losses`: kernel and activity regularizers,
+        `add_loss` values of its last call), once, as the term
+        `model_losses`; unless `loss` holds a `losses.ModelLosses` term
+        itself, which then counts them instead (`ModelLosses(weight=0.0)`
+        leaves them out). Call it after `model`'s forward pass.
 
         Args:
-          y: the batch labels (a dict keyed by head for a multi-output model).
+          y: the batch labels (a dict keyed by head for a multi-output model);
+            None for a loss whose terms read no labels (`PredictionTerm`,
+            regularizers).
           y_pred: the model's outputs.
           sample_weight: per-example weights, or None.
           loss: a `framework.losses.Loss` to evaluate instead of `self.loss`.
           prefix: prepended to every log key (a GAN's "d_" and "g_" losses).
+          model: the model this objective trains: its layer losses are added
+            and its regularizer terms (`L2`, ...) read it. Default
+            `self.model`; pass the model another objective trains (a GAN's
+            `model=self.disc`), or None to add no layer losses. Models held
+            as attributes are never added to `self.model`'s objective.
 
         Returns:
           A `StepLoss`: the total to differentiate (its value is the global
@@ -364,9 +392,13 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         loss = loss if loss is not None else self.loss
         if loss is None:
             raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
+        model = self.model if model is _Default else model
         labelled = {t.head for t in loss.flat_terms() if t.reads_labels}
         heads.check_batch(y, y_pred, labelled, sample_weight)
-        result = loss(y, y_pred, sample_weight, model=self.model, step=self._step)
+        loss, model = layer_losses.objective(loss, model, self.model, self._forward)
+        result = loss(y, y_pred, sample_weight, model=model, step=self._step)
+        if len(result.terms) == 1:
+            self._single_term_logs[f"{prefix}loss"] = next(iter(result.terms))
         return StepLoss(result.total, result.logs(prefix))
 
     @tf.autograph.experimental.do_not_convert
@@ -381,11 +413,14 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         Args:
           tape: the tape that recorded `loss`.
           loss: the scalar to differentiate (`compute_loss(...).loss`).
-          variables: what to update; default: those `optimizer` was registered for.
+          variables: what to update: any subset of the variables `optimizer`
+            was registered for (the others keep their values and slots);
+            default: all of them.
           optimizer: `self.optimizer` (default) or one from `add_optimizer`.
 
         Raises:
-          ValueError: the loss depends on none of `variables`.
+          ValueError: the loss depends on none of `variables`, or one of them
+            is not registered for `optimizer` (named, with the fix).
         """
         entry = self._updater.entry(optimizer)
         optimizer = entry.optimizer

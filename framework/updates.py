@@ -138,12 +138,32 @@ def _variables_source(variables: Any) -> Callable[[], list]:
     if callable(variables):
         return variables
     if isinstance(variables, Sequence):
-        fixed = list(variables)
-        return lambda: fixed
+        parts = list(variables)
+        return lambda: [
+            v
+            for part in parts
+            for v in (part.trainable_variables if isinstance(part, keras.layers.Layer) else [part])
+        ]
     raise TypeError(
-        "variables must be a keras Layer/Model, a list of variables or a callable returning one, "
-        f"got {type(variables).__name__}."
+        "variables must be a keras Layer/Model, a list of layers and variables or a callable returning "
+        f"variables, got {type(variables).__name__}."
     )
+
+
+def _check_registered(entry: _Entry, variables: list, *, primary: bool) -> None:
+    """Any subset of an optimizer's registered variables may be updated; others are refused by name."""
+    stray = keras_internals.unknown_variables(entry.optimizer, variables)
+    if stray:
+        names = ", ".join(repr(getattr(v, "path", v.name)) for v in stray[:3])
+        more = f" and {len(stray) - 3} more" if len(stray) > 3 else ""
+        trains = " (the trainer's optimizer trains self.model's)" if primary else ""
+        raise ValueError(
+            f"apply_gradients(): {names}{more} are not among the variables optimizer {entry.name!r} "
+            f"was registered for{trains}. Make them part of "
+            "self.model, or train them with an optimizer of their own: "
+            "self.add_optimizer(keras.optimizers.X(), [self.encoder, self.head]) in build_optimizer(), "
+            "then apply_gradients(..., optimizer=that)."
+        )
 
 
 class Updater:
@@ -299,6 +319,7 @@ class Updater:
         """
         entry = self.entry(optimizer)
         grads, variables = list(grads), list(variables)
+        _check_registered(entry, variables, primary=entry is self._entries[0])
         with keras_internals.pre_reduced():
             if self.accum_steps == 1 and distribute.num_replicas() == 1:
                 self._update(entry, grads, variables, None, on_nonfinite, loss=loss)

@@ -13,7 +13,7 @@ lacks.
 from framework.losses.algebra import BatchTerm, Loss, PredictionTerm, Regularizer, Sum, Term
 from framework.losses.library import Dice, RankNet, Tversky, WeightedBinaryCrossentropy
 from framework.losses.reduction import evaluate
-from framework.losses.regularizers import L1, L2, ModelLosses, kernels
+from framework.losses.regularizers import L1, L2, ModelLosses, kernels, with_layer_losses
 from framework.losses.result import LossResult
 from framework.losses.triplet import Triplet
 
@@ -35,4 +35,5 @@ __all__ = [
     "WeightedBinaryCrossentropy",
     "evaluate",
     "kernels",
+    "with_layer_losses",
 ]

@@ -24,6 +24,8 @@ the global batch when the batch is split across replicas:
   ratio, so every replica sees the statistics of the whole global batch.
 * regularizer (`Regularizer`): a function of the model, counted once per
   step whatever the number of replicas (each replica's share is 1/N).
+  `ModelLosses` (the layers' own losses) is one: in means over steps it
+  weighs the step's global number of examples, as Keras' loss tracker does.
 
 Inside `strategy.run` each replica differentiates its *share* of the total;
 the optimizer sums gradients over replicas, which yields the gradient of the
@@ -52,7 +54,10 @@ from typing import Any
 import tensorflow as tf
 
 from framework import distribute, heads
+from framework.log_values import batch_examples
 from framework.losses.result import LossResult
+
+_EXAMPLES = "\0examples"  # a key no term can have
 
 
 def _owner(term) -> str:
@@ -191,6 +196,9 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
 
     # One all-reduce for every denominator and batch statistic.
     to_reduce = {}
+    by_examples = [t for t in terms if getattr(t, "weigh_by_examples", False)]
+    if by_examples:
+        to_reduce[_EXAMPLES] = batch_examples(y_pred)  # this replica's
     for term in terms:
         first, second = local[term.name]
         if term.kind == "per_example":
@@ -221,4 +229,5 @@ def evaluate(terms, y_true, y_pred, sample_weight=None, *, model=None, step=None
     )
     one = tf.constant(1.0)
     denominators = {t.name: reduced[t.name] if t.kind == "per_example" else one for t in terms}
+    denominators.update({t.name: reduced[_EXAMPLES] for t in by_examples})
     return LossResult(total=total, terms=weighted, raw=raw, denominators=denominators)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from framework.losses.algebra import Regularizer, Weight
+from framework.losses.algebra import Loss, Regularizer, Weight
 
 Selector = Callable[[keras.Variable], bool]
 
@@ -75,21 +75,29 @@ class L1(_Norm):
 
 
 class ModelLosses(Regularizer):
-    """The losses layers add themselves (`model.losses`: kernel/activity regularizers).
+    """The losses layers add themselves (`model.losses`): kernel and activity regularizers, `add_loss`.
 
-    Counted once per step like any regularizer: each replica's share is its
-    `model.losses` / N. Weight regularizers (`kernel_regularizer=...`) are
-    the same on every replica, so this is exact. Activity regularizers and
-    `add_loss` values depend on the replica's shard (Keras divides activity
-    penalties by the *local* batch size): the term is then the mean of the
-    replicas' values, which equals the one-device value when the shards
-    have equal sizes. Keep the ModelLosses read right after the forward
-    pass: `model.losses` holds the losses of the model's last call.
+    `Trainer.compute_loss` adds this term by itself when the model has layer
+    losses and the loss holds none (`with_layer_losses`); a loss that holds
+    one (e.g. `ModelLosses(weight=0.0)` to leave them out) is taken as it is.
+
+    Keras' reduction: each replica's share is its `model.losses` / N, so the
+    term is the mean of the replicas' values. Weight regularizers
+    (`kernel_regularizer=...`) are the same on every replica: exact.
+    Activity regularizers (Keras divides them by the replica's batch size)
+    and `add_loss` values depend on the replica's shard: their mean equals
+    the one-device value when the shards have equal sizes, as in Keras'
+    `fit`. In means over steps a step weighs its number of examples, as in
+    Keras' loss tracker, so `evaluate()` does not depend on the batch size.
+    Keep the ModelLosses read right after the forward pass: `model.losses`
+    holds the losses of the model's last call.
 
     Args:
       weight: a number or a schedule `step -> weight`, as for `Term`.
       name: the key in `LossResult.terms`; default "model_losses".
     """
+
+    weigh_by_examples = True
 
     def __init__(self, *, weight: Weight = 1.0, name: str | None = None):
         super().__init__(weight=weight, name=name)
@@ -99,3 +107,21 @@ class ModelLosses(Regularizer):
         if not found:
             return tf.constant(0.0)
         return tf.add_n([tf.cast(v, tf.float32) for v in found])
+
+
+def with_layer_losses(loss: Loss, model: keras.Model | None) -> Loss:
+    """`loss` plus `ModelLosses()` when `model` has layer losses and `loss` counts none itself.
+
+    Call it after the model's forward pass (activity regularizers and
+    `add_loss` values exist only then).
+
+    Args:
+      loss: the loss to complete.
+      model: the model whose `model.losses` the objective includes; None: none.
+
+    Returns:
+      `loss`, or `loss + ModelLosses()`.
+    """
+    if model is None or any(isinstance(t, ModelLosses) for t in loss.flat_terms()):
+        return loss
+    return loss + ModelLosses() if model.losses else loss
