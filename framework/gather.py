@@ -94,11 +94,17 @@ def _gather(context, value: tf.Tensor, axis: int, gradient: str) -> tuple[tf.Ten
 
 
 def _own_slice_only(value: tf.Tensor, gathered: tf.Tensor, offset: tf.Tensor, axis: int) -> tf.Tensor:
-    """`gathered` as a constant, except this replica's rows, which are `value` itself."""
-    size = tf.shape(value)[axis]
-    rest = tf.shape(gathered)[axis] - offset - size
-    before, _, after = tf.split(tf.stop_gradient(gathered), tf.stack([offset, size, rest]), axis=axis)
-    return tf.concat([before, value, after], axis=axis)
+    """`gathered` as a constant, except this replica's rows, which are `value` itself.
+
+    A roll rather than a split at `offset`: XLA (a TPU) needs static split
+    sizes, but rolls by a shift that depends on the replica.
+    """
+    size, total = tf.shape(value)[axis], tf.shape(gathered)[axis]
+    rest = tf.tensor_scatter_nd_update(tf.shape(value), [[axis]], [total - size])
+    padded = tf.concat([value, tf.zeros(rest, value.dtype)], axis=axis)  # value's rows first, then zeros
+    index = tf.range(total) - offset
+    own = tf.reshape((index >= 0) & (index < size), [-1 if d == axis else 1 for d in range(value.shape.rank)])
+    return tf.where(own, tf.roll(padded, offset, axis=axis), tf.stop_gradient(gathered))
 
 
 def all_gather(value: tf.Tensor, axis: int = 0, *, gradient: str = "own_slice") -> tf.Tensor:

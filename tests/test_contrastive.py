@@ -70,11 +70,11 @@ def _views(m=16, dim=5, seed=0):
 WEIGHT = np.where(np.arange(16) % 5 == 2, 0.0, np.linspace(0.5, 2.0, 16)).astype("float32")
 
 
-def _run_term(replicas, weighted):
+def _run_term(replicas, weighted, sizes=None):
     """(the term's value on every replica, the gradient w.r.t. the views, concatenated in replica order)."""
     strategy = _strategy(replicas)
     assert strategy.num_replicas_in_sync == replicas
-    bounds = np.cumsum([0] + SPLITS[replicas])
+    bounds = np.cumsum([0] + (sizes or SPLITS[replicas]))
     views = _views()
     parts = [(views[a:b], WEIGHT[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     values = strategy.experimental_distribute_values_from_function(
@@ -129,6 +129,12 @@ def test_nt_xent_is_the_global_batch_loss_on_any_number_of_replicas(
         ]
         naive = sum(v * n for v, n in per_replica) / sum(n for _, n in per_replica)
         assert abs(naive - expected) > 0.05 * expected
+
+
+def test_a_replica_without_examples_still_sees_the_global_batch(term_runs):
+    totals, grad = _run_term(2, True, sizes=[0, 16])
+    assert totals == pytest.approx([nt_xent(_views(), TEMPERATURE, WEIGHT)] * 2, rel=1e-6)
+    np.testing.assert_allclose(grad, term_runs[1, True][1], atol=1e-6)
 
 
 def test_the_natural_per_replica_loss_is_easier_than_the_global_one():
