@@ -206,9 +206,8 @@ class Contrastive(framework.Trainer):
                 assert_offset = tf.debugging.assert_equal(offset, distribute.replica_offset(z))
                 with tf.control_dependencies([assert_offset]):
                     values = _own_anchors(z, keys, offset)
-                loss = tf.reduce_sum(values) / tf.cast(
-                    2 * tf.shape(keys)[0], tf.float32
-                )  # this replica's share
+                anchors = tf.cast(2 * tf.shape(keys)[0], tf.float32)  # the global batch's
+                loss = tf.reduce_sum(values) / anchors  # this replica's share
                 log = framework.Weighted(tf.reduce_mean(values), tf.cast(tf.size(values), tf.float32))
         self.apply_gradients(tape, loss)
         return {"loss": log}
