@@ -3,7 +3,9 @@
 `make_strategy(config.distribution)` is the only place a strategy is chosen.
 The helpers below are called inside `strategy.run` (replica context) and are
 cheap no-ops when there is a single replica, so one-device runs pay nothing
-for being distribution-exact.
+for being distribution-exact. `all_gather` / `replica_offset` (from
+`framework.gather`) bring the global batch into a step, with the gradient
+rule stated there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import ml_collections
 import tensorflow as tf
 from absl import logging
+
+from framework.gather import all_gather, all_gather_with_offset, replica_offset  # noqa: F401 (public here)
 
 
 def configure_cpu_devices(count: int) -> list[str]:

@@ -163,6 +163,59 @@ class RandomDraws(Blobs):
         return {"mask": np.asarray(self.mask).tolist(), "noise": np.asarray(self.drawn).tolist()}
 
 
+def view_pairs(n: int, seed: int):
+    """Two noisy views of each of n random points: `[n, 2, 6]`."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 1, 6)) + 0.5 * rng.normal(size=(n, 2, 6))).astype("float32")
+
+
+class Contrastive(Blobs):
+    """SimCLR-style, negatives from the global batch: `losses.NTXent` (config.task.step "term") or
+    a custom step that computes the whole loss from `distribute.all_gather` ("whole")."""
+
+    def build_model(self):
+        return keras.Sequential(
+            [keras.Input((2, 6)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(4)]
+        )
+
+    def build_loss(self):
+        return losses.NTXent(0.2)
+
+    def build_metrics(self):
+        return []
+
+    def build_train_dataset(self, input_context):
+        dataset = tf.data.Dataset.from_tensor_slices(view_pairs(80, 0))
+        dataset = dataset.shuffle(80, seed=self.config.seed, reshuffle_each_iteration=True)
+        return distribute.global_batches(dataset, input_context, BATCH)
+
+    def build_eval_dataset(self, input_context):
+        return distribute.global_batches(
+            tf.data.Dataset.from_tensor_slices(view_pairs(40, 1)), input_context, BATCH
+        )
+
+    def train_step(self, batch):
+        if self.config.task.step == "term":
+            return super().train_step(batch)
+        with tf.GradientTape() as tape:
+            z = tf.math.l2_normalize(self.model(batch, training=True), axis=-1)
+            views = tf.reshape(distribute.all_gather(z), [-1, 4])  # every replica: the whole loss
+            logits = tf.matmul(views, views, transpose_b=True) / 0.2
+            logits = tf.where(tf.eye(tf.shape(views)[0]) > 0, -1e9, logits)
+            positives = tf.bitwise.bitwise_xor(tf.range(tf.shape(views)[0]), 1)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(positives, logits, from_logits=True)
+            )
+        self.apply_gradients(tape, loss)
+        return {"loss": loss}
+
+
+def _contrastive(step: str):
+    config = base_config(eval=True)
+    config.task.step = step
+    return Contrastive, config
+
+
 def base_config(**task):
     config = framework.config.defaults()
     config.batch_size = BATCH
@@ -249,6 +302,8 @@ CASES = {
     "callbacks": lambda: (*_with(Blobs, base_config(), epochs=12), _callbacks()),
     "gan": _gan,
     "random_draws": lambda: _with(RandomDraws, base_config(), epochs=1),
+    "contrastive": lambda: _contrastive("term"),
+    "contrastive_step": lambda: _contrastive("whole"),
     "long": lambda: _with(
         Blobs, base_config(eval=True), epochs=10, steps_per_execution=1, **{"checkpoint.every_steps": 4}
     ),

@@ -32,6 +32,7 @@ MATRIX = (
     "metrics", "f1", "heads", "eval_best_midepoch", "ema_accum", "mixed_overflow", "nan_skip", "nan_restore",
     "callbacks", "gan",
 )  # fmt: skip
+MATRIX += ("contrastive", "contrastive_step")  # NT-Xent over the global batch; tests/test_contrastive.py
 EXPERIMENTS = (
     "digits",
     "imbalanced",
@@ -194,6 +195,10 @@ def test_the_matrix_cases_exercise_what_they_name(matrix):
     assert 1 < len(callbacks["history"]) < 12  # EarlyStopping stopped it ...
     assert callbacks["lr"] < 0.01 / 2  # ... after ReduceLROnPlateau had lowered the rate
     assert reference["nan_restore"]["step"] == reference["metrics"]["step"]
+    term, step = reference["contrastive"], reference["contrastive_step"]
+    assert term["history"][-1]["loss"] < term["history"][0]["loss"] and "val/loss" in term["history"][-1]
+    for a, b in zip(term["weights"], step["weights"]):  # NTXent = a hand-written step around all_gather
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6)
 
 
 @pytest.mark.slow

@@ -6,11 +6,12 @@
     result.total, result.terms
 
 See `framework.losses.reduction` for the reduction semantics and
-`framework.losses.library` / `framework.losses.triplet` for the losses Keras
-lacks.
+`framework.losses.library` / `framework.losses.triplet` /
+`framework.losses.contrastive` for the losses Keras lacks.
 """
 
 from framework.losses.algebra import BatchTerm, Loss, PredictionTerm, Regularizer, Sum, Term
+from framework.losses.contrastive import NTXent
 from framework.losses.library import Dice, RankNet, Tversky, WeightedBinaryCrossentropy
 from framework.losses.reduction import evaluate
 from framework.losses.regularizers import L1, L2, ModelLosses, kernels, with_layer_losses
@@ -26,6 +27,7 @@ __all__ = [
     "LossResult",
     "PredictionTerm",
     "ModelLosses",
+    "NTXent",
     "RankNet",
     "Regularizer",
     "Sum",

@@ -17,6 +17,8 @@ over a batch split across replicas (exactly as on one device):
   valid pair have weight 0, so the mean runs over the lists that have one,
   with the count of such lists all-reduced.
 * `Triplet` (in `framework.losses.triplet`) mines over the global batch.
+* `NTXent` (in `framework.losses.contrastive`) takes its negatives from the
+  global batch.
 
 Labels for the binary losses are 0/1 targets (soft targets are allowed for
 float labels) shaped like the predictions, or missing the predictions'

@@ -14,7 +14,8 @@ the global batch when the batch is split across replicas:
   `Term.values_and_weights`: `RankNet` gives a list without a valid pair
   weight 0 (the mean is over lists that have one), `Triplet` one value per
   own anchor weighted by its count of triplets, mined over the all-gathered
-  global batch. A function that returns a scalar is taken to be the mean
+  global batch, `NTXent` one value per own view against the gathered
+  views. A function that returns a scalar is taken to be the mean
   over its replica's examples and weighted by their count. With
   ``reduction="sum_over_batch_size"`` (Keras' default) the denominator is
   the global number of values instead of the sum of weights. A
@@ -32,7 +33,9 @@ the optimizer sums gradients over replicas, which yields the gradient of the
 global loss exactly. Because the gradient of an all-reduce sums the upstream
 gradients of all replicas, a batch-level term's share is its value divided by
 the replica count (likewise, an all-gather's gradient sums every replica's
-upstream gradient and hands each replica its own slice). The values a
+upstream gradient and hands each replica its own slice: `framework.gather`
+derives that rule and the other one, for a loss every replica computes
+whole). The values a
 `LossResult` exposes are the global ones (equal on every replica); `total`
 and `terms` still carry the share's gradient. With one replica none of this
 costs anything.
