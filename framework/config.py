@@ -245,6 +245,24 @@ def resolve(config: Any | None = None) -> ml_collections.ConfigDict:
     return resolved
 
 
+def load(workdir: str) -> ml_collections.ConfigDict:
+    """The config a finished (or running) run recorded in `workdir/config.json`.
+
+    Args:
+      workdir: the run's workdir.
+
+    Returns:
+      The run's config, resolved like any config a Trainer receives.
+
+    Raises:
+      FileNotFoundError: `workdir` has no config.json (the path is named).
+      ConfigError: the record does not resolve against this version's defaults.
+    """
+    from framework import runconfig  # runconfig builds on this module
+
+    return runconfig.load_config(workdir)
+
+
 def _choice(config: ml_collections.ConfigDict, key: str, choices: tuple[str, ...]) -> None:
     value = config
     for part in key.split("."):

@@ -90,6 +90,28 @@ def load(workdir: str) -> dict | None:
     return recorded
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config from `workdir/config.json`, resolved against `framework.config.defaults()`.
+
+    When `build_optimizer` was overridden the record holds that optimizer's
+    Keras config, not `config.optimizer`; that section then has the defaults.
+
+    Raises:
+      FileNotFoundError: no config.json in `workdir` (the message names it).
+      ConfigError: the record does not resolve against this version's defaults.
+    """
+    recorded = load(workdir)
+    if recorded is None:
+        raise FileNotFoundError(
+            f"{os.path.join(workdir, FILENAME)} does not exist: {workdir} holds no run's record "
+            "(fit() writes it when it starts training in a workdir)."
+        )
+    try:
+        return config_lib.resolve(_retyped(recorded, config_lib.defaults().to_dict()))
+    except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"{os.path.join(workdir, FILENAME)}: {e}") from None
+
+
 def _retyped(value: Any, like: Any) -> Any:
     """JSON has no tuples: give recorded lists back the type the current config uses."""
     if isinstance(value, Mapping):
