@@ -109,12 +109,16 @@ class Checkpoints:
         recorded = sorted({k for s in steps for k in (self.metrics(s) or {})})
         keys = f"; they record {', '.join(recorded)}" if recorded else ""
         if not self.best_metric:
+            needs = (
+                "Restoring 'best' (--checkpoint=best) needs config.checkpoint.best_metric (the logged key "
+                f"that ranks checkpoints), and it is not set. {self.directory} holds steps {steps}"
+            )
+            if recorded:
+                return f"{needs}; they record {', '.join(recorded)}: set it to one of them."
             logged = _logged_keys(os.path.dirname(self.directory))
             return (
-                f"Restoring 'best' (--checkpoint=best) needs config.checkpoint.best_metric (the logged key that ranks "
-                f"checkpoints), and it is not set: the run did not rank its checkpoints. "
-                f"{self.directory} holds steps {steps}{keys}; restore one by its step. The run logged "
-                f"{', '.join(logged) or 'no metrics'}: set config.checkpoint.best_metric to one of them "
+                f"{needs}, which record no metric: restore one by its step. The run logged "
+                f"{', '.join(logged) or 'no metrics'}; set config.checkpoint.best_metric to one of them "
                 "(--config.checkpoint.best_metric=...) when training, and its checkpoints record it."
             )
         if not steps:
