@@ -206,3 +206,15 @@ print("RESULTS", json.dumps(TwoHeads.from_workdir({workdir!r}).evaluate(test_ds)
     )
     assert "build datasets after it, or call framework.distribute.configure_cpu_devices(2)" in lines["ERROR"]
     _close(json.loads(lines["RESULTS"]), evals[max(evals)])
+
+
+def test_fit_after_a_restore_resumes_and_saves(tmp_path):
+    """restore() opens the checkpoints read-only; a fit() after it must still write its own."""
+    TwoHeads(get_config(), workdir=str(tmp_path)).fit()  # 4 epochs of 6 steps
+    longer = get_config()
+    longer.epochs = 5
+    trainer = TwoHeads(longer, workdir=str(tmp_path))
+    assert trainer.restore(12) == 12
+    trainer.fit()
+    steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+    assert steps[-1] == 30 and trainer.step == 30
