@@ -177,7 +177,6 @@ class Controller:
         else:
             t.build_state(self.evaluator.state_spec(dataset))
         ckpts = self.open_checkpoints(writer=self.train_input is not None)
-        self.state_chosen = True
         groups, name = t.checkpoint_state(), type(t).__name__
         if which == "latest":
             meta = ckpts.restore_latest(groups, trainer=name)
@@ -190,6 +189,7 @@ class Controller:
                     f"No checkpoint {which!r} in {ckpts.directory}; it holds steps {ckpts.steps()}."
                 )
             meta = ckpts.restore(groups, step, trainer=name)
+        self.state_chosen = True
         if meta is None:
             return None
         t.epoch = meta["epoch"]
