@@ -39,7 +39,15 @@ import orbax.checkpoint as ocp  # noqa: E402
 from absl import logging  # noqa: E402
 from orbax.checkpoint import checkpoint_managers as policies  # noqa: E402
 
-from framework import state  # noqa: E402
+from framework import results, state  # noqa: E402
+
+
+def _logged_keys(workdir: str) -> list[str]:
+    """The keys a run logged in its metrics.jsonl: the evaluation values if any, else the training ones."""
+    records = results.read_records(workdir)
+    numbers = {k for r in records for k, v in r.items() if isinstance(v, results.NUMBER)}
+    evaluated = sorted(k for k in numbers if k.startswith("val/"))
+    return evaluated or sorted(numbers - {"step", "epoch", "time", "steps_per_sec"})
 
 
 class CheckpointMismatch(ValueError):
@@ -101,10 +109,17 @@ class Checkpoints:
         recorded = sorted({k for s in steps for k in (self.metrics(s) or {})})
         keys = f"; they record {', '.join(recorded)}" if recorded else ""
         if not self.best_metric:
+            needs = (
+                "Restoring 'best' (--checkpoint=best) needs config.checkpoint.best_metric (the logged key "
+                f"that ranks checkpoints), and it is not set. {self.directory} holds steps {steps}"
+            )
+            if recorded:
+                return f"{needs}; they record {', '.join(recorded)}: set it to one of them."
+            logged = _logged_keys(os.path.dirname(self.directory))
             return (
-                f"--checkpoint=best needs config.checkpoint.best_metric (the logged key that ranks "
-                f"checkpoints, e.g. val/accuracy), and it is not set. {self.directory} holds steps "
-                f"{steps}{keys}."
+                f"{needs}, which record no metric: restore one by its step. The run logged "
+                f"{', '.join(logged) or 'no metrics'}; set config.checkpoint.best_metric to one of them "
+                "(--config.checkpoint.best_metric=...) when training, and its checkpoints record it."
             )
         if not steps:
             return f"No checkpoint in {self.directory}."

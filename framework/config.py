@@ -29,12 +29,14 @@ re-exports them for config files)::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from framework import record_file
 from framework.config_errors import ConfigError as ConfigError
 from framework.config_errors import did_you_mean as did_you_mean
 from framework.sweep_space import Range as Range
@@ -243,6 +245,34 @@ def resolve(config: Any | None = None) -> ml_collections.ConfigDict:
         _merge(resolved, config, "")
     check_values(resolved)
     return resolved
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+    """The config a finished (or running) run recorded in `workdir/config.json`.
+
+    Args:
+      workdir: the run's workdir.
+
+    Returns:
+      The run's config, resolved like any config a Trainer receives. When
+      `build_optimizer` was overridden, config.json holds that optimizer's
+      Keras config, and the `optimizer` section here has the defaults.
+
+    Raises:
+      FileNotFoundError: `workdir` has no config.json (the path is named).
+      ConfigError: the record does not resolve against this version's defaults.
+    """
+    recorded = record_file.load(workdir)
+    path = os.path.join(workdir, record_file.FILENAME)
+    if recorded is None:
+        raise FileNotFoundError(
+            f"{path} does not exist: {workdir} holds no run's record (fit() writes it when it starts "
+            "training in a workdir)."
+        )
+    try:
+        return resolve(record_file.retyped(recorded, defaults().to_dict()))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def _choice(config: ml_collections.ConfigDict, key: str, choices: tuple[str, ...]) -> None:

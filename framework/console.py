@@ -21,8 +21,9 @@ from absl import flags, logging
 # Packages whose INFO records are internals: they log through absl from their own modules.
 QUIET_PACKAGES = ("orbax",)
 _DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in QUIET_PACKAGES)
-# Warnings that describe what the framework asked for, not a problem: a reader opens checkpoints read-only.
-_EXPECTED_WARNINGS = ("Given directory is read only",)
+# Warnings that describe what the framework asked for, not a problem: a reader opens checkpoints
+# read-only; a save between evaluations (preemption, every_steps) is no keep-best candidate.
+_EXPECTED_WARNINGS = ("Given directory is read only", "Requested `tracked_metric`; did not provide metrics")
 
 
 def _shown(record: std_logging.LogRecord) -> bool:

@@ -79,6 +79,7 @@ class Controller:
         self._after: dict | None = None  # what the last train call read after its steps, if still current
         self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
+        self.state_chosen = False  # fit or restore has set the state evaluate / predict start from
         self.auto_steps = 32
         self.evaluator = Evaluator(trainer, self.steps_per_call)
         self.nonfinite = NonFinitePolicy(trainer, lambda: self.open_checkpoints(writer=True))
@@ -102,6 +103,7 @@ class Controller:
         )
         t.check_train_input(self.train_input.element_spec, self.train_input.host_dataset())
         self.train_fn = t.make_train_function()
+        self.state_chosen = True
         if t.workdir:
             directory = os.path.join(t.workdir, "checkpoints", "input")
             self.train_input.states = input_state.InputStates(directory, self.train_input.worker)
@@ -145,6 +147,9 @@ class Controller:
 
     def open_checkpoints(self, *, writer: bool) -> checkpoint.Checkpoints | None:
         t = self.trainer
+        if self.checkpoints is not None and writer and t.is_chief and not self.checkpoints.writer:
+            self.checkpoints.close()  # opened read-only by a restore before fit()
+            self.checkpoints = None
         if self.checkpoints is None and t.workdir:
             self.checkpoints = checkpoint.Checkpoints(
                 os.path.join(t.workdir, "checkpoints"), self.config.checkpoint, writer=writer and t.is_chief
@@ -162,14 +167,16 @@ class Controller:
             self.checkpoints = None
             self.open_checkpoints(writer=True)
 
-    def restore(self, which: str | int = "latest") -> int | None:
+    def restore(self, which: str | int = "latest", dataset=None) -> int | None:
+        """Loads checkpoint `which`; before fit(), builds the state from `dataset` or the trainer's inputs."""
         t = self.trainer
-        if self.train_input is None and not self.evaluator.has_eval():
-            raise ValueError("restore() before fit() needs build_eval_dataset() to return a dataset.")
-        t.build_state((self.train_input or self.evaluator.eval_input).element_spec)
-        ckpts = self.open_checkpoints(writer=self.train_input is not None)
-        if ckpts is None:
+        if not t.workdir:
             raise ValueError("restore() needs a workdir.")
+        if self.train_input is not None:
+            t.build_state(self.train_input.element_spec)
+        else:
+            t.build_state(self.evaluator.state_spec(dataset))
+        ckpts = self.open_checkpoints(writer=self.train_input is not None)
         groups, name = t.checkpoint_state(), type(t).__name__
         if which == "latest":
             meta = ckpts.restore_latest(groups, trainer=name)
@@ -182,6 +189,7 @@ class Controller:
                     f"No checkpoint {which!r} in {ckpts.directory}; it holds steps {ckpts.steps()}."
                 )
             meta = ckpts.restore(groups, step, trainer=name)
+        self.state_chosen = True
         if meta is None:
             return None
         t.epoch = meta["epoch"]

@@ -37,9 +37,11 @@ def configure_cpu_devices(count: int) -> list[str]:
     if len(names) < count:
         raise RuntimeError(
             f"config.distribution.cpu_devices={count}, but TensorFlow already started with "
-            f"{len(names)} logical CPU device(s); logical devices can only be created before "
-            "TensorFlow initializes. Create the Trainer (or call "
-            "framework.distribute.configure_cpu_devices) before running any TensorFlow op."
+            f"{len(names)} logical CPU device(s): a TensorFlow op ran before the Trainer was created "
+            "(building a tf.data.Dataset or a tensor is one), and logical devices can only be made "
+            "before the first. Create the Trainer first and build datasets after it, or call "
+            f"framework.distribute.configure_cpu_devices({count}) at the top of the script, before any "
+            "TensorFlow op. To evaluate a finished run, Trainer.from_workdir uses this process's devices."
         )
     return names[:count]
 

@@ -23,6 +23,10 @@ from framework.data import DistributedInput
 from framework.runner import Runner
 
 
+def _has_labels(spec) -> bool:
+    return isinstance(spec, tuple) and len(spec) > 1
+
+
 class Evaluator:
     """Runs a runner's eval and predict functions over datasets.
 
@@ -54,6 +58,24 @@ class Evaluator:
                 pad_workers=True,
             )
         return self.eval_input.present
+
+    def state_spec(self, dataset=None):
+        """An element spec to build the runner's variables from before a restore; None: the model alone.
+
+        The first that exists: `dataset` (given to evaluate or predict) when its
+        batches carry labels, the eval input, the training dataset, `dataset`
+        without labels. Labels build the metrics that make their variables on first use.
+        """
+        hint = dataset.element_spec if isinstance(dataset, tf.data.Dataset) else None
+        if _has_labels(hint):
+            return hint
+        if self.has_eval():
+            return self.eval_input.element_spec
+        try:
+            train = self.runner.build_train_dataset(tf.distribute.InputContext())
+        except NotImplementedError:
+            train = None
+        return train.element_spec if isinstance(train, tf.data.Dataset) else hint
 
     def _input_of(self, source, what: str) -> DistributedInput:
         """A fresh distributed input for a dataset (global batches) or hook given to evaluate/predict."""

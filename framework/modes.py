@@ -78,7 +78,12 @@ def _sample_inputs(trainer):
 def export(trainer, which: str | int = "latest") -> str:
     """Writes `workdir/export/<step>`; returns the path."""
     step = _restore(trainer, which)
-    path = os.path.join(trainer.workdir, "export", str(step))
+    return write_export(trainer, os.path.join(trainer.workdir, "export", str(step)))
+
+
+def write_export(trainer, path: str) -> str:
+    """Writes the trainer's model as it is to `path`, reloads it and checks its predictions; returns the path."""
+    step = trainer.step
     if not trainer.is_chief:  # the chief's export is the one; the others restored alongside it
         return path
     x = _sample_inputs(trainer)

@@ -1,14 +1,24 @@
-"""The phases a researcher calls on a trainer: `fit`, `evaluate`, `predict`, `restore`.
+"""The phases a researcher calls on a trainer: `fit`, `evaluate`, `predict`, `restore`, `export`.
 
 Each phase is run by the trainer's `Controller` (the host loop, written
 against `framework.runner.Runner`), made at the first phase that needs it;
 `evaluate` and `predict` by its `Evaluator` (`framework.evaluation`).
 `Phases` is a base of `framework.Trainer`; the trainer says what a step is,
 the Controller when steps run.
+
+`evaluate`, `predict` and `export` on a trainer that has neither trained
+nor restored start from its workdir's latest checkpoint (the run's state),
+and log its step; `from_workdir` rebuilds a finished run's trainer
+(`framework.reload`).
 """
 
 from __future__ import annotations
 
+import os
+
+from absl import logging
+
+from framework import console, modes, reload
 from framework.controller import Controller
 
 
@@ -48,6 +58,9 @@ class Phases:
     def evaluate(self, dataset=None) -> dict[str, float]:
         """Runs `eval_step` over a dataset; returns its loss and eval metric values.
 
+        A trainer that has neither trained nor restored first restores its
+        workdir's latest checkpoint (see `restore`); the log names its step.
+
         Args:
           dataset: None (the validation set of `build_eval_dataset`, built once
             per Trainer), a `tf.data.Dataset` of global batches (what Keras'
@@ -61,10 +74,13 @@ class Phases:
           ValueError: no dataset given and `build_eval_dataset` returns None.
           TypeError: `dataset` is neither a dataset nor a function.
         """
+        self._start_from_run(dataset)
         return self.controller.evaluator.evaluate(dataset)
 
     def predict(self, dataset):
         """The outputs of `predict_step` (the model, by default) over a whole dataset, in order.
+
+        Starts from the workdir's latest checkpoint as `evaluate` does.
 
         Args:
           dataset: a `tf.data.Dataset` of global batches of `x` (or `(x, y[, w])`;
@@ -75,10 +91,15 @@ class Phases:
         Returns:
           numpy arrays nested like the model's outputs, one row per example.
         """
+        self._start_from_run(dataset)
         return self.controller.evaluator.predict(dataset)
 
     def restore(self, which: str | int = "latest") -> int | None:
-        """Loads a checkpoint of the workdir.
+        """Loads a checkpoint of the workdir; `evaluate`, `predict` and `export` then use it.
+
+        Before `fit()` the variables are built from the eval dataset, else the
+        training dataset's element spec, else the model alone (built with a
+        `keras.Input`). `fit()` itself resumes from the latest checkpoint.
 
         Args:
           which: "latest", "best" (by `config.checkpoint.best_metric`) or a step number.
@@ -88,6 +109,73 @@ class Phases:
 
         Raises:
           ValueError: no workdir, no such checkpoint (the steps present are
-            listed), or no dataset to build the state from before `fit()`.
+            listed), "best" when the run ranked none (the logged keys are
+            listed), or nothing to build the variables from.
         """
         return self.controller.restore(which)
+
+    def export(self, path: str | None = None) -> str:
+        """Writes a SavedModel of the model (the EMA weights when `config.optimizer.ema`), checked by reloading it.
+
+        Starts from the workdir's latest checkpoint as `evaluate` does.
+
+        Args:
+          path: where to write; default `workdir/export/<step>`.
+
+        Returns:
+          The path written.
+
+        Raises:
+          ValueError: no `path` and no workdir.
+          RuntimeError: the reloaded SavedModel predicts differently.
+        """
+        self._start_from_run()
+        if path is None:
+            if not self.workdir:
+                raise ValueError("export() needs a path, or a workdir to write export/<step> in.")
+            path = os.path.join(self.workdir, "export", str(self.step))
+        return modes.write_export(self, path)
+
+    @classmethod
+    def from_workdir(cls, workdir: str, which: str | int = "latest", *, overrides=None, **kwargs):
+        """The trainer of a finished run, with one of its checkpoints restored.
+
+        Built from the run's `config.json` (`framework.config.load`): what the
+        run was, not what the config file says now. `config.distribution` is
+        this process's default (the devices here), not the run's.
+
+        Args:
+          workdir: the run's workdir.
+          which: "latest", "best" (by the run's `checkpoint.best_metric`) or a step number.
+          overrides: dotted keys to change, as `--config.key=` flags would
+            (`{"distribution.cpu_devices": 2}`); changing what the
+            checkpoints hold (`model`, `optimizer`, ...) warns.
+          **kwargs: the other arguments of the trainer's constructor.
+
+        Returns:
+          The trainer, ready for `evaluate(dataset)`, `predict(dataset)`,
+          `export()`; `fit()` resumes the run.
+
+        Raises:
+          FileNotFoundError: no such workdir, no config.json, or no checkpoint (named).
+          ValueError: no checkpoint `which`, or "best" when the run ranked none
+            (the metrics it logged and the key to set are named).
+          ConfigError: an override's key or value is wrong.
+        """
+        return reload.from_workdir(cls, workdir, which, overrides, **kwargs)
+
+    def _start_from_run(self, dataset=None) -> None:
+        """Before evaluate/predict/export on a trainer that has neither trained nor restored: the latest checkpoint."""
+        controller = self.controller
+        if controller.state_chosen or not self.workdir:
+            return
+        step = controller.restore("latest", dataset)
+        console.show_info()
+        if step is None:
+            logging.info("No checkpoint in %s: using the weights as built, untrained.", self.workdir)
+        else:
+            logging.info(
+                "Starting from the latest checkpoint of %s: step %d. trainer.restore(which) picks another.",
+                self.workdir,
+                step,
+            )

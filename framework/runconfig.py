@@ -29,8 +29,9 @@ from absl import logging
 
 from framework import config as config_lib
 from framework import keras_internals
+from framework.record_file import FILENAME, load
+from framework.record_file import retyped as _retyped
 
-FILENAME = "config.json"
 # Keys whose value shapes the variables or the checkpoints' meaning; overriding them for eval warns.
 STATE_KEYS = ("model", "task", "data", "seed", "precision", "optimizer", "grad_accum_steps", "checkpoint")
 
@@ -75,31 +76,6 @@ def write(workdir: str, content: dict) -> None:
     with tf.io.gfile.GFile(partial, "w") as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)
     tf.io.gfile.rename(partial, path, overwrite=True)
-
-
-def load(workdir: str) -> dict | None:
-    """The recorded config as a config dict (what the framework wrote, not a config); None if absent."""
-    path = os.path.join(workdir, FILENAME)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        recorded = json.load(f)
-    recorded.pop("added_optimizers", None)
-    if "built_by" in recorded.get("optimizer", {}):
-        recorded.pop("optimizer")  # the trainer builds it; config.optimizer was not used
-    return recorded
-
-
-def _retyped(value: Any, like: Any) -> Any:
-    """JSON has no tuples: give recorded lists back the type the current config uses."""
-    if isinstance(value, Mapping):
-        return {
-            k: _retyped(v, like[k] if isinstance(like, Mapping) and k in like else None)
-            for k, v in value.items()
-        }
-    if isinstance(value, list) and (isinstance(like, tuple) or like is None):
-        return tuple(_retyped(v, None) for v in value)
-    return value
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:

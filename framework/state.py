@@ -47,14 +47,19 @@ def _variables_of(value: Any) -> list | None:
 
 
 def _walk(
-    value: Any, prefix: str, out: dict[str, list], skipped: dict[str, str], why_not: Callable, depth: int = 0
+    value: Any,
+    prefix: str,
+    out: dict[str, list],
+    skipped: dict[str, tuple[str, list]],
+    why_not: Callable,
+    depth: int = 0,
 ) -> None:
     """Collects variable holders under `value` into `out`; models `why_not(model)` names go to `skipped`."""
     found = _variables_of(value)
     if found is not None:
         reason = why_not(value) if isinstance(value, keras.Model) else None
         if reason:
-            skipped[prefix] = reason
+            skipped[prefix] = (reason, found)
         else:
             out[prefix] = found
     elif depth >= _MAX_DEPTH or not isinstance(value, (list, tuple, dict)) or len(value) > _MAX_ITEMS:
@@ -136,7 +141,10 @@ def collect(
     include, exclude = _named_attributes(trainer, skip)
     trained = {id(v) for v in updater.trained_variables()}
     extra: dict[str, list] = {}
-    left_out = {f"attr.{name.lstrip('_')}": "in checkpoint_exclude" for name in sorted(exclude)}
+    left_out = {
+        f"attr.{name.lstrip('_')}": ("in checkpoint_exclude", _variables_of(getattr(trainer, name)) or [])
+        for name in sorted(exclude)
+    }
     for name in sorted(vars(trainer)):
         if name in skip or name in exclude:
             continue
@@ -148,12 +156,20 @@ def collect(
             left_out,
             lambda model, g=name in given, k=keep: None if k else _reason_left_out(model, g, trained),
         )
+    seen = {id(v) for vs in groups.values() for v in vs}
+    saved = seen | {id(v) for vs in extra.values() for v in vs}
+    # A left-out model whose weights all belong to a saved one (an encoder inside the model) is saved with it.
+    inside = {k for k, (_, vs) in left_out.items() if vs and all(id(v) in saved for v in vs)}
+    left_out = {
+        k: f"{reason}; its weights are still saved, with the model holding them" if k in inside else reason
+        for k, (reason, _) in left_out.items()
+        if k not in inside or reason == "in checkpoint_exclude"
+    }
     if left_out and trainer not in _reported:
         _reported.add(trainer)
         logging.info(
             "Not checkpointed: %s.", "; ".join(f"{k[len('attr.') :]} ({v})" for k, v in left_out.items())
         )
-    seen = {id(v) for vs in groups.values() for v in vs}
     for name, variables in extra.items():
         fresh = [v for v in variables if id(v) not in seen]
         seen.update(id(v) for v in fresh)

@@ -21,12 +21,26 @@ class TrainerState:
     config, the step counter and the updater of its optimizers.
     """
 
-    def build_state(self, element_spec) -> None:
+    def build_state(self, element_spec=None) -> None:
         """Creates model, metric and optimizer variables for inputs of `element_spec`.
 
         Runs before anything is traced or restored; a no-op once they exist.
+        Without a spec, a model built with its input shape (`keras.Input`)
+        suffices; metrics that make their variables on first use then stay unbuilt.
+
+        Raises:
+          ValueError: no `element_spec` and the model is not built.
         """
+        if element_spec is None and not self.model.built:
+            raise ValueError(
+                f"{type(self).__name__}: nothing to build the model's variables from: the model has no "
+                "input shape and the trainer no input. Give the model a keras.Input, have "
+                "build_train_dataset or build_eval_dataset return a dataset, or pass one to evaluate/predict."
+            )
         with self.strategy.scope():
+            if element_spec is None:
+                self._updater.build()
+                return
             zeros = tf.nest.map_structure(
                 lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), element_spec
             )
