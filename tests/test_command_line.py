@@ -108,10 +108,8 @@ def test_optimizer_options_take_new_keys_from_the_command_line(tmp_path):
         "--config.optimizer.momentum=0.9",
     )  # fmt: skip
     assert result.returncode == 2
-    assert fatal_lines(result.stderr) == [
-        "FATAL --config.optimizer.momentum: config.optimizer has no key 'momentum'. Did you mean "
-        + result.stderr.split("Did you mean ", 1)[1].splitlines()[0]
-    ]
+    (line,) = fatal_lines(result.stderr)
+    assert line.startswith("FATAL --config.optimizer.momentum: config.optimizer has no key 'momentum'."), line
 
 
 def test_train_steps_alone_makes_an_epoch_config_step_based(tmp_path):
