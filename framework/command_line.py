@@ -1,14 +1,14 @@
-"""The command line before absl parses it: one `--config`, and new keys in free sections.
+"""The command line before absl parses it: one `--config`, and new `optimizer.options` keys.
 
 * `last_config_only`: `scripts/train.sh` passes a default `--config=`; a user's
   `--config=` after it replaces it (absl's config flag cannot be given twice:
   each one defines its `--config.x` override flags again).
-* `split_free_overrides`: `--config.optimizer.options.momentum=0.9` adds a key
+* `split_open_overrides`: `--config.optimizer.options.momentum=0.9` adds a key
   absl's config flags do not know (they exist only for the config's own keys).
-  In a free section (`framework.config.FREE_SECTIONS`: `model`, `data`, `task`,
-  `optimizer.options`) such a flag is taken out of the command line and its
-  value, typed from its text (int, float, bool, tuple, else str), set by
-  `set_path` after parsing. Elsewhere an unknown key still fails, naming it.
+  In a section open to the command line (`OPEN_SECTIONS`) such a flag is taken
+  out of the command line and its value, typed from its text (int, float,
+  bool, tuple, else str), set by `set_path` after parsing. Elsewhere an
+  unknown key still fails, naming it.
 """
 
 from __future__ import annotations
@@ -50,19 +50,26 @@ def override_paths(argv: Sequence[str]) -> list[str]:
     return [arg[len("--config.") :].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
 
 
-def in_free_section(path: str) -> bool:
-    """Whether the key `path` (`"model.width"`) lies inside one of the config's free sections."""
-    return any(path.startswith(f"{section}.") for section in config_lib.FREE_SECTIONS)
+# Free sections whose new keys a flag may add: their receiver checks the names (the optimizer's
+# constructor refuses an unknown argument, naming it). `model`, `data` and `task` are free in a config
+# file, but nothing would notice a misspelt flag there (`--config.model.hiden=8` would change nothing).
+OPEN_SECTIONS = ("optimizer.options",)
+assert set(OPEN_SECTIONS) <= set(config_lib.FREE_SECTIONS)
 
 
-def is_new_free_key(config: ml_collections.ConfigDict, path: str) -> bool:
-    """Whether `path` names a key `config` lacks, under a section of a free section (which may add it)."""
+def in_open_section(path: str) -> bool:
+    """Whether the key `path` (`"optimizer.options.momentum"`) lies inside a section of `OPEN_SECTIONS`."""
+    return any(path.startswith(f"{section}.") for section in OPEN_SECTIONS)
+
+
+def is_new_open_key(config: ml_collections.ConfigDict, path: str) -> bool:
+    """Whether `path` names a key `config` lacks inside a section of `OPEN_SECTIONS` (which may add it)."""
     node, walked = config, []
     for part in path.split("."):
         if not isinstance(node, ml_collections.ConfigDict):
             return False
         if part not in node:
-            return in_free_section(".".join([*walked, part]))
+            return in_open_section(".".join([*walked, part]))
         node, walked = node[part], [*walked, part]
     return False
 
@@ -80,10 +87,10 @@ def typed(text: str) -> Any:
     return value if isinstance(value, (bool, int, float, tuple)) else text
 
 
-def split_free_overrides(
+def split_open_overrides(
     argv: Sequence[str], config: ml_collections.ConfigDict | None
 ) -> tuple[list[str], dict[str, Any]]:
-    """Takes the flags that add a key to a free section out of `argv`.
+    """Takes the flags that add a key to a section of `OPEN_SECTIONS` out of `argv`.
 
     Args:
       argv: the command line.
@@ -98,7 +105,7 @@ def split_free_overrides(
     for i, arg in enumerate(argv):
         if i and arg.startswith("--config.") and "=" in arg:
             path, text = arg[len("--config.") :].split("=", 1)
-            if is_new_free_key(config, path):
+            if is_new_open_key(config, path):
                 added[path] = typed(text)
                 continue
         rest.append(arg)
@@ -106,7 +113,7 @@ def split_free_overrides(
 
 
 def set_path(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
-    """Sets `config.<path>` to `value`, adding the key (and missing sections) in a free section."""
+    """Sets `config.<path>` to `value`, adding the key (and missing sections)."""
     *parents, leaf = path.split(".")
     node = config
     for part in parents:

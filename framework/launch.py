@@ -78,8 +78,8 @@ def _load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
-    """Raises ConfigError when `path` names no key of `config` (a free section may gain new keys)."""
-    if command_line.is_new_free_key(config, path):
+    """Raises ConfigError when `path` names no key of `config` (`optimizer.options` may gain new keys)."""
+    if command_line.is_new_open_key(config, path):
         return
     node, walked = config, []
     for part in path.split("."):
@@ -134,7 +134,7 @@ def _parse_flags(
 ) -> list[str]:
     """absl's parser, with config errors reported by key before any work starts.
 
-    added: path -> value of the flags that add keys to free sections (`framework.command_line`).
+    added: path -> value of the flags that add keys to `optimizer.options` (`framework.command_line`).
     """
     FLAGS.unparse_flags()
     try:
@@ -153,10 +153,10 @@ def _parse_flags(
     return remaining
 
 
-def _file_config_for_free_keys(argv: Sequence[str]) -> ml_collections.ConfigDict | None:
-    """The `--config` file's config when some flag may add a free-section key; else None (not loaded)."""
+def _file_config_for_open_keys(argv: Sequence[str]) -> ml_collections.ConfigDict | None:
+    """The `--config` file's config when some flag may add an `optimizer.options` key; else None (not loaded)."""
     spec = command_line.config_argument(argv)
-    if spec is None or not any(map(command_line.in_free_section, command_line.override_paths(argv))):
+    if spec is None or not any(map(command_line.in_open_section, command_line.override_paths(argv))):
         return None
     try:
         return _load_config_file(spec)
@@ -230,8 +230,8 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None):
     """Parses flags, builds `trainer_cls(config, workdir)`, runs `--mode` and returns what it produced.
 
     A later `--config=` replaces an earlier one (`scripts/train.sh` passes a
-    default). `--config.x=v` flags may add keys to the free sections (`model`,
-    `data`, `task`, `optimizer.options`). The command line exits 0 after the
+    default). `--config.optimizer.options.x=v` flags may add constructor arguments
+    (`framework.command_line`). The command line exits 0 after the
     mode; called from Python, `run` returns instead.
 
     Args:
@@ -253,7 +253,7 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None):
     """
     argv = command_line.last_config_only(list(argv) if argv is not None else list(sys.argv))
     default = _script_config(argv, get_config)
-    argv, added = command_line.split_free_overrides(argv, default or _file_config_for_free_keys(argv))
+    argv, added = command_line.split_open_overrides(argv, default or _file_config_for_open_keys(argv))
     _define_flags(argv, default)
     produced = []
 
