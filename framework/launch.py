@@ -200,11 +200,14 @@ def _mode_config(mode: str, added: dict) -> ml_collections.ConfigDict:
     return runconfig.for_mode(FLAGS.config, overrides, FLAGS.workdir)
 
 
-def _run_mode(trainer_cls, argv: Sequence[str], added: dict):
-    """Builds the trainer, runs `--mode`, prints the summary; returns what the mode produced."""
+def _run_mode(trainer_cls, overridden: list[str], added: dict):
+    """Builds the trainer, runs `--mode`, prints the summary; returns what the mode produced.
+
+    overridden: the paths of every `--config.x=` flag; added: those new to `optimizer.options`, with values.
+    """
     trainer = trainer_cls(_mode_config(FLAGS.mode, added), workdir=FLAGS.workdir)
     if FLAGS.mode in ("train", "train_and_eval") and trainer.is_chief:
-        hparams.write_session(FLAGS.workdir, trainer.config, command_line.override_paths(argv))
+        hparams.write_session(FLAGS.workdir, trainer.config, overridden)
     which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
     start_time, start_step = time.perf_counter(), None
     if FLAGS.mode == "eval":
@@ -253,13 +256,14 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None):
     """
     argv = command_line.last_config_only(list(argv) if argv is not None else list(sys.argv))
     default = _script_config(argv, get_config)
+    overridden = command_line.override_paths(argv)
     argv, added = command_line.split_open_overrides(argv, default or _file_config_for_open_keys(argv))
     _define_flags(argv, default)
     produced = []
 
     def main(_argv):
         try:
-            produced.append(_run_mode(trainer_cls, argv, added))
+            produced.append(_run_mode(trainer_cls, overridden, added))
         except (config_lib.ConfigError, checkpoint.CheckpointNotFound) as e:
             _fatal(str(e))
 
