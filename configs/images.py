@@ -4,7 +4,7 @@ python scripts/make_images.py --out data/images --train 20000 --eval 4000 --shar
 python experiments/images.py --config=configs/images.py --workdir=runs/images
 python experiments/images.py --config=configs/images.py:bf16 --workdir=runs/images_bf16
 
-Variants (combinable, e.g. ':smoke,bf16'): 'smoke' (a tiny model on data/images_smoke),
+Variants (combinable, e.g. ':smoke,bf16'): 'smoke' (a tiny model on data/images_smoke, written on first use),
 'bf16' / 'fp16' (mixed_bfloat16 / mixed_float16), 'sync_bn' (BatchNorm over the global batch).
 """
 
@@ -31,6 +31,8 @@ def get_config(arg: str | None = None):
     config.optimizer.weight_decay = 5e-4
     config.optimizer.ema = 0.99
     config.data.dir = "data/images"
+    config.data.make = {"train": 20000, "eval": 4000, "shards": 16}  # scripts/make_images.py's arguments
+    config.data.make_on_first_use = False  # True: write the shards when data.dir has none
     config.data.augment = True
     config.data.shuffle_buffer = 4096  # evaluation and epoch-based runs (train_steps = 0)
     config.model.widths = (32, 64, 128, 256)
@@ -52,9 +54,9 @@ def get_config(arg: str | None = None):
         config.optimizer.weight_decay = 0.05
         config.optimizer.warmup_steps = 10
         config.optimizer.ema = 0.9
-        config.data.dir = (
-            "data/images_smoke"  # make_images.py --out data/images_smoke --train 2000 --eval 400 --shards 4
-        )
+        config.data.dir = "data/images_smoke"
+        config.data.make = {"train": 2000, "eval": 400, "shards": 4}
+        config.data.make_on_first_use = True  # a few seconds
         config.data.shuffle_buffer = 1024
         config.model.widths = (16, 32, 64)
         config.model.blocks = (1, 1, 1)

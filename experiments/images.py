@@ -12,17 +12,23 @@ BatchNorm uses the statistics of the global batch (all replicas), so the run
 does not depend on the number of replicas; without it each replica
 normalises with its own share of the batch, as Keras does by default.
 
-python scripts/make_images.py --out data/images
+python scripts/make_images.py --out data/images --train 20000 --eval 4000 --shards 16
 python experiments/images.py --config=configs/images.py --workdir=runs/images
+
+The `:smoke` variant writes its small dataset (`config.data.make`: 2,000 train /
+400 eval images, a few seconds) on first use; the full one says the command.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
+import shutil
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 import framework
 from framework import losses
@@ -70,6 +76,44 @@ def shard_files(pattern: str, input_context: tf.distribute.InputContext) -> list
             "or use fewer workers."
         )
     return files[input_context.input_pipeline_id :: pipelines]
+
+
+def make_images_module():
+    """`scripts/make_images.py` as a module (scripts/ is not a package)."""
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "make_images.py"
+    )
+    spec = importlib.util.spec_from_file_location("make_images", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_data(directory: str, make: dict, *, on_first_use: bool) -> None:
+    """Writes `make_images.make(directory, **make)` when `directory` holds no shards yet (`on_first_use`).
+
+    Several workers may start at once: each writes a directory of its own and
+    renames it into place; the first rename wins and the others drop theirs.
+
+    Raises:
+      FileNotFoundError: no shards and not `on_first_use`; the message is the command that writes them.
+    """
+    if glob.glob(os.path.join(directory, "train-*.tfrecord")):
+        return
+    order = ["train", "eval", "shards", "seed"]  # the script's own order; a ConfigDict sorts its keys
+    keys = sorted(make, key=lambda k: order.index(k) if k in order else len(order))
+    command = f"python scripts/make_images.py --out {directory} " + " ".join(f"--{k} {make[k]}" for k in keys)
+    if not on_first_use:
+        raise FileNotFoundError(f"No image shards in {directory!r}. Write them with `{command}`.")
+    logging.info("No image shards in %s: writing them (%s).", directory, command)
+    partial = f"{directory.rstrip(os.sep)}.tmp-{os.getpid()}"
+    make_images_module().make(partial, **make)
+    try:
+        os.rename(partial, directory)  # replaces an empty directory
+    except OSError:  # another worker's rename came first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not glob.glob(os.path.join(directory, "train-*.tfrecord")):
+            raise
 
 
 def image_dataset(
@@ -216,6 +260,7 @@ class ImagesTrainer(framework.Trainer):
 
     def _dataset(self, split, input_context, *, train):
         data = self.config.data
+        ensure_data(data.dir, dict(data.get("make", {})), on_first_use=data.get("make_on_first_use", False))
         return image_dataset(
             os.path.join(data.dir, f"{split}-*.tfrecord"),
             input_context,

@@ -42,16 +42,50 @@ from orbax.checkpoint import checkpoint_managers as policies  # noqa: E402
 from framework import results, state  # noqa: E402
 
 
-def _logged_keys(workdir: str) -> list[str]:
+def logged_keys(workdir: str) -> list[str]:
     """The keys a run logged in its metrics.jsonl: the evaluation values if any, else the training ones."""
     records = results.read_records(workdir)
     numbers = {k for r in records for k, v in r.items() if isinstance(v, results.NUMBER)}
-    evaluated = sorted(k for k in numbers if k.startswith("val/"))
+    evaluated = sorted(k for k in numbers if k.startswith("val/") and not k.endswith("/raw"))
     return evaluated or sorted(numbers - {"step", "epoch", "time", "steps_per_sec"})
 
 
 class CheckpointMismatch(ValueError):
     """A checkpoint that does not fit this run's variables."""
+
+
+class CheckpointNotFound(ValueError):
+    """The checkpoint asked for (latest, best or a step) is not in the workdir."""
+
+
+def no_best_message(workdir: str, best_metric: str, steps: list[int]) -> str:
+    """Why there is no best checkpoint to restore, naming the keys the run logged and what to set.
+
+    Args:
+      workdir: the run's workdir (its `checkpoints/` and `metrics.jsonl`).
+      best_metric: the config's `checkpoint.best_metric` ("" when unset).
+      steps: the steps of the checkpoints the workdir holds.
+
+    Returns:
+      One line for a `FATAL` error or an exception.
+    """
+    keys = logged_keys(workdir)
+    example = next((k for k in keys if "accuracy" in k), keys[0] if keys else "val/accuracy")
+    logged = f"the run logged {', '.join(keys)}" if keys else "the run logged no metrics"
+    pick = f"or pick a step with --checkpoint=<step> (saved: {', '.join(map(str, steps))})"
+    if not steps:
+        return f"No checkpoint in {os.path.join(workdir, 'checkpoints')}."
+    if not best_metric:
+        return (
+            f"--checkpoint=best: the run in {workdir} did not set config.checkpoint.best_metric, so its "
+            f"checkpoints are not ranked; {logged}. Train with --config.checkpoint.best_metric={example} "
+            f"(and --config.checkpoint.best_mode=max or min), {pick}."
+        )
+    return (
+        f"--checkpoint=best: no checkpoint in {workdir} records config.checkpoint.best_metric="
+        f"{best_metric!r}; {logged}. A checkpoint records it when the run logs that key at the save: "
+        f"train with --config.checkpoint.best_metric={example}, {pick}."
+    )
 
 
 class Checkpoints:
@@ -104,30 +138,8 @@ class Checkpoints:
         return (max(scored) if self.best_mode == "max" else min(scored))[1]
 
     def why_no_best(self) -> str:
-        """Why `best_step()` found nothing: no best metric configured, or none recorded."""
-        steps = self.steps()
-        recorded = sorted({k for s in steps for k in (self.metrics(s) or {})})
-        keys = f"; they record {', '.join(recorded)}" if recorded else ""
-        if not self.best_metric:
-            needs = (
-                "Restoring 'best' (--checkpoint=best) needs config.checkpoint.best_metric (the logged key "
-                f"that ranks checkpoints), and it is not set. {self.directory} holds steps {steps}"
-            )
-            if recorded:
-                return f"{needs}; they record {', '.join(recorded)}: set it to one of them."
-            logged = _logged_keys(os.path.dirname(self.directory))
-            return (
-                f"{needs}, which record no metric: restore one by its step. The run logged "
-                f"{', '.join(logged) or 'no metrics'}; set config.checkpoint.best_metric to one of them "
-                "(--config.checkpoint.best_metric=...) when training, and its checkpoints record it."
-            )
-        if not steps:
-            return f"No checkpoint in {self.directory}."
-        return (
-            f"No checkpoint in {self.directory} records the best metric {self.best_metric!r} "
-            f"(steps {steps}{keys}). A checkpoint records it when the training run logs that key "
-            "at the save and sets checkpoint.best_metric to it."
-        )
+        """Why `best_step()` found nothing (`no_best_message`)."""
+        return no_best_message(os.path.dirname(self.directory), self.best_metric, self.steps())
 
     def read_meta(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

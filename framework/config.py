@@ -78,7 +78,7 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.debug = ml_collections.ConfigDict()
     c.debug.fast_dev_run = 0  # N > 0: one epoch of N train steps and N eval steps, no checkpoints
-    c.debug.limit_train_steps = 0  # cap steps per epoch (0: no cap)
+    c.debug.limit_train_steps = 0  # cap on the run's train steps (0: no cap)
     c.debug.limit_eval_steps = 0  # cap steps per evaluation
     c.debug.overfit_batches = 0  # N > 0: train on the same N batches every epoch
 
@@ -338,8 +338,14 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         )
 
 
-# Keys that count epochs; a step-based run (train_steps > 0) leaves them at their defaults (epochs: or 0).
-EPOCH_KEYS = ("epochs", "steps_per_epoch", "eval_every_epochs", "checkpoint.every_epochs")
+# Keys that count epochs; a step-based run (train_steps > 0) leaves them at their defaults. `epochs` is
+# the exception: train_steps wins over it (a config counted in epochs runs by steps with train_steps alone).
+EPOCH_KEYS = ("steps_per_epoch", "eval_every_epochs", "checkpoint.every_epochs")
+
+
+def unused_epochs(config: ml_collections.ConfigDict) -> bool:
+    """Whether a step-based run's config sets `epochs` (away from its default and 0), which it ignores."""
+    return bool(config.train_steps) and config.epochs not in (0, defaults().epochs)
 
 
 def _check_step_mode(config: ml_collections.ConfigDict) -> None:
@@ -354,10 +360,9 @@ def _check_step_mode(config: ml_collections.ConfigDict) -> None:
     default = defaults()
     for key in EPOCH_KEYS:
         value, unset = _section(config, key), _section(default, key)
-        if value != unset and not (key == "epochs" and value == 0):
-            fix = 0 if key == "epochs" else unset
+        if value != unset:
             raise ConfigError(
                 f"config.{key}={value!r} and config.train_steps={config.train_steps} are both set: a "
-                f"run is counted in epochs or in steps. Set config.{key}={fix!r} for a step-based "
+                f"run is counted in epochs or in steps. Set config.{key}={unset!r} for a step-based "
                 "run, or config.train_steps=0 for an epoch-based one."
             )

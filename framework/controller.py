@@ -40,7 +40,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import callbacks, checkpoint, distribute, input_state, logs, periods, runconfig
-from framework.config import ConfigError
+from framework.config import ConfigError, unused_epochs
 from framework.data import DistributedInput
 from framework.evaluation import Evaluator
 from framework.nonfinite import NonFinitePolicy
@@ -110,6 +110,12 @@ class Controller:
         self._resume_from_checkpoints()
         self._plan_periods()
         self.run_log = logs.RunLog(t.workdir, enabled=t.is_chief)
+        if t.is_chief and unused_epochs(self.config):
+            logging.info(
+                "config.train_steps=%d counts this run in steps: config.epochs=%d is unused.",
+                self.config.train_steps,
+                self.config.epochs,
+            )
         if t.is_chief and t.workdir:
             tf.io.gfile.makedirs(t.workdir)
             rerun = periods.rerun_note(runconfig.load(t.workdir), self.config, t.step)
@@ -183,9 +189,9 @@ class Controller:
         else:
             step = ckpts.best_step() if which == "best" else int(which)
             if step is None and which == "best":
-                raise ValueError(ckpts.why_no_best())
+                raise checkpoint.CheckpointNotFound(ckpts.why_no_best())
             if step is None or step not in ckpts.steps():
-                raise ValueError(
+                raise checkpoint.CheckpointNotFound(
                     f"No checkpoint {which!r} in {ckpts.directory}; it holds steps {ckpts.steps()}."
                 )
             meta = ckpts.restore(groups, step, trainer=name)
@@ -387,7 +393,7 @@ class Controller:
                 t.epoch + 1, plan.count, self.period_steps, first_step=t.step - done, total_steps=plan.total
             )
         else:
-            progress.start_epoch(t.epoch + 1, self.config.epochs, self.period_steps)
+            progress.start_epoch(t.epoch + 1, plan.count, self.period_steps)
         self.period_sums = logs.Sums.from_json(sums, done)
         return done, self.period_sums, iterator
 

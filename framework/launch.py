@@ -28,8 +28,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from framework import checkpoint, command_line, hparams, modes, pruning, runconfig
 from framework import config as config_lib
-from framework import hparams, modes, pruning, runconfig
 
 FLAGS = flags.FLAGS
 
@@ -47,6 +47,7 @@ def _define_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None
             None,
             "Config file: path.py or path.py:arg; override keys with --config.a.b=v.",
             lock_config=False,
+            sys_argv=list(argv),  # its override flags are those of `argv`, not of sys.argv
         )
     else:
         config_flags.DEFINE_config_dict(
@@ -66,19 +67,6 @@ def _define_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None
     )
 
 
-def _override_paths(argv: Sequence[str]) -> list[str]:
-    return [arg[len("--config.") :].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
-
-
-def _config_argument(argv: Sequence[str]) -> str | None:
-    for i, arg in enumerate(argv[1:], start=1):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
 def _load_config_file(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("_framework_config", path)
@@ -90,6 +78,9 @@ def _load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
+    """Raises ConfigError when `path` names no key of `config` (`optimizer.options` may gain new keys)."""
+    if command_line.is_new_open_key(config, path):
+        return
     node, walked = config, []
     for part in path.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -103,7 +94,7 @@ def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
 
 def _script_config(argv: Sequence[str], get_config) -> ml_collections.ConfigDict | None:
     """The script's own config when `--config` is absent; None when a file is given or none exists."""
-    if _config_argument(argv) is not None:
+    if command_line.config_argument(argv) is not None:
         return None
     if get_config is None:
         get_config = getattr(sys.modules.get("__main__"), "get_config", None)
@@ -115,7 +106,7 @@ def _script_config(argv: Sequence[str], get_config) -> ml_collections.ConfigDict
             raise config_lib.ConfigError(
                 f"get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}."
             )
-        for path in _override_paths(argv):
+        for path in command_line.override_paths(argv):
             _check_override(config, path)
     except config_lib.ConfigError as e:
         _fatal(str(e))
@@ -124,12 +115,12 @@ def _script_config(argv: Sequence[str], get_config) -> ml_collections.ConfigDict
 
 def _explain(argv: Sequence[str], error: Exception, default: ml_collections.ConfigDict | None) -> str:
     """Turns a failed parse into a message naming the config key at fault."""
-    spec = _config_argument(argv)
+    spec = command_line.config_argument(argv)
     if spec is None and default is None:
         return _NEEDS_CONFIG
     try:
         base = _load_config_file(spec) if spec is not None else default
-        for path in _override_paths(argv):
+        for path in command_line.override_paths(argv):
             _check_override(base, path)
     except config_lib.ConfigError as e:
         return str(e)
@@ -138,13 +129,20 @@ def _explain(argv: Sequence[str], error: Exception, default: ml_collections.Conf
     return str(error)
 
 
-def _parse_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None = None) -> list[str]:
-    """absl's parser, with config errors reported by key before any work starts."""
+def _parse_flags(
+    argv: Sequence[str], default: ml_collections.ConfigDict | None = None, added: dict | None = None
+) -> list[str]:
+    """absl's parser, with config errors reported by key before any work starts.
+
+    added: path -> value of the flags that add keys to `optimizer.options` (`framework.command_line`).
+    """
     FLAGS.unparse_flags()
     try:
         remaining = FLAGS(list(argv))
         if FLAGS.config is None:
             raise config_lib.ConfigError(_NEEDS_CONFIG)
+        for path, value in (added or {}).items():
+            command_line.set_path(FLAGS.config, path, value)
         config_lib.resolve(FLAGS.config)
     except config_lib.ConfigError as e:
         _fatal(str(e))
@@ -153,6 +151,17 @@ def _parse_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None 
     if not FLAGS.workdir:
         _fatal("--workdir is required.")
     return remaining
+
+
+def _file_config_for_open_keys(argv: Sequence[str]) -> ml_collections.ConfigDict | None:
+    """The `--config` file's config when some flag may add an `optimizer.options` key; else None (not loaded)."""
+    spec = command_line.config_argument(argv)
+    if spec is None or not any(map(command_line.in_open_section, command_line.override_paths(argv))):
+        return None
+    try:
+        return _load_config_file(spec)
+    except Exception:  # noqa: BLE001 - absl's own load reports it
+        return None
 
 
 def _fatal(message: str) -> None:
@@ -181,17 +190,52 @@ def summary(trainer, results: dict, seconds: float, start_step: int | None) -> s
     return "\n".join(lines)
 
 
-def _mode_config(mode: str) -> ml_collections.ConfigDict:
+def _mode_config(mode: str, added: dict) -> ml_collections.ConfigDict:
     """Training uses the command line's config; later modes the run's recorded one, overrides on top."""
     if mode not in ("eval", "continuous_eval", "export"):
         return FLAGS.config
     if mode == "continuous_eval" and not runconfig.wait_for(FLAGS.workdir, FLAGS.eval_timeout_secs):
         return FLAGS.config
-    return runconfig.for_mode(FLAGS.config, FLAGS["config"].override_values, FLAGS.workdir)
+    overrides = {**FLAGS["config"].override_values, **added}
+    return runconfig.for_mode(FLAGS.config, overrides, FLAGS.workdir)
 
 
-def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> None:
-    """Parses flags, builds `trainer_cls(config, workdir)` and runs `--mode`.
+def _run_mode(trainer_cls, overridden: list[str], added: dict):
+    """Builds the trainer, runs `--mode`, prints the summary; returns what the mode produced.
+
+    overridden: the paths of every `--config.x=` flag; added: those new to `optimizer.options`, with values.
+    """
+    trainer = trainer_cls(_mode_config(FLAGS.mode, added), workdir=FLAGS.workdir)
+    if FLAGS.mode in ("train", "train_and_eval") and trainer.is_chief:
+        hparams.write_session(FLAGS.workdir, trainer.config, overridden)
+    which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
+    start_time, start_step = time.perf_counter(), None
+    if FLAGS.mode == "eval":
+        produced = results = modes.evaluate_checkpoint(trainer, which)
+    elif FLAGS.mode == "continuous_eval":
+        produced = results = modes.continuous_eval(trainer, timeout_secs=FLAGS.eval_timeout_secs)
+    elif FLAGS.mode == "export":
+        path = modes.export(trainer, which)
+        print(f"Exported to {path}")
+        return path
+    else:
+        produced = trainer.fit(validate=FLAGS.mode == "train_and_eval", callbacks=pruning.trial_callbacks())
+        start_step = trainer.resumed_at_step
+        results = produced[-1] if produced else {}
+        if not produced and FLAGS.mode == "train_and_eval" and trainer.controller.evaluator.has_eval():
+            results = {f"val/{k}": v for k, v in trainer.evaluate().items()}  # a finished run
+    if trainer.is_chief:
+        print(summary(trainer, results, time.perf_counter() - start_time, start_step))
+    return produced
+
+
+def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None):
+    """Parses flags, builds `trainer_cls(config, workdir)`, runs `--mode` and returns what it produced.
+
+    A later `--config=` replaces an earlier one (`scripts/train.sh` passes a
+    default). `--config.optimizer.options.x=v` flags may add constructor arguments
+    (`framework.command_line`). The command line exits 0 after the
+    mode; called from Python, `run` returns instead.
 
     Args:
       trainer_cls: the `framework.Trainer` subclass to run.
@@ -199,36 +243,33 @@ def run(trainer_cls, argv: Sequence[str] | None = None, *, get_config=None) -> N
       get_config: `() -> ConfigDict`, the config when `--config` is absent (still overridable
         with `--config.x=`). Default: the `get_config` of the script being run, if it has one.
 
+    Returns:
+      `train` and `train_and_eval`: `Trainer.fit()`'s history, one log dict per epoch
+      (or evaluation interval) trained ([] when the run had finished). `eval`: the
+      evaluated checkpoint's results (`{"loss": ..., "accuracy": ...}`).
+      `continuous_eval`: the last evaluated checkpoint's results. `export`: the
+      SavedModel's path.
+
     Raises:
-      SystemExit: after the mode finishes (absl's `app.run`), or with a one-line
-        error naming the flag or config key at fault.
+      SystemExit: code 2 with a one-line `FATAL` error naming the flag, config key or
+        checkpoint at fault; code 0 after `--help` or a SIGTERM save.
     """
-    argv = list(argv) if argv is not None else list(sys.argv)
+    argv = command_line.last_config_only(list(argv) if argv is not None else list(sys.argv))
     default = _script_config(argv, get_config)
+    overridden = command_line.override_paths(argv)
+    argv, added = command_line.split_open_overrides(argv, default or _file_config_for_open_keys(argv))
     _define_flags(argv, default)
+    produced = []
 
     def main(_argv):
-        trainer = trainer_cls(_mode_config(FLAGS.mode), workdir=FLAGS.workdir)
-        if FLAGS.mode in ("train", "train_and_eval") and trainer.is_chief:
-            hparams.write_session(FLAGS.workdir, trainer.config, _override_paths(argv))
-        which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
-        start_time, start_step = time.perf_counter(), None
-        if FLAGS.mode == "eval":
-            results = modes.evaluate_checkpoint(trainer, which)
-        elif FLAGS.mode == "continuous_eval":
-            results = modes.continuous_eval(trainer, timeout_secs=FLAGS.eval_timeout_secs)
-        elif FLAGS.mode == "export":
-            print(f"Exported to {modes.export(trainer, which)}")
-            return
-        else:
-            history = trainer.fit(
-                validate=FLAGS.mode == "train_and_eval", callbacks=pruning.trial_callbacks()
-            )
-            start_step = trainer.resumed_at_step
-            results = history[-1] if history else {}
-            if not history and FLAGS.mode == "train_and_eval" and trainer.controller.evaluator.has_eval():
-                results = {f"val/{k}": v for k, v in trainer.evaluate().items()}  # a finished run
-        if trainer.is_chief:
-            print(summary(trainer, results, time.perf_counter() - start_time, start_step))
+        try:
+            produced.append(_run_mode(trainer_cls, overridden, added))
+        except (config_lib.ConfigError, checkpoint.CheckpointNotFound) as e:
+            _fatal(str(e))
 
-    app.run(main, argv=argv, flags_parser=functools.partial(_parse_flags, default=default))
+    try:
+        app.run(main, argv=argv, flags_parser=functools.partial(_parse_flags, default=default, added=added))
+    except SystemExit as e:
+        if e.code or not produced:
+            raise
+    return produced[0]

@@ -141,6 +141,13 @@ def _format(logs: Mapping[str, float], limit: int = 6) -> str:
     return " ".join(f"{k}={logs[k]:.4g}" for k in keys)
 
 
+def _format_period(logs: Mapping[str, float], train_limit: int = 10) -> str:
+    """A period's end: its first `train_limit` train values, then every validation value."""
+    train = {k: v for k, v in logs.items() if not k.startswith("val/")}
+    val = {k: v for k, v in logs.items() if k.startswith("val/")}
+    return " ".join(filter(None, (_format(train, train_limit), _format(val, len(val)))))
+
+
 class Progress:
     """A progress bar with steps/s and ETA on a terminal; absl log lines elsewhere."""
 
@@ -211,9 +218,9 @@ class Progress:
         if self.total_steps:
             step = self.first_step + self.steps
             logging.info(
-                "step %d/%d: period done in %.1fs | %s", step, self.total_steps, seconds, _format(logs, 10)
+                "step %d/%d: period done in %.1fs | %s", step, self.total_steps, seconds, _format_period(logs)
             )
         else:
             logging.info(
-                "epoch %d/%d done in %.1fs | %s", self.epoch, self.epochs, seconds, _format(logs, 10)
+                "epoch %d/%d done in %.1fs | %s", self.epoch, self.epochs, seconds, _format_period(logs)
             )

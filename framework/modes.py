@@ -19,13 +19,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from framework import keras_internals, logs
+from framework import checkpoint, keras_internals, logs
 
 
 def _restore(trainer, which: str | int) -> int:
     step = trainer.restore(which)
     if step is None:
-        raise FileNotFoundError(f"No checkpoint to restore in {trainer.workdir}/checkpoints.")
+        raise checkpoint.CheckpointNotFound(f"No checkpoint to restore in {trainer.workdir}/checkpoints.")
     return step
 
 

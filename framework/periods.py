@@ -87,19 +87,24 @@ def plan(config: ml_collections.ConfigDict, input_steps: int) -> Periods:
 
     Returns:
       Epoch mode: `config.epochs` periods of `input_steps` (one with
-      `debug.fast_dev_run`). Step mode: `train_steps * grad_accum_steps` steps
-      (`debug.fast_dev_run` steps, or at most `debug.limit_train_steps`) in
-      periods of `input_steps`.
+      `debug.fast_dev_run`; with `debug.limit_train_steps`, as many as that
+      many steps need, the last one cut short). Step mode: `train_steps *
+      grad_accum_steps` steps (`debug.fast_dev_run` steps, or at most
+      `debug.limit_train_steps`) in periods of `input_steps`.
     """
     accum = config.grad_accum_steps
+    limit = config.debug.limit_train_steps
     if not config.train_steps:
         epochs = 1 if config.debug.fast_dev_run else config.epochs
-        return Periods(False, input_steps, epochs, epochs * input_steps, epochs * input_steps // accum)
+        total = epochs * input_steps
+        if limit and not config.debug.fast_dev_run and total > limit:
+            total, epochs = limit, -(-limit // input_steps)
+        return Periods(False, input_steps, epochs, total, total // accum)
     total = config.train_steps * accum
     if config.debug.fast_dev_run:
         total = input_steps
-    elif config.debug.limit_train_steps:
-        total = min(total, config.debug.limit_train_steps)
+    elif limit:
+        total = min(total, limit)
     return Periods(True, input_steps, -(-total // input_steps), total, total // accum)
 
 

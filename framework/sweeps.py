@@ -34,13 +34,23 @@ FLAG_TYPES = (bool, int, float, str, tuple, list)
 
 
 def load_config_module(spec: str):
-    """The module of `path.py[:arg]` and its `arg`."""
+    """The module of `path.py[:arg]` (a config file, or a one-file script) and its `arg`."""
     path, _, arg = spec.partition(":")
     if not os.path.exists(path):
         raise config_lib.ConfigError(f"--config={spec}: no such config file {path!r}.")
     module_spec = importlib.util.spec_from_file_location("_framework_sweep_config", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    directory = os.path.dirname(os.path.abspath(path))
+    added = directory not in sys.path
+    if added:  # a script imports its neighbours as it would when run
+        sys.path.insert(0, directory)
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(directory)
+    if not hasattr(module, "get_config"):
+        raise config_lib.ConfigError(f"{path} defines no get_config(): give --config=<config file>.")
     return module, arg
 
 
@@ -183,7 +193,7 @@ class Runner:
 
     Args:
       script: the experiment script, ending with `framework.run(TrainerClass)`.
-      config_spec: its `--config=` value.
+      config_spec: its `--config=` value; None: the script's own `get_config()` (no `--config` flag).
       flags: further flags for every run (`--mode=...`, `--config.key=value`).
       parallel: how many runs at once.
       on_exit: `fn(run, returncode) -> status` deciding a finished run's status (default: done or failed).
@@ -192,7 +202,7 @@ class Runner:
     def __init__(
         self,
         script: str,
-        config_spec: str,
+        config_spec: str | None,
         flags: Iterable[str] = (),
         parallel: int = 1,
         on_exit: Callable[[Run, int], str] | None = None,
@@ -210,7 +220,7 @@ class Runner:
         return [
             sys.executable,
             self.script,
-            f"--config={self.config_spec}",
+            *([f"--config={self.config_spec}"] if self.config_spec else []),
             f"--workdir={run.workdir}",
             *self.flags,
             *overrides,

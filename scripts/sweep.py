@@ -5,6 +5,10 @@
         --workdir=/tmp/sweep --parallel=2 --config.epochs=5
     python scripts/sweep.py experiments/digits.py --config=configs/digits.py --sweep=search \
         --workdir=runs/digits-search --search=optuna --trials=20 --monitor=val/accuracy --monitor_mode=max
+    python scripts/sweep.py my_script.py --workdir=runs/my-sweep     # its own get_config and get_sweep
+
+Without `--config` the script is its own config file: its `get_config()` and
+`get_sweep(arg=None)` (`--sweep=` gives `arg`), and each run uses its `get_config()`.
 
 Every override is checked against the config before the first run starts. Each
 point runs in `<workdir>/<its overrides>` (output in run.log); a failed run does
@@ -31,7 +35,9 @@ from framework import hparams, results, sweeps  # noqa: E402
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("script", help="the experiment script, e.g. experiments/digits.py")
-    parser.add_argument("--config", required=True, help="config file: path.py or path.py:arg")
+    parser.add_argument(
+        "--config", default=None, help="config file: path.py or path.py:arg (default: the script's own)"
+    )
     parser.add_argument("--workdir", required=True, help="the sweep's directory; one subdirectory per run")
     parser.add_argument("--sweep", default=None, help="argument of get_sweep (default: the config's arg)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
@@ -108,7 +114,7 @@ def summarize(runs: list[sweeps.Run], workdir: str, monitor: str, mode: str) -> 
 def main(argv: list[str] | None = None) -> int:
     args, flags = parse(sys.argv[1:] if argv is None else argv)
     try:
-        config, sweep = sweeps.load(args.config, args.sweep)
+        config, sweep = sweeps.load(args.config or args.script, args.sweep)
         config = sweeps.apply(config, command_line_overrides(flags), "command line")
     except config_lib.ConfigError as e:
         print(f"FATAL {e}", file=sys.stderr)

@@ -183,7 +183,6 @@ def test_gradient_accumulation_counts_train_steps_in_updates():
 @pytest.mark.parametrize(
     "overrides, culprit",
     [
-        ({"train_steps": 100, "epochs": 3}, "config.epochs=3 and config.train_steps=100"),
         ({"train_steps": 100, "steps_per_epoch": 50}, "config.steps_per_epoch=50 and config.train_steps=100"),
         ({"train_steps": 100, "eval_every_epochs": 2}, "config.eval_every_epochs=2"),
         ({"train_steps": 100, "checkpoint": {"every_epochs": 0}}, "config.checkpoint.every_epochs=0"),
