@@ -77,6 +77,23 @@ def _fixed_batches(hook: Hook, count: int) -> Hook:
     return fixed
 
 
+def _pass_steps(pipeline: Pipeline) -> int:
+    """Steps one pass of a finite pipeline yields; 0 when its length is unknown."""
+    return math.ceil(pipeline.cardinality / pipeline.replicas) if pipeline.cardinality > 0 else 0
+
+
+def _log_reading_on(name: str, steps_per_epoch: int, pass_steps: int) -> None:
+    length = f"{pass_steps} steps per pass" if pass_steps else "a finite dataset of unknown length"
+    logging.info(
+        "config.steps_per_epoch=%d and %s() yields %s: an epoch is not a pass. Each epoch reads on "
+        "where the previous one stopped, and when the data runs out the next pass starts (reshuffled "
+        "if the dataset reshuffles each iteration), as in Keras' fit(steps_per_epoch=...).",
+        steps_per_epoch,
+        name,
+        length,
+    )
+
+
 def _host_only(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.OneDeviceStrategy) and all(
         "CPU" in device.upper() for device in strategy.extended.worker_devices
@@ -129,6 +146,7 @@ class DistributedInput:
         limit: int = 0,
         overfit_batches: int = 0,
         cycle: bool = False,
+        read_on: bool = False,
         pad_workers: bool = False,
     ):
         """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch.
@@ -136,6 +154,11 @@ class DistributedInput:
         cycle: a step-based run's input: a finite dataset is repeated (one
         iterator for the run, as for an infinite one) and `steps_per_epoch`
         may exceed one pass.
+        read_on: an epoch-based run's input with `steps_per_epoch` set: a
+        finite dataset whose pass is not `steps_per_epoch` steps long is
+        cycled, so each epoch reads on where the previous one stopped (as
+        Keras' `fit(steps_per_epoch=...)` does); one of exactly that length
+        keeps its fresh iterator per epoch.
         pad_workers: (evaluation) under several workers, a finite input may
         give workers different numbers of steps: every worker runs the most,
         a worker past its own end on batches of no rows. Without it (and on
@@ -152,9 +175,12 @@ class DistributedInput:
         datasets: list[tf.data.Dataset] = []
 
         def dataset_fn(input_context):
+            nonlocal cycle
             dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
             built.append(pipeline)
             finite = pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY
+            if read_on and finite:  # decided by each worker alone: no collective follows in either case
+                cycle = _pass_steps(pipeline) != steps_per_epoch
             if cycle and finite:
                 dataset = dataset.repeat()  # after spread_last_step: each pass ends on a whole step
             elif pad_workers and finite and distribute.num_workers(strategy) > 1:
@@ -185,8 +211,11 @@ class DistributedInput:
         if cycle:  # a finite dataset's length is not needed (an unknown one may not end)
             if self.cardinality == 0:
                 raise ValueError(f"{self.name}() returned an empty dataset.")
-            if self.cardinality > 0:
-                self.pass_steps = math.ceil(self.cardinality / pipeline.replicas)
+            self.pass_steps = _pass_steps(pipeline)
+            self.steps = steps_per_epoch
+            if read_on:
+                _log_reading_on(name, steps_per_epoch, self.pass_steps)
+        elif read_on:  # one pass on a finite input; workers need not agree (see `read_on`)
             self.steps = steps_per_epoch
         else:
             self.steps = self._agreed_steps(pipeline, hook, steps_per_epoch, limit, pad_workers)

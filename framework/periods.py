@@ -1,7 +1,10 @@
 """How `fit()` cuts a run into periods: epochs, or the evaluation intervals of a step-based run.
 
 Epoch mode (`config.train_steps = 0`): `config.epochs` periods of one pass
-over the training data (or `config.steps_per_epoch` steps) each.
+over the training data (or `config.steps_per_epoch` steps) each. With
+`steps_per_epoch` set, an epoch is not a pass (`reads_on`): each epoch reads
+on where the previous one stopped, and a finite dataset starts its next pass
+when it runs out, as in Keras' `fit(steps_per_epoch=...)`.
 
 Step mode (`config.train_steps = N`): N optimizer updates, i.e. N *
 `grad_accum_steps` train steps, drawn from one iterator that runs on across
@@ -75,6 +78,22 @@ def period_steps(config: ml_collections.ConfigDict) -> int:
         return config.debug.fast_dev_run
     every = min(config.eval_every_steps or config.train_steps, config.train_steps)
     return every * config.grad_accum_steps
+
+
+def reads_on(config: ml_collections.ConfigDict) -> bool:
+    """Whether an epoch-based run's epochs read on through a finite dataset (see docs/input.md).
+
+    Args:
+      config: the run's resolved config.
+
+    Returns:
+      True with `steps_per_epoch` set in epoch mode, unless a debug limit
+      (`fast_dev_run`, `limit_train_steps`, `overfit_batches`) is set: those
+      start every epoch at the data's start.
+    """
+    debug = config.debug
+    limited = debug.fast_dev_run or debug.limit_train_steps or debug.overfit_batches
+    return bool(not config.train_steps and config.steps_per_epoch and not limited)
 
 
 def plan(config: ml_collections.ConfigDict, input_steps: int) -> Periods:
