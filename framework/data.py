@@ -3,7 +3,9 @@
 `DistributedInput` wraps a `build_*_dataset(input_context)` hook with
 `strategy.distribute_datasets_from_function`. It knows how many global steps
 one pass yields (from the dataset's cardinality), and it hands out one
-iterator per epoch, or one for the whole run when the dataset is infinite.
+iterator per epoch, or one for the whole run when the dataset is infinite or
+cycled (a step-based run, or epochs of `steps_per_epoch` that are not a pass:
+docs/input.md).
 
 An infinite training dataset on a strategy fed from the host is read
 through one plain iterator whose position is saved with each checkpoint and
@@ -30,7 +32,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from framework import distribute, input_state
+from framework import distribute, input_state, periods
 from framework.batch_layout import empty_batches, spread_last_step
 from framework.input_state import global_shuffle  # noqa: F401 - part of this module's API
 from framework.record_stream import shuffled_records  # noqa: F401 - part of this module's API
@@ -80,18 +82,6 @@ def _fixed_batches(hook: Hook, count: int) -> Hook:
 def _pass_steps(pipeline: Pipeline) -> int:
     """Steps one pass of a finite pipeline yields; 0 when its length is unknown."""
     return math.ceil(pipeline.cardinality / pipeline.replicas) if pipeline.cardinality > 0 else 0
-
-
-def _log_reading_on(name: str, steps_per_epoch: int, pass_steps: int) -> None:
-    length = f"{pass_steps} steps per pass" if pass_steps else "a finite dataset of unknown length"
-    logging.info(
-        "config.steps_per_epoch=%d and %s() yields %s: an epoch is not a pass. Each epoch reads on "
-        "where the previous one stopped, and when the data runs out the next pass starts (reshuffled "
-        "if the dataset reshuffles each iteration), as in Keras' fit(steps_per_epoch=...).",
-        steps_per_epoch,
-        name,
-        length,
-    )
 
 
 def _host_only(strategy: tf.distribute.Strategy) -> bool:
@@ -214,7 +204,7 @@ class DistributedInput:
             self.pass_steps = _pass_steps(pipeline)
             self.steps = steps_per_epoch
             if read_on:
-                _log_reading_on(name, steps_per_epoch, self.pass_steps)
+                periods.log_reading_on(name, steps_per_epoch, self.pass_steps)
         elif read_on:  # one pass on a finite input; workers need not agree (see `read_on`)
             self.steps = steps_per_epoch
         else:
@@ -272,8 +262,8 @@ class DistributedInput:
         raise ValueError(
             f"{self.name}() gives the workers different numbers of steps per pass ({by_worker}), but "
             "every worker must run the same steps. Give every worker as many batches (shard the files "
-            f"evenly), set config.steps_per_epoch <= {min(counts)}, or train by steps (config.train_steps), "
-            "which repeats each worker's input."
+            "evenly), set config.steps_per_epoch (each worker then reads on through its own input, "
+            "starting its next pass where it runs out), or train by steps (config.train_steps)."
         )
 
     def _count_steps(self, pipeline: Pipeline, hook: Hook, requested: int, *, allow_empty: bool) -> int:

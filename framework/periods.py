@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 
 import ml_collections
 import tensorflow as tf
+from absl import logging
 
 _FITTED_SCHEDULES = ("cosine", "warmup_cosine")
 
@@ -94,6 +95,19 @@ def reads_on(config: ml_collections.ConfigDict) -> bool:
     debug = config.debug
     limited = debug.fast_dev_run or debug.limit_train_steps or debug.overfit_batches
     return bool(not config.train_steps and config.steps_per_epoch and not limited)
+
+
+def log_reading_on(name: str, steps_per_epoch: int, pass_steps: int) -> None:
+    """Says (INFO) that epochs of `steps_per_epoch` read on through input `name`, of `pass_steps` (0: unknown)."""
+    length = f"{pass_steps} steps per pass" if pass_steps else "a finite dataset of unknown length"
+    logging.info(
+        "config.steps_per_epoch=%d and %s() yields %s: an epoch is not a pass. Each epoch reads on "
+        "where the previous one stopped, and when the data runs out the next pass starts (reshuffled "
+        "if the dataset reshuffles each iteration), as in Keras' fit(steps_per_epoch=...).",
+        steps_per_epoch,
+        name,
+        length,
+    )
 
 
 def plan(config: ml_collections.ConfigDict, input_steps: int) -> Periods:
