@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-from framework import losses
+from framework import data, losses
 
 from toys import ArrayTrainer, config, max_abs_diff, weights_of
 
@@ -166,3 +166,21 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_unbroken_runs_weights(tmp_path, 
     assert resumed.step == unbroken.step == 16 and len(history) == 3
     for a, b in zip(weights_of(unbroken.model), weights_of(resumed.model)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_input_of_unknown_length_reads_on_without_being_counted(caplog):
+    """Its pass length is not needed: it is cycled and read on, never counted."""
+    x, y = batch_indexed()
+    unknown = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda *_: True).batch(BATCH)
+    assert unknown.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        train = data.DistributedInput(
+            strategy, lambda _: unknown, "build_train_dataset", steps_per_epoch=4, read_on=True
+        )
+    assert train.infinite and train.steps == 4 and train.pass_steps == 0
+    assert "yields a finite dataset of unknown length: an epoch is not a pass" in caplog.text
+    assert "counted its" not in caplog.text
+    iterator = train.iterator(0)
+    firsts = [float(next(iterator)[1][0, 0]) for _ in range(8)]  # two epochs: a pass and two batches
+    assert firsts == [0, 1, 2, 3, 4, 5, 0, 1]

@@ -6,7 +6,7 @@ evaluation data uneven; the script trains, evaluates, and writes to --out its
 history, its own `evaluate()`, and Keras' `evaluate` of the same weights on
 every worker's evaluation examples together (the reference). With
 --mode=train the training data are uneven: the framework must refuse them.
-With --mode=read_on they are uneven (3 and 2 batches) and
+With --mode=read_on they are uneven (6 and 2 batches) and
 `config.steps_per_epoch=2`: each worker reads on through its own data, starting
 its next pass where it runs out; --out gets the largest weight difference from
 Keras' fit (SGD) on the global batches that makes (the reference).
@@ -33,7 +33,7 @@ import framework  # noqa: E402
 from framework import losses  # noqa: E402
 
 EVAL = (40, 24)  # 5 and 3 batches of 8
-TRAIN = {"eval": (48, 48), "train": (48, 32), "read_on": (48, 32)}
+TRAIN = {"eval": (48, 48), "train": (48, 32), "read_on": (48, 16)}
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -72,7 +72,7 @@ class UnevenTrainer(framework.Trainer):
 def read_on_difference(trained: keras.Model) -> float:
     """Largest |w - w_keras|, Keras fitting one device on the global batches of reading on.
 
-    Global step s is worker 0's batch s mod 3 and worker 1's batch s mod 2, 8 examples each.
+    Global step s is worker 0's batch s mod 6 and worker 1's batch s mod 2, 8 examples each.
     """
     parts = [examples(w, n, "train") for w, n in enumerate(TRAIN["read_on"])]
 
