@@ -100,6 +100,7 @@ class Controller:
             limit=self.debug.fast_dev_run or self.debug.limit_train_steps,
             overfit_batches=self.debug.overfit_batches,
             cycle=bool(self.config.train_steps),
+            read_on=periods.reads_on(self.config),
         )
         t.check_train_input(self.train_input.element_spec, self.train_input.host_dataset())
         self.train_fn = t.make_train_function()

@@ -3,7 +3,9 @@
 `DistributedInput` wraps a `build_*_dataset(input_context)` hook with
 `strategy.distribute_datasets_from_function`. It knows how many global steps
 one pass yields (from the dataset's cardinality), and it hands out one
-iterator per epoch, or one for the whole run when the dataset is infinite.
+iterator per epoch, or one for the whole run when the dataset is infinite or
+cycled (a step-based run, or epochs of `steps_per_epoch` that are not a pass:
+docs/input.md).
 
 An infinite training dataset on a strategy fed from the host is read
 through one plain iterator whose position is saved with each checkpoint and
@@ -30,7 +32,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from framework import distribute, input_state
+from framework import distribute, input_state, periods
 from framework.batch_layout import empty_batches, spread_last_step
 from framework.input_state import global_shuffle  # noqa: F401 - part of this module's API
 from framework.record_stream import shuffled_records  # noqa: F401 - part of this module's API
@@ -75,6 +77,11 @@ def _fixed_batches(hook: Hook, count: int) -> Hook:
         return dataset
 
     return fixed
+
+
+def _pass_steps(pipeline: Pipeline) -> int:
+    """Steps one pass of a finite pipeline yields; 0 when its length is unknown."""
+    return math.ceil(pipeline.cardinality / pipeline.replicas) if pipeline.cardinality > 0 else 0
 
 
 def _host_only(strategy: tf.distribute.Strategy) -> bool:
@@ -129,6 +136,7 @@ class DistributedInput:
         limit: int = 0,
         overfit_batches: int = 0,
         cycle: bool = False,
+        read_on: bool = False,
         pad_workers: bool = False,
     ):
         """limit: at most this many steps per pass (debug). overfit_batches: the same N batches every epoch.
@@ -136,6 +144,12 @@ class DistributedInput:
         cycle: a step-based run's input: a finite dataset is repeated (one
         iterator for the run, as for an infinite one) and `steps_per_epoch`
         may exceed one pass.
+        read_on: an epoch-based run's input with `steps_per_epoch` set: a
+        finite dataset whose pass is not `steps_per_epoch` steps long is
+        cycled, so each epoch reads on where the previous one stopped (as
+        Keras' `fit(steps_per_epoch=...)` does); one of exactly that length
+        keeps its fresh iterator per epoch, unless another worker's input
+        cycles (one collective decides).
         pad_workers: (evaluation) under several workers, a finite input may
         give workers different numbers of steps: every worker runs the most,
         a worker past its own end on batches of no rows. Without it (and on
@@ -152,9 +166,12 @@ class DistributedInput:
         datasets: list[tf.data.Dataset] = []
 
         def dataset_fn(input_context):
+            nonlocal cycle
             dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
             built.append(pipeline)
             finite = pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY
+            if read_on and finite and not cycle:
+                cycle = _pass_steps(pipeline) != steps_per_epoch
             if cycle and finite:
                 dataset = dataset.repeat()  # after spread_last_step: each pass ends on a whole step
             elif pad_workers and finite and distribute.num_workers(strategy) > 1:
@@ -163,15 +180,27 @@ class DistributedInput:
             datasets.append(dataset)
             return dataset
 
-        if _host_only(strategy):
-            # One CPU replica: a distributed iterator would add hundreds of
-            # microseconds per step (its get_next goes through a multi-device
-            # prefetch) for nothing; strategy.run takes plain batches.
-            self.dataset = dataset_fn(
-                tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
-            )
-        else:
-            self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        def build():
+            built.clear()
+            datasets.clear()
+            if _host_only(strategy):
+                # One CPU replica: a distributed iterator would add hundreds of
+                # microseconds per step (its get_next goes through a multi-device
+                # prefetch) for nothing; strategy.run takes plain batches.
+                return dataset_fn(
+                    tf.distribute.InputContext(
+                        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1
+                    )
+                )
+            return strategy.distribute_datasets_from_function(dataset_fn)
+
+        self.dataset = build()
+        # A cycled input is fed through other compiled steps (one iterator for the run): when one
+        # worker's pass is not an epoch, every worker cycles, so all run the same steps.
+        agree = read_on and distribute.num_workers(strategy) > 1
+        if agree and distribute.any_worker(strategy, cycle)[0] and not cycle:
+            cycle = True
+            self.dataset = build()
         pipeline = built[-1]
         if pipeline is None:
             self.present = False
@@ -182,11 +211,19 @@ class DistributedInput:
         self.cardinality = pipeline.cardinality
         self.infinite = cycle or self.cardinality == tf.data.INFINITE_CARDINALITY
         self.pass_steps = 0  # a cycled dataset's steps per pass, when known
+        self._pass_ends: list[int] = []  # every worker's pass_steps
         if cycle:  # a finite dataset's length is not needed (an unknown one may not end)
             if self.cardinality == 0:
                 raise ValueError(f"{self.name}() returned an empty dataset.")
-            if self.cardinality > 0:
-                self.pass_steps = math.ceil(self.cardinality / pipeline.replicas)
+            self.pass_steps = _pass_steps(pipeline)
+            # every worker cuts its compiled calls at every worker's pass ends (see call_sizes)
+            self._pass_ends = distribute.per_worker(
+                strategy, pipeline.context.input_pipeline_id, self.pass_steps
+            )
+            self.steps = steps_per_epoch
+            if read_on:
+                periods.log_reading_on(name, steps_per_epoch, self.pass_steps)
+        elif read_on:  # one pass of a finite input, as on every other worker (see `read_on`)
             self.steps = steps_per_epoch
         else:
             self.steps = self._agreed_steps(pipeline, hook, steps_per_epoch, limit, pad_workers)
@@ -243,8 +280,8 @@ class DistributedInput:
         raise ValueError(
             f"{self.name}() gives the workers different numbers of steps per pass ({by_worker}), but "
             "every worker must run the same steps. Give every worker as many batches (shard the files "
-            f"evenly), set config.steps_per_epoch <= {min(counts)}, or train by steps (config.train_steps), "
-            "which repeats each worker's input."
+            "evenly), set config.steps_per_epoch (each worker then reads on through its own input, "
+            "starting its next pass where it runs out), or train by steps (config.train_steps)."
         )
 
     def _count_steps(self, pipeline: Pipeline, hook: Hook, requested: int, *, allow_empty: bool) -> int:
@@ -357,15 +394,17 @@ class DistributedInput:
         iterations of one loop fails in TensorFlow, so that step never shares
         a call with full ones; it costs one more call per epoch. A cycled
         dataset's passes end anywhere in a period: `step`, the steps drawn
-        since the run's start, says where.
+        since the run's start, says where; under several workers, at any
+        worker's pass end.
         """
         left = self.steps - done
         n = min(wanted, left)
         if not self.static_batch and not self.infinite and 1 < left <= n:
             n = left - 1
-        elif not self.static_batch and self.pass_steps:
-            before_last = self.pass_steps - 1 - step % self.pass_steps  # steps before the pass's last
-            n = min(n, before_last) if before_last else 1
+        elif not self.static_batch:  # every worker's pass ends, so that all make the same calls
+            for steps in filter(None, self._pass_ends):
+                before_last = steps - 1 - step % steps  # steps before the pass's last
+                n = min(n, before_last) if before_last else 1
         return n
 
     def host_dataset(self) -> tf.data.Dataset:

@@ -1,7 +1,10 @@
 """How `fit()` cuts a run into periods: epochs, or the evaluation intervals of a step-based run.
 
 Epoch mode (`config.train_steps = 0`): `config.epochs` periods of one pass
-over the training data (or `config.steps_per_epoch` steps) each.
+over the training data (or `config.steps_per_epoch` steps) each. With
+`steps_per_epoch` set, an epoch is not a pass (`reads_on`): each epoch reads
+on where the previous one stopped, and a finite dataset starts its next pass
+when it runs out, as in Keras' `fit(steps_per_epoch=...)`.
 
 Step mode (`config.train_steps = N`): N optimizer updates, i.e. N *
 `grad_accum_steps` train steps, drawn from one iterator that runs on across
@@ -25,6 +28,7 @@ from collections.abc import Iterator, Sequence
 
 import ml_collections
 import tensorflow as tf
+from absl import logging
 
 _FITTED_SCHEDULES = ("cosine", "warmup_cosine")
 
@@ -75,6 +79,35 @@ def period_steps(config: ml_collections.ConfigDict) -> int:
         return config.debug.fast_dev_run
     every = min(config.eval_every_steps or config.train_steps, config.train_steps)
     return every * config.grad_accum_steps
+
+
+def reads_on(config: ml_collections.ConfigDict) -> bool:
+    """Whether an epoch-based run's epochs read on through a finite dataset (see docs/input.md).
+
+    Args:
+      config: the run's resolved config.
+
+    Returns:
+      True with `steps_per_epoch` set in epoch mode, unless a debug limit
+      (`fast_dev_run`, `limit_train_steps`, `overfit_batches`) is set: those
+      start every epoch at the data's start.
+    """
+    debug = config.debug
+    limited = debug.fast_dev_run or debug.limit_train_steps or debug.overfit_batches
+    return bool(not config.train_steps and config.steps_per_epoch and not limited)
+
+
+def log_reading_on(name: str, steps_per_epoch: int, pass_steps: int) -> None:
+    """Says (INFO) that epochs of `steps_per_epoch` read on through input `name`, of `pass_steps` (0: unknown)."""
+    length = f"{pass_steps} steps per pass" if pass_steps else "a finite dataset of unknown length"
+    logging.info(
+        "config.steps_per_epoch=%d and %s() yields %s: an epoch is not a pass. Each epoch reads on "
+        "where the previous one stopped, and when the data runs out the next pass starts (reshuffled "
+        "if the dataset reshuffles each iteration), as in Keras' fit(steps_per_epoch=...).",
+        steps_per_epoch,
+        name,
+        length,
+    )
 
 
 def plan(config: ml_collections.ConfigDict, input_steps: int) -> Periods:

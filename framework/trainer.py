@@ -208,7 +208,8 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
 
         Returns:
           A `tf.data.Dataset` of `x`, `(x, y)` or `(x, y, sample_weight)`, finite
-          (one pass is an epoch) or infinite with `config.steps_per_epoch` set;
+          (one pass is an epoch; with `config.steps_per_epoch` set, epochs read on
+          through it, docs/input.md) or infinite with `config.steps_per_epoch` set;
           a step-based run (`config.train_steps`) takes either, cycling a finite one.
         """
         raise NotImplementedError(

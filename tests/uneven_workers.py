@@ -6,6 +6,10 @@ evaluation data uneven; the script trains, evaluates, and writes to --out its
 history, its own `evaluate()`, and Keras' `evaluate` of the same weights on
 every worker's evaluation examples together (the reference). With
 --mode=train the training data are uneven: the framework must refuse them.
+With --mode=read_on they are uneven (6 and 2 batches) and
+`config.steps_per_epoch=2`: each worker reads on through its own data, starting
+its next pass where it runs out; --out gets the largest weight difference from
+Keras' fit (SGD) on the global batches that makes (the reference).
 
     TF_CONFIG=... python tests/uneven_workers.py --mode=eval --workdir=/tmp/u --out=/tmp/u0.json
 """
@@ -29,7 +33,7 @@ import framework  # noqa: E402
 from framework import losses  # noqa: E402
 
 EVAL = (40, 24)  # 5 and 3 batches of 8
-TRAIN = {"eval": (48, 48), "train": (48, 32)}
+TRAIN = {"eval": (48, 48), "train": (48, 32), "read_on": (48, 16)}
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -65,6 +69,24 @@ class UnevenTrainer(framework.Trainer):
         return self._data(context, "eval", EVAL)
 
 
+def read_on_difference(trained: keras.Model) -> float:
+    """Largest |w - w_keras|, Keras fitting one device on the global batches of reading on.
+
+    Global step s is worker 0's batch s mod 6 and worker 1's batch s mod 2, 8 examples each.
+    """
+    parts = [examples(w, n, "train") for w, n in enumerate(TRAIN["read_on"])]
+
+    def global_batch(step):
+        starts = [8 * (step % (len(y) // 8)) for _, y in parts]
+        return tuple(np.concatenate([p[i][a : a + 8] for p, a in zip(parts, starts)]) for i in (0, 1))
+
+    x, y = (np.concatenate(column) for column in zip(*(global_batch(s) for s in range(6))))
+    reference = model()
+    reference.compile(keras.optimizers.SGD(0.1), loss=CE)
+    reference.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(trained.get_weights(), reference.get_weights()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     for flag in ("mode", "workdir", "out"):
@@ -75,8 +97,15 @@ def main() -> None:
     config.batch_size, config.epochs = 16, 2
     config.distribution.strategy = "multi_worker"
     config.task.mode = args.mode
+    if args.mode == "read_on":
+        config.steps_per_epoch, config.epochs = 2, 3
+        config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.1
     trainer = UnevenTrainer(config, args.workdir)
     history = trainer.fit()
+    if args.mode == "read_on":
+        with open(args.out, "w") as f:
+            json.dump({"history": history, "max_abs_diff": read_on_difference(trainer.model)}, f)
+        return
     reference = model()
     reference.set_weights(trainer.model.get_weights())
     reference.compile(loss=CE, metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
