@@ -267,7 +267,9 @@ class PredictionTerm(Term):
         with no head, the model's output (the dict of outputs of a model
         with named outputs).
       head: the model output the term reads; None: the whole output.
-      weight, name, reduction: as for `Term`.
+      weight: as for `Term`.
+      name: as for `Term`.
+      reduction: as for `Term`.
 
     Raises:
       TypeError: `fn` is not callable.
