@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUFF="${RUFF:-ruff}"
-paths=(framework experiments configs tests scripts)
+paths=(framework experiments configs tests scripts conftest.py)
 if [[ "${1:-}" == "--fix" ]]; then
   "$RUFF" check --fix "${paths[@]}"
   "$RUFF" format "${paths[@]}"

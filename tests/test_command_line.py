@@ -26,10 +26,14 @@ from toys import ArrayTrainer, ExampleCount, blobs, config, mlp
 
 
 def readme_command(pattern: str) -> list[str]:
-    """The README's first command line matching `pattern` (a regex), split into words."""
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
-    return shlex.split(re.search(pattern, text).group(0))
+    """The first command line of README.md, then docs/, matching `pattern` (a regex), split into words."""
+    pages = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+    for page in pages:
+        with open(page) as f:
+            match = re.search(pattern, f.read())
+        if match:
+            return shlex.split(match.group(0))
+    raise AssertionError(f"No command line matching {pattern!r} in README.md or docs/")
 
 
 def train_sh_argv(*user_args: str) -> list[str]:

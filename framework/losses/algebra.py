@@ -39,9 +39,22 @@ class Loss:
     """Base of loss expressions: supports `+`, scalar `*` and `.on(head)`."""
 
     def flat_terms(self) -> list[Term]:
+        """The expression's terms, in the order they were added.
+
+        Returns:
+          A list of `Term`s, each carrying its own weight and head.
+        """
         raise NotImplementedError
 
     def on(self, head: str) -> Loss:
+        """The same expression reading the model output `head` wherever a term names no head.
+
+        Args:
+          head: a key of the model's outputs (and of the labels and sample weights).
+
+        Returns:
+          A new `Loss`; terms that already read a head keep theirs.
+        """
         return Sum([t.on(head) if t.head is None else t for t in self.flat_terms()])
 
     def __add__(self, other: Any) -> Loss:
@@ -180,6 +193,7 @@ class Term(Loss):
 
     @property
     def base_name(self) -> str:
+        """The name the term has before `named()` and heads: the Keras loss's, the function's or the class's."""
         if isinstance(self.fn, keras.losses.Loss):
             return self.fn.name
         if self.fn is not None:
@@ -188,9 +202,11 @@ class Term(Loss):
 
     @property
     def name(self) -> str:
+        """The key of this term in `LossResult.terms` and in logs (`loss/<name>`)."""
         return self._name or self.head or self.base_name
 
     def flat_terms(self) -> list[Term]:
+        """`[self]`: a term is an expression of one term."""
         return [self]
 
     def _copy(self, **changes) -> Term:
@@ -201,15 +217,50 @@ class Term(Loss):
         return clone
 
     def on(self, head: str) -> Term:
+        """This term reading the model output `head` (and its labels and sample weights).
+
+        Args:
+          head: a key of the model's outputs.
+
+        Returns:
+          A copy of the term; the original is unchanged.
+        """
         return self._copy(head=head)
 
     def scaled(self, factor: float) -> Term:
+        """This term with its weight multiplied by `factor` (what `factor * term` does).
+
+        Args:
+          factor: a number; a schedule weight is multiplied at every step.
+
+        Returns:
+          A copy of the term; its raw value is logged as `loss/<name>/raw` when the weight is not 1.
+        """
         return self._copy(weight=_scale_weight(self.weight, factor))
 
     def named(self, name: str) -> Term:
+        """This term under another name in `LossResult.terms` and logs.
+
+        Args:
+          name: the new key (`loss/<name>`); names must be unique in a loss.
+
+        Returns:
+          A copy of the term.
+        """
         return self._copy(_name=name)
 
     def weight_at(self, step: tf.Tensor) -> tf.Tensor:
+        """The term's weight at `step`: the number, or the schedule evaluated there.
+
+        Args:
+          step: the train step (a tensor or variable).
+
+        Returns:
+          A float32 scalar.
+
+        Raises:
+          ValueError: the schedule returned a non-scalar (the term is named).
+        """
         if not callable(self.weight):
             return tf.constant(float(self.weight), tf.float32)
         value = tf.cast(self.weight(tf.convert_to_tensor(step)), tf.float32)  # step may be a variable
@@ -267,7 +318,9 @@ class PredictionTerm(Term):
         with no head, the model's output (the dict of outputs of a model
         with named outputs).
       head: the model output the term reads; None: the whole output.
-      weight, name, reduction: as for `Term`.
+      weight: as for `Term`.
+      name: as for `Term`.
+      reduction: as for `Term`.
 
     Raises:
       TypeError: `fn` is not callable.
@@ -305,9 +358,27 @@ class BatchTerm(Term):
     kind = "batch"
 
     def statistics(self, y_true, y_pred, sample_weight):
+        """This replica's sufficient statistics, summed over replicas before `from_statistics`.
+
+        Args:
+          y_true: the head's labels on this replica.
+          y_pred: the head's predictions on this replica.
+          sample_weight: the head's sample weights, or None.
+
+        Returns:
+          A nest of float32 tensors whose sums over replicas give the global batch's statistics.
+        """
         raise NotImplementedError
 
     def from_statistics(self, stats) -> tf.Tensor:
+        """The loss of the global batch from its summed statistics.
+
+        Args:
+          stats: `statistics()`'s nest, summed over every replica.
+
+        Returns:
+          A float32 scalar.
+        """
         raise NotImplementedError
 
     def compute(self, y_true, y_pred):  # a BatchTerm is not per-example
@@ -344,9 +415,18 @@ class Regularizer(Term):
         return _snake(type(self).__name__)
 
     def on(self, head: str) -> Term:
-        return self  # regularizers read the model, not a head
+        """`self`: a regularizer reads the model, not a head."""
+        return self
 
     def regularization(self, model: keras.Model) -> tf.Tensor:
+        """The penalty for `model`'s current variables, counted once per step.
+
+        Args:
+          model: the model the objective trains.
+
+        Returns:
+          A scalar (cast to float32 by the caller).
+        """
         return self.reg_fn(model)
 
 

@@ -88,7 +88,10 @@ class WeightedBinaryCrossentropy(Term):
       from_logits: predictions are logits (stable: a single softplus per
         element); otherwise probabilities, clipped to [eps, 1 - eps] as Keras
         does.
-      head, weight, name, mask_nan: as for `Term`.
+      head: as for `Term`.
+      weight: as for `Term`.
+      name: as for `Term`.
+      mask_nan: as for `Term`.
 
     Raises:
       ValueError: neither or both of `pos_weight` and `class_weights` are given.
@@ -179,7 +182,10 @@ class Dice(_Overlap):
     Args:
       smooth: added to numerator and denominator.
       from_logits: apply a sigmoid to the predictions first.
-      head, weight, name, mask_nan: as for `Term`.
+      head: as for `Term`.
+      weight: as for `Term`.
+      name: as for `Term`.
+      mask_nan: as for `Term`.
     """
 
     def __init__(
@@ -222,7 +228,12 @@ class Tversky(_Overlap):
     Args:
       alpha: the weight of false positives.
       beta: the weight of false negatives.
-      smooth, from_logits, head, weight, name, mask_nan: as for `Dice` and `Term`.
+      smooth: as for `Dice` and `Term`.
+      from_logits: as for `Dice` and `Term`.
+      head: as for `Dice` and `Term`.
+      weight: as for `Dice` and `Term`.
+      name: as for `Dice` and `Term`.
+      mask_nan: as for `Dice` and `Term`.
 
     Raises:
       ValueError: `alpha` or `beta` is negative.
@@ -274,7 +285,10 @@ class RankNet(Term):
     take part in no pair. `sample_weight` is one weight per list.
 
     Args:
-      head, weight, name, reduction: as for `Term`.
+      head: as for `Term`.
+      weight: as for `Term`.
+      name: as for `Term`.
+      reduction: as for `Term`.
 
     Raises:
       ValueError: when traced, scores are not `[batch, list_size]` shaped like

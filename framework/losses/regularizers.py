@@ -64,7 +64,9 @@ class L1(_Norm):
     """`rate * sum(|v|)` over the selected variables.
 
     Args:
-      rate, select, name: as for `L2` (default name "l1").
+      rate: as for `L2`.
+      select: as for `L2`.
+      name: the key in `LossResult.terms`; default "l1".
 
     Raises:
       ValueError: as for `L2`.

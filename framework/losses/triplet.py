@@ -73,7 +73,10 @@ class Triplet(Term):
       margin: the distance by which negatives must be farther than positives.
       mining: "batch_hard" or "batch_all"; see the module docstring, which
         also states the semantics under distribution (exact: global mining).
-      head, weight, name, mask_nan: as for `Term`.
+      head: as for `Term`.
+      weight: as for `Term`.
+      name: as for `Term`.
+      mask_nan: as for `Term`.
 
     Raises:
       ValueError: an unknown `mining` or a negative `margin`.
