@@ -67,12 +67,14 @@ def make_step_function(
     after_values = _Nest(after)
 
     def add(sums, packed):
-        if not finite_sums:
-            return packed if sums is None else sums + packed
-        ok = tf.reduce_all(tf.math.is_finite(packed))
-        kept = tf.where(ok, packed, tf.zeros_like(packed))
-        kept = tf.concat([kept, tf.reshape(tf.cast(ok, tf.float32), [1])], axis=0)  # counts summed steps
-        return kept if sums is None else sums + kept
+        if finite_sums:
+            ok = tf.reduce_all(tf.math.is_finite(packed))
+            kept = tf.where(ok, packed, tf.zeros_like(packed))
+            packed = tf.concat(
+                [kept, tf.reshape(tf.cast(ok, tf.float32), [1])], axis=0
+            )  # counts summed steps
+        # `sums` enters the loop empty: the packed size is known only once the step is traced.
+        return packed + tf.pad(sums, [[0, tf.size(packed) - tf.size(sums)]])
 
     def replica_fn(batch):
         packed = layout.pack(replica_step(batch), batch, where)
@@ -96,22 +98,29 @@ def make_step_function(
     def go_on(done, num_steps):
         if keep_going is None:
             return done < num_steps
-        return tf.logical_and(done < num_steps, keep_going())
+        return tf.logical_and(done < num_steps, tf.logical_or(tf.equal(done, 0), keep_going()))
 
     @tf.function(autograph=True)
     def multi_step(iterator, num_steps):
-        packed = one_step(iterator)
-        sums = add(None, packed)
-        done = tf.constant(1, num_steps.dtype)
+        # Every step runs in the loop body, the graph's one copy of the step: Grappler
+        # optimizes a loop body on its own, so a step outside the loop (say, a peeled first
+        # step) would compute in another order than the steps inside it, and the weights
+        # would depend on how steps are grouped into calls (docs/determinism.md).
+        sums = last = tf.zeros([0])
+        done = tf.constant(0, num_steps.dtype)
         # The stop test is part of the loop condition: a `break` would make
         # AutoGraph wrap the whole step in a conditional, which costs per step.
         if finite_sums:
             while go_on(done, num_steps):
-                packed = one_step(iterator)
-                sums = add(sums, packed)
+                tf.autograph.experimental.set_loop_options(
+                    shape_invariants=[(sums, tf.TensorShape([None])), (last, tf.TensorShape([None]))]
+                )
+                last = one_step(iterator)
+                sums = add(sums, last)
                 done += 1
-            return sums, packed, after_values.flat(sums)
+            return sums, last, after_values.flat(sums)
         while go_on(done, num_steps):
+            tf.autograph.experimental.set_loop_options(shape_invariants=[(sums, tf.TensorShape([None]))])
             sums = add(sums, one_step(iterator))
             done += 1
         return sums, sums, after_values.flat(sums)
