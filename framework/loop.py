@@ -6,11 +6,14 @@ change between epochs, so each function is traced once per run: a short last
 group of steps costs no retrace.
 
     train_fn(iterator, num_steps) -> (sums, suspect, after):
-        packed = pack(replica_step(next(iterator))) averaged over replicas  # step 1
-        sums = packed
-        repeat num_steps - 1 times while `keep_going()` (tested in the loop condition):
-            packed = ...; sums += packed
+        sums = []                    # its size is known once the step is traced
+        repeat num_steps times while `keep_going()` (tested in the loop condition; step 1 always runs):
+            packed = pack(replica_step(next(iterator))) averaged over replicas
+            sums += packed
         return sums, (packed if finite_sums else sums), after()
+
+The step is traced once, in the loop body, so every step of every call runs
+the same optimized graph (docs/determinism.md).
 
 Per-step logs are scalars, each with the weight it has in a mean
 (`framework.log_values`): a step packs them into one flat tensor (`v * w`,
