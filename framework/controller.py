@@ -47,6 +47,9 @@ from framework.nonfinite import NonFinitePolicy
 from framework.profiling import StepProfiler
 from framework.runner import Runner, StepFunction
 
+# Auto steps_per_execution: the first call's size, and every call's with config.deterministic.
+AUTO_STEPS = 32
+
 
 @dataclasses.dataclass
 class _Interval:
@@ -80,7 +83,7 @@ class Controller:
         self.run_log = logs.RunLog(None)
         self.resume: dict | None = None
         self.state_chosen = False  # fit or restore has set the state evaluate / predict start from
-        self.auto_steps = 32
+        self.auto_steps = AUTO_STEPS
         self.evaluator = Evaluator(trainer, self.steps_per_call)
         self.nonfinite = NonFinitePolicy(trainer, lambda: self.open_checkpoints(writer=True))
         self.profiler = StepProfiler(self.config.profile_steps, trainer.workdir, enabled=trainer.is_chief)
@@ -146,7 +149,13 @@ class Controller:
         return self.config.steps_per_execution or self.auto_steps
 
     def _tune_steps(self, n: int, seconds: float) -> None:
-        """Auto steps_per_execution: aim for ~0.2 s per compiled call."""
+        """Auto steps_per_execution: aim for ~0.2 s per compiled call; fixed with config.deterministic.
+
+        Timing would make the grouping of steps into calls differ between runs
+        and across a resume, and with it the numbers (docs/determinism.md).
+        """
+        if self.config.deterministic:
+            return
         if self.train_fn.experimental_get_tracing_count() and seconds > 0:
             self.auto_steps = int(min(1000, max(1, 0.2 / (seconds / n))))
 

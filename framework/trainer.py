@@ -158,6 +158,9 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         keras.utils.set_random_seed(self.config.seed)
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()
+            # Its rewrites made a step inside the compiled loop round differently from
+            # a call's first step: the weights depended on steps_per_execution.
+            tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
         self.epoch = 0
         self.resumed_at_step = 0
         self._single_term_logs: dict[str, str] = {}  # log key -> the term, for non-finite errors
