@@ -71,7 +71,7 @@ def test_the_readme_script_trains_on_two_replicas_and_its_after_training_block_r
     # The oracle is what the training run logged at its last evaluation (on 2 replicas; this is 1).
     assert abs(restored["loss"] - epochs[-1]["val/loss"]) < 1e-5
     assert abs(restored["accuracy"] - epochs[-1]["val/accuracy"]) < 1e-6
-    assert os.path.exists(os.path.join(printed[-1], "saved_model.pb"))
+    assert os.path.exists(os.path.join(tmp_path, printed[-1], "saved_model.pb"))
 
 
 def test_a_misspelt_key_prints_what_the_readme_shows(tmp_path):

@@ -111,10 +111,11 @@ def test_epochs_read_on_through_the_data_like_keras_fit(spe, epochs, rows, caplo
         )
 
 
-@pytest.mark.parametrize("debug", ["limit_train_steps", "overfit_batches"])
-def test_debug_limits_still_start_every_epoch_at_the_data_start(debug):
-    history = trainer(settings(steps_per_epoch=2, epochs=3, **{f"debug.{debug}": 2})).fit()
-    assert [h["batch"] for h in history] == [0.5, 0.5, 0.5]
+@pytest.mark.parametrize(("debug", "epochs_run"), [("limit_train_steps", 2), ("overfit_batches", 3)])
+def test_debug_limits_still_start_every_epoch_at_the_data_start(debug, epochs_run):
+    # limit_train_steps=4 caps the run (two epochs of 2 steps); overfit_batches=4 replays 4 batches.
+    history = trainer(settings(steps_per_epoch=2, epochs=3, **{f"debug.{debug}": 4})).fit()
+    assert [h["batch"] for h in history] == [0.5] * epochs_run
 
 
 def test_two_mirrored_replicas_read_on_as_one_device():
