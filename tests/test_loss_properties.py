@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from framework import distribute, losses
@@ -38,6 +38,7 @@ PROPERTY = settings(
     max_examples=int(os.environ.get("TEST_PROPERTY_EXAMPLES", "12")),
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
@@ -97,39 +98,59 @@ def reference_terms(y, p, w, n):
     }
 
 
-@st.composite
-def batches(draw):
-    """(labels, predictions, sample weights or None, global size, replica sizes, step)."""
-    n = draw(st.integers(1, 12))
-    replicas = draw(st.sampled_from([1, 2, 4]))
-    cuts = sorted(draw(st.lists(st.integers(0, n), min_size=replicas - 1, max_size=replicas - 1)))
-    sizes = list(np.diff([0, *cuts, n]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    dims = {head: draw(st.integers(1, 4)) for head in HEADS}
+def make_batch(sizes, *, seed, dims, classes, masked, weights, step):
+    """(labels, predictions, sample weights or None, global size, replica sizes, step).
+
+    Args:
+      sizes: examples per replica (their number is the replica count; 0 allowed).
+      seed: the numpy seed of the values.
+      dims: head -> its feature size.
+      classes: the number of embedding classes.
+      masked: per example, whether its "reg" label holds a NaN.
+      weights: "none", "ones", "some_zero" or "all_zero".
+      step: the global step the schedules read.
+    """
+    n = int(sum(sizes))
+    rng = np.random.default_rng(seed)
     y = {
         "reg": rng.normal(size=(n, dims["reg"])),
         "mae": rng.normal(size=(n, dims["mae"])),
         "bin": (rng.uniform(size=(n, dims["bin"])) > 0.6) * 1.0,
         "seg": (rng.uniform(size=(n, dims["seg"])) > 0.7) * 1.0,
-        "emb": rng.integers(0, draw(st.integers(1, 3)), n),
+        "emb": rng.integers(0, classes, n),
         "rank": rng.integers(-1, 3, (n, dims["rank"] + 1)) * 1.0,
     }
-    masked = draw(st.lists(st.booleans(), min_size=n, max_size=n))
-    y["reg"][np.array(masked), rng.integers(0, dims["reg"])] = np.nan
+    y["reg"][np.array(masked, bool), rng.integers(0, dims["reg"])] = np.nan
     p = {head: rng.normal(0, 2, y[head].shape) for head in HEADS if head != "emb"}
     p["emb"] = rng.normal(size=(n, dims["emb"]))
-    kind = draw(st.sampled_from(["none", "ones", "some_zero", "all_zero"]))
     w = {
         "none": None,
         "ones": np.ones(n),
         "some_zero": rng.uniform(0, 3, n) * (rng.uniform(size=n) > 0.4),
         "all_zero": np.zeros(n),
-    }[kind]
-    step = draw(st.integers(0, 8))
-    cast = {head: ("int64" if head == "emb" else "float32") for head in HEADS}
-    y = {k: v.astype(cast[k]) for k, v in y.items()}
+    }[weights]
+    y = {k: v.astype("int64" if k == "emb" else "float32") for k, v in y.items()}
     p = {k: v.astype("float32") for k, v in p.items()}
-    return y, p, None if w is None else w.astype("float32"), n, sizes, step
+    return y, p, None if w is None else w.astype("float32"), n, [int(s) for s in sizes], step
+
+
+@st.composite
+def batches(draw):
+    n = draw(st.integers(1, 12))
+    replicas = draw(st.sampled_from([1, 2, 4]))
+    cuts = sorted(draw(st.lists(st.integers(0, n), min_size=replicas - 1, max_size=replicas - 1)))
+    return make_batch(
+        np.diff([0, *cuts, n]),
+        seed=draw(st.integers(0, 2**32 - 1)),
+        dims={head: draw(st.integers(1, 4)) for head in HEADS},
+        classes=draw(st.integers(1, 3)),
+        masked=draw(st.lists(st.booleans(), min_size=n, max_size=n)),
+        weights=draw(st.sampled_from(["none", "ones", "some_zero", "all_zero"])),
+        step=draw(st.integers(0, 8)),
+    )
+
+
+ALL_TWO = dict.fromkeys(HEADS, 2)
 
 
 @functools.cache
@@ -208,6 +229,14 @@ def _close(got, want, what):
 
 @PROPERTY
 @given(batches())
+# Two empty replicas, no weight anywhere, a schedule at 0: every term 0, nothing NaN.
+@example(
+    make_batch([0, 3, 0, 2], seed=1, dims=ALL_TWO, classes=2, masked=[0] * 5, weights="all_zero", step=5)
+)
+# Every regression label masked out; one replica holds the whole batch.
+@example(make_batch([4, 0], seed=2, dims=ALL_TWO, classes=3, masked=[1] * 4, weights="some_zero", step=8))
+# One example on four replicas: no triplet anywhere.
+@example(make_batch([0, 0, 1, 0], seed=3, dims=ALL_TWO, classes=1, masked=[0], weights="ones", step=0))
 def test_terms_total_logs_and_gradients_equal_numpy_and_one_device(batch):
     y, p, w, n, sizes, step = batch
     want = reference_terms(y, p, w, n)
@@ -247,25 +276,33 @@ def _keras_model():
     return mlp()  # mlp() seeds its initializers: the trainer's model has the same weights
 
 
-@st.composite
-def eval_sets(draw):
-    n = draw(st.integers(1, 29))
-    batch = draw(st.sampled_from([4, 8, 12]))
-    replicas = draw(st.sampled_from([1, 2, 4]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+def _eval_set(n, batch, replicas, *, seed, weights):
+    rng = np.random.default_rng(seed)
     x = rng.normal(0, 2, (n, 6)).astype("float32")
     y = rng.integers(0, 3, n).astype("int32")
-    kind = draw(st.sampled_from(["ones", "some_zero", "all_zero"]))
     w = {
         "ones": np.ones(n),
         "some_zero": rng.uniform(0, 3, n) * (rng.uniform(size=n) > 0.4),
         "all_zero": np.zeros(n),
     }
-    return x, y, w[kind].astype("float32"), batch, replicas
+    return x, y, w[weights].astype("float32"), batch, replicas
+
+
+@st.composite
+def eval_sets(draw):
+    return _eval_set(
+        draw(st.integers(1, 29)),
+        draw(st.sampled_from([4, 8, 12])),
+        draw(st.sampled_from([1, 2, 4])),
+        seed=draw(st.integers(0, 2**32 - 1)),
+        weights=draw(st.sampled_from(["ones", "some_zero", "all_zero"])),
+    )
 
 
 @PROPERTY
 @given(eval_sets())
+@example(_eval_set(1, 4, 4, seed=0, weights="all_zero"))  # three replicas without an example
+@example(_eval_set(13, 8, 2, seed=1, weights="some_zero"))  # a partial last batch of 5 on 2 replicas
 def test_evaluate_and_predict_over_partial_batches_equal_keras_over_all_examples(case):
     x, y, w, batch, replicas = case
     trainer = _trainer(replicas)
