@@ -1,11 +1,20 @@
-"""Test session set-up: quiet TensorFlow and split the CPU into 4 logical devices.
+"""Test session set-up: quiet TensorFlow, split the CPU into 4 logical devices, scale time limits.
 
 Logical devices can only be created before TensorFlow's runtime starts, so
 this happens once, at import, before any test runs an op. One-device tests
 use the first device; mirrored tests take the first 2 or 4.
+
+pytest-timeout's per-test limit (`timeout` in setup.cfg) is multiplied by
+`TEST_TIMEOUT_SCALE` (tests/timeouts.py), and by 3 for `slow` tests; an explicit
+`--timeout` or `PYTEST_TIMEOUT` is taken as given.
 """
 
 import os
+
+import pytest
+from timeouts import seconds
+
+SLOW_TEST_LIMIT_FACTOR = 3
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -19,9 +28,27 @@ tf.config.set_logical_device_configuration(
 )
 
 
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Before pytest-timeout reads its settings: setup.cfg's per-test limit times TEST_TIMEOUT_SCALE."""
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    if (
+        config.getoption("timeout") is None
+        and "PYTEST_TIMEOUT" not in os.environ
+        and config.getini("timeout")
+    ):
+        config.option.timeout = seconds(float(config.getini("timeout")))
+
+
+def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first: under `pytest -n 2` (scripts/test.sh) the longest file
     starts at once rather than last. The sort is stable: each module's tests stay together, so
-    module-scoped fixtures are still built once."""
+    module-scoped fixtures are still built once. Slow tests get a longer per-test limit."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
+    limit = config.getoption("timeout", None) if config.pluginmanager.hasplugin("timeout") else None
+    if limit:
+        for item in items:
+            if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+                item.add_marker(pytest.mark.timeout(SLOW_TEST_LIMIT_FACTOR * limit))

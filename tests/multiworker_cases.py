@@ -28,6 +28,8 @@ import tensorflow as tf
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "experiments")]
 
+from timeouts import seconds  # noqa: E402  (tests/ is on sys.path: this script's folder)
+
 import framework  # noqa: E402
 from framework import distribute, losses  # noqa: E402
 from framework.metrics import RecallAtK  # noqa: E402
@@ -369,7 +371,7 @@ def main() -> None:
     parser.add_argument("--cases", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--step_seconds", type=float, default=0.0)
-    parser.add_argument("--peer_timeout_secs", type=int, default=30)
+    parser.add_argument("--peer_timeout_secs", type=int, default=round(seconds(30)))
     args = parser.parse_args()
     dist = framework.config.defaults().distribution
     dist.strategy = args.strategy

@@ -5,14 +5,16 @@ import os
 import subprocess
 import sys
 
+from timeouts import seconds
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(script, *args, timeout=300):
+def _run(script, *args, timeout=900):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=seconds(timeout), cwd=ROOT, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout

@@ -6,6 +6,7 @@ import textwrap
 
 import ml_collections
 import pytest
+from timeouts import seconds
 
 from framework import config as config_lib
 from framework.config import ConfigError, defaults, resolve
@@ -102,7 +103,7 @@ def _launch(tmp_path, *args):
         [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=seconds(600),
     )
 
 

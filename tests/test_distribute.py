@@ -9,6 +9,7 @@ import multiworker_script
 import numpy as np
 import pytest
 import tensorflow as tf
+from timeouts import seconds
 
 import framework
 from framework import distribute
@@ -41,7 +42,7 @@ def _run_workers(workdir, tmp_path, *flags, tag="", strategy="multi_worker"):
                     args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
                 )
             )
-        outputs = [w.communicate(timeout=240) for w in workers]
+        outputs = [w.communicate(timeout=seconds(900)) for w in workers]
     finally:
         for w in workers:
             if w.poll() is None:

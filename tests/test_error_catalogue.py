@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from timeouts import seconds
 
 from framework import losses
 from framework.checkpoint import CheckpointMismatch
@@ -216,7 +217,7 @@ def test_a_config_override_of_the_wrong_type(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "experiments", "digits.py"), "--config=configs/digits.py",
          f"--workdir={tmp_path / 'w'}", "--config.epochs=ten"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True, text=True, timeout=seconds(600), cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
     )  # fmt: skip
     assert result.returncode == 2
     assert "--config.epochs=ten" in result.stderr and "invalid literal for int()" in result.stderr

@@ -7,17 +7,18 @@ import subprocess
 import sys
 
 import pytest
+from timeouts import seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(script, *args, env=None, timeout=300):
+def run_script(script, *args, env=None, timeout=900):
     full_env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, script), *args],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=seconds(timeout),
         cwd=ROOT,
         env=full_env,
     )
@@ -76,7 +77,7 @@ def test_summaries_are_readable_by_tensorboard_and_the_plot_script_renders(tmp_p
     png = tmp_path / "plot.png"
     plotted = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "plot_run.py"), str(workdir), str(workdir), "--out", str(png)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=seconds(600),
     )  # fmt: skip
     assert plotted.returncode == 0, plotted.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -85,7 +86,7 @@ def test_summaries_are_readable_by_tensorboard_and_the_plot_script_renders(tmp_p
 LIBRARY_INTERNALS = ("orbax", "[process=0]", "checkpoint_manager", "async_save", "Renaming ")
 
 
-def run_on_a_terminal(script, *args, timeout=300):
+def run_on_a_terminal(script, *args, timeout=900):
     """Runs `script` with stdout and stderr on a pseudo-terminal; returns (returncode, lines shown)."""
     import pty
 
@@ -106,7 +107,7 @@ def run_on_a_terminal(script, *args, timeout=300):
             break
         chunks.append(data)
     os.close(leader)
-    returncode = proc.wait(timeout=timeout)
+    returncode = proc.wait(timeout=seconds(timeout))
     text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
     return returncode, [line.split("\r")[-1] for line in text.split("\n") if line.strip()]
 

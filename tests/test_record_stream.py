@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from timeouts import seconds
 
 from framework import data, input_state
 
@@ -162,7 +163,7 @@ def test_a_fresh_process_continues_the_saved_stream_exactly(tmp_path):
         next(iterator)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
     args = [sys.executable, "-c", _RESTORE, ROOT, ",".join(files), ",".join(map(str, points)), out]
-    finished = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(args, env=env, capture_output=True, text=True, timeout=seconds(900))
     assert finished.returncode == 0, finished.stderr[-3000:]
     following = np.load(out + ".npz")
     for at in points:

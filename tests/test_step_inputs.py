@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from sklearn.datasets import load_digits
+from timeouts import seconds
 
 from framework import losses
 from framework.data import DistributedInput
@@ -304,7 +305,7 @@ def test_several_trainers_in_one_process_trace_without_retracing_warnings():
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=seconds(900),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "triggered tf.function retracing" not in done.stderr

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import stream_cases
 import tensorflow as tf
+from timeouts import seconds
 
 from framework import input_state
 
@@ -169,11 +170,11 @@ def _run_two_workers(pipeline, pattern, workdir, epochs, out, *, step_based):
     ]
 
 
-def _finish(processes, timeout=600):
+def _finish(processes, timeout=900):
     errors = []
     try:
         for p in processes:
-            errors.append(p.communicate(timeout=timeout)[1])
+            errors.append(p.communicate(timeout=seconds(timeout))[1])
     finally:
         for p in processes:
             if p.poll() is None:

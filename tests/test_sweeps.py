@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from timeouts import seconds
 
 from framework import config as config_lib
 from framework import pruning, sweeps
@@ -39,7 +40,7 @@ def run_script(script, *args, timeout=900):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=seconds(timeout), cwd=ROOT, env=env,
     )  # fmt: skip
 
 
