@@ -181,7 +181,7 @@ class GreedySample(keras.callbacks.Callback):
         t = self.trainer
         if "val_loss" not in (logs or {}) or not t.is_chief:
             return
-        with framework.keras_internals.ema_weights(t.optimizer):
+        with framework.ema_weights(t.optimizer):
             text = self.generate()
         self.samples.append(text)
         logging.info("Sample at step %d: %r", t.step, self.prompt.decode() + text)

@@ -123,3 +123,18 @@ def set_path(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
         node = node[part]
     with node.unlocked():
         node[leaf] = value
+
+
+def check_override(config: ml_collections.ConfigDict, path: str) -> None:
+    """Raises ConfigError when `path` names no key of `config` (`optimizer.options` may gain new keys)."""
+    if is_new_open_key(config, path):
+        return
+    node, walked = config, []
+    for part in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            where = "config." + ".".join(walked) if walked else "config"
+            raise config_lib.ConfigError(
+                f"--config.{path}: {where} has no key {part!r}.{config_lib.did_you_mean(part, keys)}"
+            )
+        node, walked = node[part], walked + [part]

@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import tensorflow as tf
 from absl import logging
 
 KEY_VALUES = (
@@ -27,6 +26,12 @@ KEY_VALUES = (
     "optimizer.weight_decay",
     "precision",
 )
+
+
+def _file_writer(logdir: str):
+    import tensorflow as tf  # here: a sweep imports this module without starting TensorFlow until it writes
+
+    return tf.summary.create_file_writer(logdir)
 
 
 def _api():
@@ -64,7 +69,7 @@ def write_session(workdir: str, config: Any, overrides: Iterable[str] = ()) -> b
     api = _api()
     if api is None:
         return False
-    writer = tf.summary.create_file_writer(workdir)
+    writer = _file_writer(workdir)
     with writer.as_default():
         api.hparams(hparams_of(config, overrides), trial_id=os.path.basename(os.path.normpath(workdir)))
     writer.close()
@@ -103,7 +108,7 @@ def write_experiment(logdir: str, points: Sequence[Mapping[str, Any]], metric_ke
     ]
     for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
         os.remove(old)  # one experiment description per sweep directory
-    writer = tf.summary.create_file_writer(logdir)
+    writer = _file_writer(logdir)
     with writer.as_default():
         api.hparams_config(hparams=hparams, metrics=metrics)
     writer.close()

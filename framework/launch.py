@@ -28,7 +28,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from framework import checkpoint, command_line, hparams, modes, pruning, runconfig
+from framework import checkpoint, command_line, hparams, modes, optuna_study, runconfig
 from framework import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -77,19 +77,13 @@ def _load_config_file(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
-def _check_override(config: ml_collections.ConfigDict, path: str) -> None:
-    """Raises ConfigError when `path` names no key of `config` (`optimizer.options` may gain new keys)."""
-    if command_line.is_new_open_key(config, path):
-        return
-    node, walked = config, []
-    for part in path.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            where = "config." + ".".join(walked) if walked else "config"
-            raise config_lib.ConfigError(
-                f"--config.{path}: {where} has no key {part!r}.{config_lib.did_you_mean(part, keys)}"
-            )
-        node, walked = node[part], walked + [part]
+def _trial_callbacks() -> list:
+    """A sweep's trial process gets its Optuna pruning callback; any other run imports no Optuna."""
+    if not os.environ.get(optuna_study.TRIAL_ENV):
+        return []
+    from framework import pruning
+
+    return pruning.trial_callbacks()
 
 
 def _script_config(argv: Sequence[str], get_config) -> ml_collections.ConfigDict | None:
@@ -107,7 +101,7 @@ def _script_config(argv: Sequence[str], get_config) -> ml_collections.ConfigDict
                 f"get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}."
             )
         for path in command_line.override_paths(argv):
-            _check_override(config, path)
+            command_line.check_override(config, path)
     except config_lib.ConfigError as e:
         _fatal(str(e))
     return config
@@ -121,7 +115,7 @@ def _explain(argv: Sequence[str], error: Exception, default: ml_collections.Conf
     try:
         base = _load_config_file(spec) if spec is not None else default
         for path in command_line.override_paths(argv):
-            _check_override(base, path)
+            command_line.check_override(base, path)
     except config_lib.ConfigError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - the config file itself failed
@@ -219,7 +213,7 @@ def _run_mode(trainer_cls, overridden: list[str], added: dict):
         print(f"Exported to {path}")
         return path
     else:
-        produced = trainer.fit(validate=FLAGS.mode == "train_and_eval", callbacks=pruning.trial_callbacks())
+        produced = trainer.fit(validate=FLAGS.mode == "train_and_eval", callbacks=_trial_callbacks())
         start_step = trainer.resumed_at_step
         results = produced[-1] if produced else {}
         if not produced and FLAGS.mode == "train_and_eval" and trainer.controller.evaluator.has_eval():

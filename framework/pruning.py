@@ -1,4 +1,4 @@
-"""Optuna trials in their own processes: the pruning callback and the study they share.
+"""Optuna trials in their own processes: the pruning callback (the study: `framework.optuna_study`).
 
 A trial process started by `scripts/sweep.py --search=optuna` finds its trial
 in the `FRAMEWORK_OPTUNA_TRIAL` environment variable (like TF_CONFIG for a
@@ -16,41 +16,12 @@ from collections.abc import Mapping
 import keras
 from absl import logging
 
-from framework import config as config_lib
-
-TRIAL_ENV = "FRAMEWORK_OPTUNA_TRIAL"  # set by the sweep for its trial processes
-JOURNAL = "optuna.journal"
-STUDY = "sweep"
-
-
-def import_optuna():
-    """The optuna module, or a ConfigError saying how to install it."""
-    try:
-        import optuna
-    except ImportError:
-        raise config_lib.ConfigError(
-            "--search=optuna needs Optuna, which is not installed: pip install optuna "
-            "(or pip install -e '.[test]')."
-        ) from None
-    return optuna
-
-
-def make_pruner(name: str, startup_trials: int):
-    """'median': prune a trial below the median of earlier ones at the same evaluation; 'none'."""
-    optuna = import_optuna()
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise config_lib.ConfigError(f"--pruner={name!r} is not one of median, none.")
-
-
-def storage(workdir: str):
-    """The journal file of the sweep in `workdir`, shared by the sweep and its trial processes."""
-    optuna = import_optuna()
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(os.path.join(workdir, JOURNAL)))
+from framework.optuna_study import JOURNAL as JOURNAL
+from framework.optuna_study import STUDY as STUDY
+from framework.optuna_study import TRIAL_ENV as TRIAL_ENV
+from framework.optuna_study import import_optuna, open_trial
+from framework.optuna_study import make_pruner as make_pruner
+from framework.optuna_study import storage as storage
 
 
 class OptunaPruning(keras.callbacks.Callback):
@@ -93,10 +64,4 @@ def trial_callbacks() -> list:
     if not spec:
         return []
     spec = json.loads(spec)
-    optuna = import_optuna()
-    study = optuna.load_study(
-        study_name=STUDY,
-        storage=storage(spec["workdir"]),
-        pruner=make_pruner(spec["pruner"], spec["startup_trials"]),
-    )
-    return [OptunaPruning(optuna.trial.Trial(study, spec["trial_id"]), spec["monitor"], finish_pruned=True)]
+    return [OptunaPruning(open_trial(spec), spec["monitor"], finish_pruned=True)]

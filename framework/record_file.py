@@ -11,13 +11,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
-
 FILENAME = "config.json"
 
 
 def load(workdir: str) -> dict | None:
     """The recorded config as a config dict (what the framework wrote, not a config); None if absent."""
+    import tensorflow as tf  # here: framework.config (and so the sweeps) must import without TensorFlow
+
     path = os.path.join(workdir, FILENAME)
     if not tf.io.gfile.exists(path):
         return None

@@ -21,7 +21,7 @@ from typing import Any
 
 from framework import config as config_lib
 from framework import results, sweep_space, sweeps
-from framework.pruning import STUDY, TRIAL_ENV, import_optuna, make_pruner, storage
+from framework.optuna_study import STUDY, TRIAL_ENV, import_optuna, make_pruner, storage
 
 
 def _suggest(trial, space: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,9 +112,9 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
     runs: list[sweeps.Run] = []
     trial_ids: dict[str, int] = {}
 
-    def make_run(number: int, trial_id: int, overrides: dict) -> sweeps.Run:
+    def make_run(number: int, overrides: dict) -> sweeps.Run:
         name = f"trial-{number:03d}"
-        env = {TRIAL_ENV: json.dumps({**child, "trial_id": trial_id})}
+        env = {TRIAL_ENV: json.dumps({**child, "number": number})}
         run = sweeps.Run(name, overrides, os.path.join(args.workdir, name), env)
         trial_ids[name] = number
         runs.append(run)
@@ -127,14 +127,14 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
                 **{k: v for k, v in space.items() if not isinstance(v, sweep_space.Range)},
                 **frozen.params,
             }
-            run = make_run(frozen.number, frozen._trial_id, overrides)
+            run = make_run(frozen.number, overrides)
             if frozen.state == running and run.state().get("status") == "done":
                 on_exit(run, 0)  # finished, but the sweep stopped before recording it
             elif frozen.state == running:
                 yield run  # interrupted: resumes from its checkpoint
         while len(study.get_trials(deepcopy=False)) < args.trials:
             trial = study.ask()
-            yield make_run(trial.number, trial._trial_id, _suggest(trial, space))
+            yield make_run(trial.number, _suggest(trial, space))
 
     def on_exit(run: sweeps.Run, code: int) -> str:
         number = trial_ids[run.name]

@@ -24,8 +24,8 @@ from typing import Any
 
 import ml_collections
 
+from framework import command_line, sweep_space
 from framework import config as config_lib
-from framework import launch, sweep_space
 
 STATUS_FILE = "sweep.json"
 LOG_FILE = "run.log"
@@ -101,7 +101,7 @@ def apply(
         if value is not None and not isinstance(value, FLAG_TYPES):
             raise config_lib.ConfigError(f"{where}: {path}={value!r} cannot be passed as a --config flag.")
         try:
-            launch._check_override(out, path)
+            command_line.check_override(out, path)
         except config_lib.ConfigError as e:
             raise config_lib.ConfigError(f"{where}: {e}") from None
         *parents, leaf = path.split(".")
