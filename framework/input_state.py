@@ -141,6 +141,7 @@ def stack_replicas(dataset: tf.data.Dataset, local_replicas: int) -> tf.data.Dat
     return dataset.ragged_batch(local_replicas, drop_remainder=True)
 
 
+@tf.autograph.experimental.do_not_convert  # Python control flow only
 def replica_values(strategy: tf.distribute.Strategy, iterator, element):
     """What `strategy.run` takes for `element = next(iterator)` (inside a tf.function).
 

@@ -71,6 +71,7 @@ class Layout:
     def __init__(self):
         self.parts: dict[str, list[int]] = {}
 
+    @tf.autograph.experimental.do_not_convert  # Python control flow only: converting it costs ~0.4 s a trace
     def pack(self, logs: Any, batch: Any, where: str) -> tf.Tensor | None:
         """`logs` (a dict from a step, or None) as a flat ``[2 * parts]`` float32 tensor; None if empty."""
         if logs is None:

@@ -70,6 +70,7 @@ def make_step_function(
     layout = log_values.Layout()
     after_values = _Nest(after)
 
+    @tf.autograph.experimental.do_not_convert  # Python control flow only
     def add(sums, packed):
         if not finite_sums:
             return packed if sums is None else sums + packed
