@@ -139,8 +139,7 @@ class _Carry:
     The sums start as `[-0.0]`, IEEE's additive identity (`-0.0 + x` is `x`
     bitwise, `-0.0` included), broadcast to the packed logs' length at the
     first step: the length is known only once the loop body has traced the
-    step. Each loop variable costs a few ops per step, so the last step's
-    values are carried only with `finite_sums`.
+    step.
     """
 
     def __init__(self, finite_sums: bool):
