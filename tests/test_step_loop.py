@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from framework import log_values, loop
+from framework import log_values
+from framework.loop import step_function
 
 
 def _strategy(kind):
@@ -38,7 +39,7 @@ class CountingStep:
 def test_the_step_is_traced_once_per_replica_and_its_means_are_exact(kind):
     strategy = _strategy(kind)
     step = CountingStep()
-    fn = loop.make_step_function(strategy, step, where="train_step")
+    fn = step_function.make_step_function(strategy, step, where="train_step")
     values = np.arange(1.0, 25.0)  # 6 global batches of 4; integers: every sum is exact in float32
     iterator = _iterator(strategy, values, 4)
     sums, _, _ = fn(iterator, tf.constant(3, tf.int64))
@@ -52,7 +53,7 @@ def test_the_step_is_traced_once_per_replica_and_its_means_are_exact(kind):
 
 def test_sums_keep_a_negative_zero():
     """The loop's sums start at -0.0 (the additive identity): steps logging -0.0 sum to -0.0, as IEEE adds them."""
-    fn = loop.make_step_function(
+    fn = step_function.make_step_function(
         _strategy("one_device"), lambda batch: {"x": -0.0 * tf.reduce_sum(batch)}, where="s"
     )
     sums, _, _ = fn(_iterator(_strategy("one_device"), np.ones(8), 2), tf.constant(4, tf.int64))
@@ -64,7 +65,7 @@ def test_sums_keep_a_negative_zero():
 def test_a_call_runs_one_step_even_when_told_to_stop_as_it_starts(finite_sums):
     strategy = _strategy("one_device")
     iterator = _iterator(strategy, np.arange(8.0), 1)
-    fn = loop.make_step_function(
+    fn = step_function.make_step_function(
         strategy,
         CountingStep(),
         where="train_step",
@@ -79,7 +80,7 @@ def test_a_call_runs_one_step_even_when_told_to_stop_as_it_starts(finite_sums):
 def test_finite_sums_leave_a_non_finite_step_out_and_return_its_values():
     strategy = _strategy("one_device")
     values = [1.0, np.nan, 3.0, 5.0]
-    fn = loop.make_step_function(strategy, CountingStep(), where="train_step", finite_sums=True)
+    fn = step_function.make_step_function(strategy, CountingStep(), where="train_step", finite_sums=True)
     sums, last, _ = fn(_iterator(strategy, values, 1), tf.constant(4, tf.int64))
     assert (sums.steps, sums.counted) == (4, 3)
     assert sums.means()["x"] == np.mean([1.0, 3.0, 5.0])
