@@ -106,7 +106,9 @@ def _packed_replica_step(replica_step: ReplicaStep, layout: log_values.Layout, w
     return replica_fn
 
 
-def _step_loop(one_step: Callable, carry: _Carry, keep_going, after_values: _Nest) -> Callable:
+def _step_loop(
+    one_step: Callable, carry: _Carry, keep_going: Callable[[], tf.Tensor] | None, after_values: _Nest
+) -> Callable:
     """`tf.function(iterator, num_steps)`: one loop whose body is the only trace of the step.
 
     The first step always runs (a do-while): a call returns one step's logs
