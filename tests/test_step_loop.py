@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from framework import log_values
+from framework import config, distribute, log_values
 from framework.loop import step_function
 
 
 def _strategy(kind):
-    if kind == "one_device":
-        return tf.distribute.OneDeviceStrategy("/cpu:0")
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    dist = config.defaults().distribution
+    if (
+        kind == "mirrored"
+    ):  # made by the framework: fresh collective keys, no clash with other tests' strategies
+        dist.strategy, dist.cpu_devices = "mirrored", 2
+    return distribute.make_strategy(dist)
 
 
 def _iterator(strategy, values, batch):
