@@ -20,7 +20,7 @@ class PhaseMetrics:
       eval: the pairs eval steps feed (`build_eval_metrics`; may be `train` itself).
     """
 
-    def __init__(self, train: metrics.Pairs, eval: metrics.Pairs):  # noqa: A002 - the phase's name
+    def __init__(self, train: metrics.Pairs, eval: metrics.Pairs):
         self.train = train
         self.eval = eval
         self._phase = "train"
