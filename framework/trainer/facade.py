@@ -28,8 +28,9 @@ class TrainerFacade:
       components: the trainer's components, made in `Trainer.__init__`.
     """
 
-    # The attribute this class sets: not walked for variables to checkpoint (`framework.checkpointing.variable_groups`).
-    ATTRIBUTES = frozenset({"_components"})
+    # The attribute this class sets: not walked for variables to checkpoint
+    # (`framework.checkpointing.variable_groups`).
+    FACADE_ATTRIBUTES = frozenset({"_components"})
 
     def __init__(self, components: TrainerComponents):
         self._components = components

@@ -78,8 +78,9 @@ class Trainer(TrainerFacade):
     checkpoint_include: tuple[str, ...] = ()
     checkpoint_exclude: tuple[str, ...] = ()
 
-    # Attributes the framework sets: not walked for variables to checkpoint (`framework.checkpointing.variable_groups`).
-    _FRAMEWORK_ATTRIBUTES = TrainerFacade.ATTRIBUTES | frozenset(
+    # Attributes the framework sets: not walked for variables to checkpoint
+    # (`framework.checkpointing.variable_groups`).
+    _FRAMEWORK_ATTRIBUTES = TrainerFacade.FACADE_ATTRIBUTES | frozenset(
         [
             "model",
             "optimizer",
