@@ -33,7 +33,7 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import framework  # noqa: E402
-from framework import losses  # noqa: E402
+from framework import distribute, losses  # noqa: E402
 
 EVAL = (40, 24)  # 5 and 3 batches of 8
 TRAIN = {"eval": (48, 48), "train": (48, 32), "read_on": (48, 16)}
@@ -127,7 +127,7 @@ def main() -> None:
     absl_logging.set_verbosity(absl_logging.INFO)
     dist = framework.config.defaults().distribution
     dist.strategy = "multi_worker"
-    strategy = framework.distribute.make_strategy(dist)
+    strategy = distribute.make_strategy(dist)
     for mode in args.modes.split(","):
         print(f"{MODE_MARK} {mode} starts", file=sys.stderr, flush=True)
         run_mode(mode, os.path.join(args.root, mode), args.out.format(mode=mode), strategy)
