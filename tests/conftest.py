@@ -9,6 +9,7 @@ pytest-timeout's per-test limit (`timeout` in setup.cfg) is multiplied by
 `--timeout` or `PYTEST_TIMEOUT` is taken as given.
 """
 
+import collections
 import os
 
 import pytest
@@ -41,12 +42,15 @@ def pytest_configure(config):
         config.option.timeout = seconds(float(config.getini("timeout")))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests first: under `pytest -n 2` (scripts/test.sh) the longest file
-    starts at once rather than last. The sort is stable: each module's tests stay together, so
-    module-scoped fixtures are still built once. Slow tests get a longer per-test limit."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
+    """The modules with the most slow tests first: under `pytest -n 2 --dist loadfile`
+    (scripts/test.sh) the longest files start at once rather than last. After `-m`/`-k` have
+    deselected (trylast), so `-m "not slow"` keeps the collection order. The sort is stable: each
+    module's tests stay together, so module-scoped fixtures are still built once. Slow tests get a
+    longer per-test limit."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
     limit = config.getoption("timeout", None) if config.pluginmanager.hasplugin("timeout") else None
     if limit:
         for item in items:

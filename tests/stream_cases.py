@@ -14,15 +14,20 @@ and a reshuffling record shuffle; "records_indexed": `framework.data.shuffled_re
 workers see the same global batches. "records_sharded" is the exception, as a
 multi-worker script reads: `shuffled_records` over each worker's own shards.
 
-As a script, one run (a fit) that writes its final weights to --out:
+As a script, a list of runs (fits) one after another in one process, under one
+strategy; each run writes its final weights to its `out` and is announced on
+stderr by a line `RUN_MARK <index>`, so that a test can read each run's log:
 
-    python tests/stream_cases.py --pipeline=records --pattern='/tmp/d/*.tfrecord' \
-        --workdir=/tmp/w --epochs=4 --strategy=multi_worker --out=/tmp/w0.npz
+    python tests/stream_cases.py --strategy=multi_worker --runs='[{"pipeline": "records",
+        "pattern": "/tmp/d/*.tfrecord", "workdir": "/tmp/w", "epochs": 4, "out": "/tmp/w0.npz"}]'
+
+A run's keys: pipeline, pattern, workdir, epochs, out, and step_based (optional).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -211,25 +216,39 @@ def config(
     return c
 
 
+RUN_MARK = "RUN_MARK"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    for flag in ("pipeline", "pattern", "workdir", "strategy", "out"):
-        parser.add_argument(f"--{flag}", default="")
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--step_based", action="store_true", help="periods of a step-based run")
+    parser.add_argument("--strategy", default="")
+    parser.add_argument("--runs", required=True, help="a JSON list of runs: see the module docstring")
     args = parser.parse_args()
     absl_logging.set_verbosity(absl_logging.INFO)  # every worker says how it resumed its input
-    cfg = config(
-        args.pipeline,
-        epochs=args.epochs,
-        pattern=args.pattern,
-        strategy=args.strategy,
-        step_based=args.step_based,
-    )
-    trainer = StreamTrainer(cfg, args.workdir)
-    trainer.fit()
-    weights = {f"w{i}": w for i, w in enumerate(trainer.model.get_weights())}
-    np.savez(args.out, step=trainer.step, **weights)
+    runs = json.loads(args.runs)
+    strategy = None
+    for index, run in enumerate(runs):
+        cfg = config(
+            run["pipeline"],
+            epochs=run["epochs"],
+            pattern=run.get("pattern", ""),
+            strategy=args.strategy,
+            step_based=run.get("step_based", False),
+        )
+        strategy = strategy or distribute.make_strategy(cfg.distribution)
+        print(f"{RUN_MARK} {index}", file=sys.stderr, flush=True)
+        trainer = StreamTrainer(cfg, run["workdir"], strategy=strategy)
+        trainer.fit()
+        weights = {f"w{i}": w for i, w in enumerate(trainer.model.get_weights())}
+        np.savez(run["out"], step=trainer.step, **weights)
+        sys.stderr.flush()
+
+
+def logs_by_run(stderr: str, count: int) -> list[str]:
+    """Splits a process's stderr at its `RUN_MARK` lines: one log per run, in order."""
+    parts = stderr.split(f"{RUN_MARK} ")[1:]
+    assert [int(part.split(maxsplit=1)[0]) for part in parts] == list(range(count)), stderr[-3000:]
+    return parts
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from timeouts import seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +21,7 @@ def _run(script, *args, timeout=900):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_training_loop_benchmark_quick(tmp_path):
     out = tmp_path / "bench.json"
     _run("bench.py", "--quick", "--json", str(out))
@@ -30,6 +32,7 @@ def test_training_loop_benchmark_quick(tmp_path):
     assert all(r["steps_per_cpu_s"] > 0 for r in results.values())
 
 
+@pytest.mark.slow
 def test_step_and_checkpoint_benchmarks_quick():
     steps = _run("bench_steps.py", "--quick", "--markdown")
     for kind in ("eager", "tf.function", "xla", "mixed_float16", "float16 layers"):
@@ -38,6 +41,7 @@ def test_step_and_checkpoint_benchmarks_quick():
     assert "save blocks (s)" in ckpt and "replay (s)" in ckpt
 
 
+@pytest.mark.slow
 def test_resume_benchmark_quick():
     table = _run("bench_resume.py", "--quick")
     for pipeline in ("array", "array/global_shuffle", "tfrecord", "tfrecord/shuffled_records"):

@@ -21,6 +21,7 @@ from toys import ArrayTrainer, blobs, config, mlp, weights_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "resume_run.py")
+STEPS_PER_EPOCH = 250  # tests/resume_run.py: 4000 examples in batches of 16
 
 
 def _start(workdir, *flags, mode="train"):
@@ -66,6 +67,7 @@ def _weights(workdir):
         return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
 
 
+@pytest.mark.slow
 def test_killed_and_preempted_runs_resume_to_bitwise_identical_weights(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     ref = _start(reference)
@@ -209,17 +211,18 @@ def test_export_round_trips_and_eval_mode_reads_a_step(tmp_path):
     assert set(results) >= {"loss", "acc"}
 
 
+@pytest.mark.slow
 def test_continuous_eval_sees_every_checkpoint_once(tmp_path):
     workdir = tmp_path / "run"
     evaluator = _start(workdir, f"--eval_timeout_secs={seconds(600)}", mode="continuous_eval")
     time.sleep(1.0)
-    trainer = _start(workdir, "--config.epochs=2", "--config.checkpoint.every_steps=100")
+    trainer = _start(workdir, "--config.epochs=2", f"--config.checkpoint.every_steps={STEPS_PER_EPOCH // 5}")
     assert trainer.wait(timeout=seconds(900)) == 0
     assert evaluator.wait(timeout=seconds(900)) == 0
     with open(workdir / "metrics.jsonl") as f:
         evaluated = [json.loads(line)["step"] for line in f if '"kind": "eval"' in line]
     assert evaluated == _steps(workdir) == sorted(set(evaluated))
-    assert evaluated[-1] == 2 * 500
+    assert evaluated[-1] == 2 * STEPS_PER_EPOCH
 
 
 class NoisyTrainer(ArrayTrainer):

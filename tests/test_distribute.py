@@ -62,6 +62,7 @@ def _assert_workers_hold(tmp_path, expected, tag=""):
             np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_match_a_single_process_on_the_same_global_batches(tmp_path):
     workdir = tmp_path / "run"
     reference = multiworker_script.BlobsTrainer(multiworker_script.get_config())

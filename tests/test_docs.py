@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 
@@ -42,6 +44,7 @@ def _run(script, *args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_the_readme_script_trains_on_two_replicas_and_its_after_training_block_reads_the_run(tmp_path):
     script = _quick_script(tmp_path)
     workdir = tmp_path / "runs" / "quick"

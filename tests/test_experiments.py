@@ -61,6 +61,7 @@ def final_eval(history: list[dict]) -> dict:
     return {k[len("val/") :]: v for k, v in history[-1].items() if k.startswith("val/")}
 
 
+@pytest.mark.slow
 def test_imbalanced_finds_the_rare_positives():
     trainer = smoke_trainer("imbalanced", "ImbalancedTrainer")
     positives = trainer.eval_data[1].mean()
@@ -71,6 +72,7 @@ def test_imbalanced_finds_the_rare_positives():
     assert {"loss/weighted_bce", "loss/l2", "recall_at_p90"} <= set(val)
 
 
+@pytest.mark.slow
 def test_segmentation_outlines_the_circles():
     trainer = smoke_trainer("segmentation", "SegmentationTrainer")
     foreground = trainer.eval_data[1].mean()
@@ -81,6 +83,7 @@ def test_segmentation_outlines_the_circles():
     assert {"loss/dice", "loss/bce"} <= set(val)
 
 
+@pytest.mark.slow
 def test_multitask_learns_every_head_with_missing_labels_and_a_warmup_weight():
     trainer = smoke_trainer("multitask", "MultitaskTrainer")
     labelled = trainer.train_data[2]["class"].mean()
@@ -103,6 +106,7 @@ def test_multitask_learns_every_head_with_missing_labels_and_a_warmup_weight():
     assert last["loss/parity"] == pytest.approx(task.parity_weight * last["loss/parity/raw"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_metric_learning_improves_retrieval_over_the_untrained_embedding():
     trainer = smoke_trainer("metric_learning", "MetricLearningTrainer")
     before = trainer.evaluate()
@@ -112,6 +116,7 @@ def test_metric_learning_improves_retrieval_over_the_untrained_embedding():
     assert val["loss/triplet"] < 0.7 * before["loss/triplet"]
 
 
+@pytest.mark.slow
 def test_ranking_beats_random_scores():
     trainer = smoke_trainer("ranking", "RankingTrainer")
     assert 0.15 <= trainer.random_ndcg <= 0.4
@@ -120,6 +125,7 @@ def test_ranking_beats_random_scores():
     assert val["ndcg_5"] >= trainer.random_ndcg + 0.2
 
 
+@pytest.mark.slow
 def test_gan_covers_modes_with_two_optimizers():
     trainer = smoke_trainer("gan", "GanTrainer")
     history = trainer.fit()
@@ -140,6 +146,7 @@ def test_an_unknown_variant_lists_the_valid_ones(name):
         config.get_config("nope")
 
 
+@pytest.mark.slow
 def test_images_resnet_learns_from_tfrecord_shards(image_shards, tmp_path):
     trainer = smoke_trainer("images", "ImagesTrainer", workdir=str(tmp_path), **{"data.dir": image_shards})
     assert trainer.config.optimizer.ema > 0
@@ -183,6 +190,7 @@ def test_images_fewer_files_than_input_pipelines_is_refused(image_shards):
         images.shard_files(os.path.join(image_shards, "eval-*.tfrecord"), context)
 
 
+@pytest.mark.slow
 def test_lm_learns_bytes_and_logs_a_sample(tmp_path):
     trainer = smoke_trainer("lm", "LMTrainer", workdir=str(tmp_path))
     assert trainer.config.grad_accum_steps > 1 and trainer.config.optimizer.global_clipnorm > 0

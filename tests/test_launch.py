@@ -1,4 +1,7 @@
-"""The absl launcher end to end: the default experiment's smoke config in a subprocess."""
+"""The absl launcher end to end: the default experiment's smoke config in a subprocess.
+
+The digits runs are workload smokes (slow tier); the one-file script and the misspelt key are quick.
+"""
 
 import json
 import os
@@ -24,9 +27,21 @@ def run_script(script, *args, env=None, timeout=900):
     )
 
 
-def test_digits_smoke_trains_evaluates_and_prints_final_metrics(tmp_path):
-    workdir = tmp_path / "digits"
-    result = run_script("experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}")
+@pytest.fixture(scope="module")
+def digits_smoke(tmp_path_factory):
+    """The default experiment's smoke config as a user runs it, logging every 5 steps and keeping the
+    best checkpoint by val/accuracy; one run read by the tests below. Returns (workdir, result)."""
+    workdir = tmp_path_factory.mktemp("launch") / "digits"
+    result = run_script(
+        "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}",
+        "--config.log_every_steps=5", "--config.checkpoint.best_metric=val/accuracy",
+    )  # fmt: skip
+    return workdir, result
+
+
+@pytest.mark.slow
+def test_digits_smoke_trains_evaluates_and_prints_final_metrics(digits_smoke):
+    workdir, result = digits_smoke
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Final metrics:" in result.stdout
     with open(workdir / "metrics.jsonl") as f:
@@ -37,6 +52,7 @@ def test_digits_smoke_trains_evaluates_and_prints_final_metrics(tmp_path):
     assert json.loads((workdir / "config.json").read_text())["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_train_mode_skips_evaluation(tmp_path):
     workdir = tmp_path / "digits"
     result = run_script(
@@ -52,14 +68,11 @@ def test_train_mode_skips_evaluation(tmp_path):
     assert not any(k.startswith("val/") for r in records for k in r)
 
 
-def test_summaries_are_readable_by_tensorboard_and_the_plot_script_renders(tmp_path):
+@pytest.mark.slow
+def test_summaries_are_readable_by_tensorboard_and_the_plot_script_renders(digits_smoke, tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
-    workdir = tmp_path / "digits"
-    result = run_script(
-        "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}",
-        "--config.log_every_steps=5", "--config.checkpoint.best_metric=val/accuracy",
-    )  # fmt: skip
+    workdir, result = digits_smoke
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Run summary" in result.stdout and "best checkpoint: step" in result.stdout
     tags = {}
@@ -112,6 +125,7 @@ def run_on_a_terminal(script, *args, timeout=900):
     return returncode, [line.split("\r")[-1] for line in text.split("\n") if line.strip()]
 
 
+@pytest.mark.slow
 def test_a_terminal_shows_progress_epochs_and_checkpoints_and_eval_reuses_the_runs_settings(tmp_path):
     workdir = tmp_path / "digits"
     returncode, lines = run_on_a_terminal(

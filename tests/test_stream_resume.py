@@ -137,40 +137,35 @@ def test_only_a_reshuffle_batched_then_repeated_is_flagged():
     assert not flagged(reshuffled.batch(4))  # iterated once
 
 
-def _run_worker(pipeline, pattern, workdir, epochs, strategy, out, tf_config=None, step_based=False):
+def _start(runs, strategy, tf_config=None):
+    """One process running `runs` (dicts: see tests/stream_cases.py) one after another."""
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
     env.pop("TF_CONFIG", None)
     if tf_config:
         env["TF_CONFIG"] = tf_config
     args = [
-        sys.executable, os.path.join(ROOT, "tests", "stream_cases.py"), f"--pipeline={pipeline}",
-        f"--pattern={pattern}", f"--workdir={workdir}", f"--epochs={epochs}", f"--strategy={strategy}",
-        f"--out={out}", *(["--step_based"] if step_based else []),
+        sys.executable, os.path.join(ROOT, "tests", "stream_cases.py"), f"--strategy={strategy}",
+        f"--runs={json.dumps(runs)}",
     ]  # fmt: skip
     return subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
-def _run_two_workers(pipeline, pattern, workdir, epochs, out, *, step_based):
-    """Workers 0 and 1 of a new cluster; worker i writes its weights to `out.format(i=i)`."""
+def _start_two_workers(runs):
+    """Workers 0 and 1 of a new cluster, both running `runs`; "{i}" in a run's `out` is the worker's index."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     return [
-        _run_worker(
-            pipeline,
-            pattern,
-            workdir,
-            epochs,
+        _start(
+            [{**run, "out": run["out"].format(i=i)} for run in runs],
             "multi_worker",
-            str(out).format(i=i),
             tf_config=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            step_based=step_based,
         )  # fmt: skip
         for i in range(2)
     ]
 
 
-def _finish(processes, timeout=900):
+def _finish(processes, timeout=1800):
     errors = []
     try:
         for p in processes:
@@ -191,59 +186,88 @@ def _assert_restored(errors, step):
         assert "replaying" not in err, (i, err[-3000:])
 
 
+WORKER_PIPELINES = {"reshuffle": False, "records_reshuffle": True, "records_indexed": True}  # step_based
+
+
+@pytest.fixture(scope="module")
+def two_worker_runs(tmp_path_factory, pattern):
+    """Every two-worker case in one reference process and two worker pairs, as a user's runs
+    would be split: the one-process run of each of WORKER_PIPELINES (4 periods); a pair running
+    each pipeline's first 2 periods, and the sharded case's first 2 and its unbroken 4; then a
+    fresh pair resuming each to 4 periods. Returns the temporary directory, each worker run's
+    log per worker (by run name), and what the checkpoints held between the two pairs."""
+    tmp = tmp_path_factory.mktemp("two_workers")
+    sharded = stream_cases.write_shards(str(tmp / "shards"), shards=5)
+
+    def run(name, pipeline, epochs, workdir, *, step_based=True, shards=pattern):
+        os.makedirs(tmp / name, exist_ok=True)
+        return name, {
+            "pipeline": pipeline, "pattern": shards, "workdir": str(tmp / "workdirs" / workdir), "epochs": epochs,
+            "out": str(tmp / name / "w{i}.npz"), "step_based": step_based,
+        }  # fmt: skip
+
+    pipelines = WORKER_PIPELINES.items()
+    reference = [run(f"{p}/one", p, 4, f"{p}/one", step_based=b)[1] for p, b in pipelines]
+    first = [run(f"{p}/first", p, 2, f"{p}/workers", step_based=b) for p, b in pipelines]
+    first += [
+        run("sharded/first", "records_sharded", 2, "sharded/workers", shards=sharded),
+        run("sharded/unbroken", "records_sharded", 4, "sharded/unbroken", shards=sharded),
+    ]
+    second = [run(f"{p}/resumed", p, 4, f"{p}/workers", step_based=b) for p, b in pipelines]
+    second += [run("sharded/resumed", "records_sharded", 4, "sharded/workers", shards=sharded)]
+
+    one_process = _start([{**r, "out": r["out"].format(i=0)} for r in reference], "one_device")
+    logs = {}
+
+    def run_pair(runs):
+        errors = _finish(_start_two_workers([r for _, r in runs]))
+        per_worker = [stream_cases.logs_by_run(err, len(runs)) for err in errors]
+        for index, (name, _) in enumerate(runs):
+            logs[name] = [worker[index] for worker in per_worker]
+
+    try:
+        run_pair(first)
+        between = {
+            p: sorted(os.listdir(tmp / "workdirs" / p / "workers" / "checkpoints" / "input" / "10"))
+            for p, _ in pipelines
+        }
+        positions = tmp / "workdirs" / "sharded" / "workers" / "checkpoints" / "input" / "10"
+        between["sharded"] = [(positions / f"worker-{i}.data-00000-of-00001").read_bytes() for i in range(2)]
+        run_pair(second)
+    finally:
+        _finish([one_process])
+    return tmp, logs, between
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "pipeline, step_based", [("reshuffle", False), ("records_reshuffle", True), ("records_indexed", True)]
-)
-def test_two_workers_resume_their_own_positions_to_one_process_weights(
-    tmp_path, pattern, pipeline, step_based
-):
-    one = tmp_path / "one.npz"
-    reference = _run_worker(pipeline, pattern, tmp_path / "one", 4, "one_device", one, step_based=step_based)
-    workdir = tmp_path / "workers"
-    for epochs in (2, 4):
-        out = tmp_path / f"w{{i}}-{epochs}.npz"
-        workers = _run_two_workers(pipeline, pattern, workdir, epochs, out, step_based=step_based)
-        errors = _finish(workers)
-        if epochs == 4:
-            _assert_restored(errors, 10)
-        if epochs == 2:  # each worker saved its own position
-            saved = sorted(os.listdir(workdir / "checkpoints" / "input" / "10"))
-            assert saved == [
-                f"worker-{i}.{ext}" for i in range(2) for ext in ("data-00000-of-00001", "index")
-            ]
-    _finish([reference])
-    one = np.load(tmp_path / "one.npz")
+@pytest.mark.parametrize("pipeline", list(WORKER_PIPELINES))
+def test_two_workers_resume_their_own_positions_to_one_process_weights(two_worker_runs, pipeline):
+    tmp, logs, between = two_worker_runs
+    _assert_restored(logs[f"{pipeline}/resumed"], 10)
+    # each worker saved its own position
+    assert between[pipeline] == [
+        f"worker-{i}.{ext}" for i in range(2) for ext in ("data-00000-of-00001", "index")
+    ]
+    one = np.load(tmp / pipeline / "one" / "w0.npz")
     for i in range(2):
-        got = np.load(tmp_path / f"w{i}-4.npz")
+        got = np.load(tmp / pipeline / "resumed" / f"w{i}.npz")
         assert int(got["step"]) == int(one["step"]) == 20
         diff = max(float(np.max(np.abs(got[k] - one[k]))) for k in one.files if k != "step")
         assert diff <= 1e-5, (i, diff)
 
 
 @pytest.mark.slow
-def test_two_workers_reading_their_own_shards_resume_to_an_unbroken_runs_weights(tmp_path):
+def test_two_workers_reading_their_own_shards_resume_to_an_unbroken_runs_weights(two_worker_runs):
     """Each worker streams its own shards: 3 files (58 records) and 2 (38), so at the save one
     worker is in its first pass and the other in its second. A worker that restored the other's
     position, or none, would train on other batches."""
-    pattern = stream_cases.write_shards(str(tmp_path / "shards"), shards=5)
-
-    def run(workdir, epochs, tag):
-        return _run_two_workers(
-            "records_sharded", pattern, workdir, epochs, tmp_path / f"{tag}-w{{i}}.npz", step_based=True
-        )
-
-    unbroken = run(tmp_path / "unbroken", 4, "unbroken")
-    _finish(run(tmp_path / "resumed", 2, "first"))
-    positions = tmp_path / "resumed" / "checkpoints" / "input" / "10"
-    first, second = ((positions / f"worker-{i}.data-00000-of-00001").read_bytes() for i in range(2))
+    tmp, logs, between = two_worker_runs
+    first, second = between["sharded"]
     assert first != second
-    resumed = run(tmp_path / "resumed", 4, "resumed")
-    _finish(unbroken)
-    _assert_restored(_finish(resumed), 10)
-    want = np.load(tmp_path / "unbroken-w0.npz")
+    _assert_restored(logs["sharded/resumed"], 10)
+    want = np.load(tmp / "sharded" / "unbroken" / "w0.npz")
     for i in range(2):
-        got = np.load(tmp_path / f"resumed-w{i}.npz")
+        got = np.load(tmp / "sharded" / "resumed" / f"w{i}.npz")
         assert int(got["step"]) == int(want["step"]) == 20
         for key in want.files:
             np.testing.assert_array_equal(got[key], want[key], err_msg=f"worker {i}, {key}")

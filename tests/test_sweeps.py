@@ -68,6 +68,7 @@ def sweep(tmp_path_factory):
     return workdir, args, result
 
 
+@pytest.mark.slow
 def test_sweep_summary_lists_done_runs_and_the_failed_one_with_its_log(sweep):
     workdir, _, result = sweep
     assert result.returncode == 1, result.stderr[-3000:]  # a failed run: nonzero, after the others
@@ -98,6 +99,7 @@ def test_sweep_summary_lists_done_runs_and_the_failed_one_with_its_log(sweep):
     assert "Mean ± std over seeds" in summary and "| dropout=1.5 |" in summary
 
 
+@pytest.mark.slow
 def test_hparams_sessions_and_the_experiment_read_back_with_tensorboard(sweep):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -124,6 +126,7 @@ def test_hparams_sessions_and_the_experiment_read_back_with_tensorboard(sweep):
     assert "accuracy" in acc.Tags()["tensors"]  # the metric the HParams dashboard reads
 
 
+@pytest.mark.slow
 def test_compare_runs_prints_the_table_and_writes_the_overlay_png(sweep, tmp_path):
     workdir, _, _ = sweep
     runs = [str(workdir / "learning_rate=0.003,seed=0"), str(workdir / "learning_rate=0.01")]
@@ -136,6 +139,7 @@ def test_compare_runs_prints_the_table_and_writes_the_overlay_png(sweep, tmp_pat
     assert f"{final['val/accuracy']:.4g}" in row
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(sweep):
     workdir, args, _ = sweep
     interrupted = sweeps.Run("learning_rate=0.01", {}, str(workdir / "learning_rate=0.01"))
@@ -196,6 +200,7 @@ def test_search_without_optuna_says_how_to_install(monkeypatch):
         pruning.import_optuna()
 
 
+@pytest.mark.slow
 def test_optuna_search_prunes_a_trial_below_the_median(tmp_path):
     optuna = pytest.importorskip("optuna")
     config = tmp_path / "sweep_config.py"

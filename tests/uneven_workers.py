@@ -1,17 +1,20 @@
 """Two workers whose datasets give them uneven numbers of batches: the worker script.
 
 Worker k's training data is `TRAIN[k]` examples and its evaluation data `EVAL[k]`
-(batches of 8 per worker). With --mode=eval the training data are even and the
+(batches of 8 per worker). In mode "eval" the training data are even and the
 evaluation data uneven; the script trains, evaluates, and writes to --out its
 history, its own `evaluate()`, and Keras' `evaluate` of the same weights on
-every worker's evaluation examples together (the reference). With
---mode=train the training data are uneven: the framework must refuse them.
-With --mode=read_on they are uneven (6 and 2 batches) and
-`config.steps_per_epoch=2`: each worker reads on through its own data, starting
+every worker's evaluation examples together (the reference). In "train"
+the training data are uneven: the framework must refuse them. In "read_on"
+they are uneven (6 and 2 batches) and `config.steps_per_epoch=2`: each worker reads on through its own data, starting
 its next pass where it runs out; --out gets the largest weight difference from
 Keras' fit (SGD) on the global batches that makes (the reference).
 
-    TF_CONFIG=... python tests/uneven_workers.py --mode=eval --workdir=/tmp/u --out=/tmp/u0.json
+Several modes run one after another in one process, under one strategy; each is announced on
+stderr by `MODE <m> starts` and, when it ends without an error, `MODE <m> done`:
+
+    TF_CONFIG=... python tests/uneven_workers.py --modes=eval,read_on,train --root=/tmp/u \
+        --out=/tmp/u0-{mode}.json
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import framework  # noqa: E402
-from framework import losses  # noqa: E402
+from framework import distribute, losses  # noqa: E402
 
 EVAL = (40, 24)  # 5 and 3 batches of 8
 TRAIN = {"eval": (48, 48), "train": (48, 32), "read_on": (48, 16)}
@@ -87,23 +90,18 @@ def read_on_difference(trained: keras.Model) -> float:
     return max(float(np.max(np.abs(a - b))) for a, b in zip(trained.get_weights(), reference.get_weights()))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    for flag in ("mode", "workdir", "out"):
-        parser.add_argument(f"--{flag}", required=True)
-    args = parser.parse_args()
-    absl_logging.set_verbosity(absl_logging.INFO)
+def run_mode(mode: str, workdir: str, out: str, strategy) -> None:
     config = framework.config.defaults()
     config.batch_size, config.epochs = 16, 2
     config.distribution.strategy = "multi_worker"
-    config.task.mode = args.mode
-    if args.mode == "read_on":
+    config.task.mode = mode
+    if mode == "read_on":
         config.steps_per_epoch, config.epochs = 2, 3
         config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.1
-    trainer = UnevenTrainer(config, args.workdir)
+    trainer = UnevenTrainer(config, workdir, strategy=strategy)
     history = trainer.fit()
-    if args.mode == "read_on":
-        with open(args.out, "w") as f:
+    if mode == "read_on":
+        with open(out, "w") as f:
             json.dump({"history": history, "max_abs_diff": read_on_difference(trainer.model)}, f)
         return
     reference = model()
@@ -111,8 +109,40 @@ def main() -> None:
     reference.compile(loss=CE, metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     x, y = (np.concatenate(parts) for parts in zip(*(examples(w, n, "eval") for w, n in enumerate(EVAL))))
     keras_eval = reference.evaluate(x, y, batch_size=len(y), verbose=0, return_dict=True)
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         json.dump({"history": history, "evaluate": trainer.evaluate(), "keras": keras_eval}, f)
+
+
+MODE_MARK = "MODE"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--modes", required=True, help="comma-separated, run in this order under one strategy"
+    )
+    parser.add_argument("--root", required=True, help="mode m trains in <root>/<m>")
+    parser.add_argument("--out", required=True, help="a path with {mode} in it")
+    args = parser.parse_args()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    dist = framework.config.defaults().distribution
+    dist.strategy = "multi_worker"
+    strategy = distribute.make_strategy(dist)
+    for mode in args.modes.split(","):
+        print(f"{MODE_MARK} {mode} starts", file=sys.stderr, flush=True)
+        run_mode(mode, os.path.join(args.root, mode), args.out.format(mode=mode), strategy)
+        sys.stderr.flush()
+        print(f"{MODE_MARK} {mode} done", file=sys.stderr, flush=True)
+
+
+def logs_by_mode(stderr: str) -> dict[str, str]:
+    """A worker's stderr split at its `MODE <m> starts` lines: {mode: that mode's log}."""
+    parts = stderr.split(f"{MODE_MARK} ")[1:]
+    logs: dict[str, str] = {}
+    for part in parts:
+        mode, _ = part.split(maxsplit=1)
+        logs[mode] = logs.get(mode, "") + part
+    return logs
 
 
 if __name__ == "__main__":
