@@ -31,6 +31,7 @@ def _bitwise(a, b):
     return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow  # three WGAN-GP runs, minutes of tracing on 2 busy cores
 def test_wgan_gp_weights_are_bitwise_equal_across_groupings():
     one_call_per_step = _weights(1)  # the oracle
     assert _bitwise(_weights(4), one_call_per_step)
