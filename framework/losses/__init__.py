@@ -8,6 +8,8 @@
 See `framework.losses.reduction` for the reduction semantics and
 `framework.losses.library` / `framework.losses.triplet` /
 `framework.losses.contrastive` for the losses Keras lacks.
+
+May import: the shared leaves in framework/.
 """
 
 from framework.losses.algebra import BatchTerm, Loss, PredictionTerm, Regularizer, Sum, Term

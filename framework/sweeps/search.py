@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from framework import config as config_lib
-from framework.config import sweep_space
+from framework.config import command_line, sweep_space
+from framework.outputs import metrics_file
 from framework.sweeps import processes as sweeps
 from framework.sweeps import results
 from framework.sweeps.optuna_study import STUDY, TRIAL_ENV, import_optuna, make_pruner, storage
@@ -64,7 +65,7 @@ def check_space(config, space: Mapping[str, Any]) -> None:
         for value in values:
             if isinstance(dim, sweep_space.Range) and dim.kind == "int":
                 value = int(value)
-            sweeps.apply(config, {**corner, key: value}, f"search space {key}={value!r}")
+            command_line.apply_overrides(config, {**corner, key: value}, f"search space {key}={value!r}")
 
 
 def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> list[sweeps.Run]:
@@ -88,12 +89,10 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
             "--search=optuna: get_sweep returned a list of points; a search needs one dict of ranges, e.g. "
             "{'optimizer.learning_rate': framework.config.log_uniform(1e-4, 1e-2)}."
         )
-    if not monitor.startswith("val/"):
+    if not metrics_file.is_val(monitor):
         raise config_lib.ConfigError(f"--search=optuna: --monitor must be a val/ key, got {monitor!r}.")
     check_space(config, space)
-    for key in space.keys() & {
-        f[len("--config.") :].split("=")[0] for f in flags if f.startswith("--config.")
-    }:
+    for key in space.keys() & {override[0] for f in flags if (override := command_line.override_of(f))}:
         raise config_lib.ConfigError(f"--config.{key} is also set by the search space.")
     os.makedirs(args.workdir, exist_ok=True)
     study = optuna.create_study(

@@ -4,6 +4,6 @@ Owns: `trainer` (`Trainer`, `StepLoss`), its parts (`phases`, `variables`, `host
 `compiled_steps`), pre-flight checks (`input_checks`, `run_checks`), `modes` (eval, continuous
 eval, export), `reload` (`Trainer.from_workdir`).
 
-May import: loop, data, optim, checkpointing, outputs, config, losses, metrics, sweeps (the
-config-file loader), and the shared leaves.
+May import: loop, data, optim, checkpointing, outputs, config, losses, metrics, and the shared
+leaves.
 """
