@@ -201,3 +201,81 @@ def test_the_folder_checks_can_fail():
     assert _folder("framework.distribute") == "leaves"
     assert _cycle({"loop": {"trainer"}, "trainer": {"loop"}}) == ["loop", "trainer", "loop"]
     assert PRIVATE_LIBRARY_NAMES.search("strategy.extended._num_workers")
+
+
+def _classes():
+    """(module path, class node) for every class defined in the framework."""
+    for path in sorted(FRAMEWORK.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                yield path, node
+
+
+def _self_attribute(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
+def _foreign_private_reads(cls: ast.ClassDef) -> dict[str, int]:
+    """`self._x` names a class reads but neither assigns (`self._x = ...`) nor defines in its body."""
+    own = set()
+    for node in cls.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            own.update(t.id for t in targets if isinstance(t, ast.Name))
+    reads = {}
+    for node in ast.walk(cls):
+        name = _self_attribute(node)
+        if name is None:
+            continue
+        if isinstance(node.ctx, ast.Store):
+            own.add(name)
+        elif name.startswith("_") and not name.startswith("__"):
+            reads.setdefault(name, node.lineno)
+    return {name: line for name, line in reads.items() if name not in own}
+
+
+# Classes that read a private name they do not set, each with why.
+FOREIGN_PRIVATE_READS = {
+    # A method of their base `_Overlap` (losses/library.py), shared input preparation, not state:
+    # the subclasses differ only in how they combine the overlap statistics.
+    "Dice": {"_inputs"},
+    "Tversky": {"_inputs"},
+}
+
+
+def test_no_class_reads_private_names_another_class_sets():
+    """Oracle: the AST. Every class declares the state it reads (the Trainer is built of components,
+    each holding its own state, not of mixins reading what `Trainer.__init__` sets)."""
+    found = {}
+    for path, cls in _classes():
+        reads = _foreign_private_reads(cls)
+        allowed = FOREIGN_PRIVATE_READS.get(cls.name, {})
+        unexpected = {n: line for n, line in reads.items() if n not in allowed}
+        if unexpected:
+            found[f"{path.name}:{cls.name}"] = unexpected
+    assert not found, f"classes read private names they do not set: {found}"
+
+
+def test_the_private_read_finder_finds_a_mixin():
+    mixin = ast.parse(
+        "class Reads:\n"
+        "    def step(self):\n"
+        "        return int(self._step.numpy()) + self._own\n"
+        "    def set(self):\n"
+        "        self._own = 1\n"
+    ).body[0]
+    assert _foreign_private_reads(mixin) == {"_step": 3}
+
+
+def test_the_trainer_has_at_most_one_base_and_it_has_none():
+    """Composition over mixins: `Trainer`'s one base (if any) derives from nothing else."""
+    classes = {cls.name: cls for _, cls in _classes()}
+    trainer = classes["Trainer"]
+    bases = [b.id for b in trainer.bases if isinstance(b, ast.Name)]
+    assert len(trainer.bases) <= 1, f"Trainer has bases {bases}"
+    for base in bases:
+        assert not classes[base].bases, f"Trainer's base {base} has bases of its own"

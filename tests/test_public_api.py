@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from timeouts import seconds
 
 import framework
 
@@ -220,3 +221,27 @@ def test_public_names_still_start_the_trainer():
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+UNUSED_BY_A_RUN_WITHOUT_WORKDIR = ("orbax", "optuna", "tensorboard")
+
+
+def test_a_run_without_workdir_loads_no_checkpoint_sweep_or_tensorboard_modules():
+    """orbax (and JAX with it), Optuna and TensorBoard load only when a run saves, sweeps or writes summaries."""
+    code = (
+        "import sys\n"
+        "import framework\n"
+        "framework.Trainer\n"
+        "import toys\n"
+        "x, y = toys.blobs(32)\n"
+        "t = toys.ArrayTrainer(toys.config(), data=(x, y), model_fn=toys.mlp, eval_data=(x, y))\n"
+        "t.fit()\n"
+        "t.evaluate()\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({UNUSED_BY_A_RUN_WITHOUT_WORKDIR!r})))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds(600)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-500:]

@@ -32,15 +32,20 @@ import signal
 import time
 from typing import Any
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # orbax imports JAX: keep it off accelerators
-
-import ml_collections  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
-from absl import logging  # noqa: E402
-from orbax.checkpoint import checkpoint_managers as policies  # noqa: E402
+import ml_collections
+from absl import logging
 
 from framework.checkpointing import variable_groups as state
-from framework.outputs import metrics_file  # noqa: E402
+from framework.outputs import metrics_file
+
+
+def _orbax():
+    """`orbax.checkpoint`, imported by the first `Checkpoints`: a run without checkpoints never loads it (nor JAX)."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # orbax imports JAX: keep it off accelerators
+    import orbax.checkpoint
+    import orbax.checkpoint.checkpoint_managers  # noqa: F401 - the preservation policies
+
+    return orbax.checkpoint
 
 
 def logged_keys(workdir: str) -> list[str]:
@@ -97,6 +102,8 @@ class Checkpoints:
         self.writer = writer
         self.best_metric, self.best_mode = cfg.best_metric, cfg.best_mode
         self._warned_unranked = False
+        ocp = _orbax()
+        policies = ocp.checkpoint_managers
         keep = [policies.LatestN(n=cfg.max_to_keep)]
         best_fn = None
         if cfg.best_metric:
@@ -143,6 +150,7 @@ class Checkpoints:
         return no_best_message(os.path.dirname(self.directory), self.best_metric, self.steps())
 
     def read_meta(self, step: int) -> dict:
+        ocp = _orbax()
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def restore(self, groups: dict[str, list], step: int, *, trainer: str | None = None) -> dict:
@@ -166,6 +174,7 @@ class Checkpoints:
                 "--config.checkpoint.allow_mismatch=True to set them aside and start fresh."
             )
         target, _ = state.snapshot(groups)
+        ocp = _orbax()
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         ).state
@@ -231,6 +240,7 @@ class Checkpoints:
                     ", ".join(sorted(metrics)),
                 )
             metrics = None
+        ocp = _orbax()
         self._manager.save(
             step,
             args=ocp.args.Composite(

@@ -6,11 +6,13 @@ change between epochs, so each function is traced once per run: a short last
 group of steps costs no retrace.
 
     train_fn(iterator, num_steps) -> (sums, suspect, after):
-        packed = pack(replica_step(next(iterator))) averaged over replicas  # step 1
-        sums = packed
-        repeat num_steps - 1 times while `keep_going()` (tested in the loop condition):
-            packed = ...; sums += packed
+        sums = [-0.0]  # the additive identity, broadcast at the first step
+        repeat up to num_steps times (at least once) while `keep_going()`:
+            packed = pack(replica_step(next(iterator))) averaged over replicas
+            sums += packed
         return sums, (packed if finite_sums else sums), after()
+
+The step is traced once, as the loop body.
 
 Per-step logs are scalars, each with the weight it has in a mean
 (`framework.log_values`): a step packs them into one flat tensor (`v * w`,
@@ -72,15 +74,23 @@ def make_step_function(
     """
     layout = log_values.Layout()
     after_values = _Nest(after)
+    replica_fn = _packed_replica_step(replica_step, layout, where)
+    if jit_compile:
+        replica_fn = tf.function(replica_fn, jit_compile=True)
 
-    @tf.autograph.experimental.do_not_convert  # Python control flow only
-    def add(sums, packed):
-        if not finite_sums:
-            return packed if sums is None else sums + packed
-        ok = tf.reduce_all(tf.math.is_finite(packed))
-        kept = tf.where(ok, packed, tf.zeros_like(packed))
-        kept = tf.concat([kept, tf.reshape(tf.cast(ok, tf.float32), [1])], axis=0)  # counts summed steps
-        return kept if sums is None else sums + kept
+    def one_step(iterator):
+        batch = input_positions.replica_values(strategy, iterator, next(iterator))
+        per_replica = strategy.run(replica_fn, args=(batch,))
+        if on_step is not None:
+            on_step()
+        return strategy.experimental_local_results(per_replica)[0]
+
+    multi_step = _step_loop(one_step, _Carry(finite_sums), keep_going, after_values)
+    return StepFunction(multi_step, layout, counted=finite_sums, after=after_values)
+
+
+def _packed_replica_step(replica_step: ReplicaStep, layout: log_values.Layout, where: str) -> Callable:
+    """The replica step returning its logs packed (`log_values.Layout`) and averaged over replicas."""
 
     def replica_fn(batch):
         with randomness.replica_streams():
@@ -93,40 +103,68 @@ def make_step_function(
             packed = context.all_reduce(tf.distribute.ReduceOp.MEAN, packed)
         return packed
 
-    if jit_compile:
-        replica_fn = tf.function(replica_fn, jit_compile=True)
+    return replica_fn
 
-    def one_step(iterator):
-        batch = input_positions.replica_values(strategy, iterator, next(iterator))
-        per_replica = strategy.run(replica_fn, args=(batch,))
-        if on_step is not None:
-            on_step()
-        return strategy.experimental_local_results(per_replica)[0]
 
-    def go_on(done, num_steps):
+def _step_loop(
+    one_step: Callable, carry: _Carry, keep_going: Callable[[], tf.Tensor] | None, after_values: _Nest
+) -> Callable:
+    """`tf.function(iterator, num_steps)`: one loop whose body is the only trace of the step.
+
+    The first step always runs (a do-while): a call returns one step's logs
+    at least, even when `keep_going()` is false as it starts.
+    """
+
+    @tf.autograph.experimental.do_not_convert
+    def go_on(done, limit):
+        more = done < limit
         if keep_going is None:
-            return done < num_steps
-        return tf.logical_and(done < num_steps, keep_going())
+            return more
+        return tf.logical_and(more, tf.logical_or(tf.equal(done, 0), keep_going()))
 
     @tf.function(autograph=True)
     def multi_step(iterator, num_steps):
-        packed = one_step(iterator)
-        sums = add(None, packed)
-        done = tf.constant(1, num_steps.dtype)
+        state = carry.initial()
+        done = tf.constant(0, num_steps.dtype)
+        limit = tf.maximum(num_steps, 1)
         # The stop test is part of the loop condition: a `break` would make
         # AutoGraph wrap the whole step in a conditional, which costs per step.
-        if finite_sums:
-            while go_on(done, num_steps):
-                packed = one_step(iterator)
-                sums = add(sums, packed)
-                done += 1
-            return sums, packed, after_values.flat(sums)
-        while go_on(done, num_steps):
-            sums = add(sums, one_step(iterator))
+        while go_on(done, limit):
+            tf.autograph.experimental.set_loop_options(shape_invariants=[(state, carry.invariants())])
+            state = carry.add(state, one_step(iterator))
             done += 1
-        return sums, sums, after_values.flat(sums)
+        return state[0], state[-1], after_values.flat(state[0])
 
-    return StepFunction(multi_step, layout, counted=finite_sums, after=after_values)
+    return multi_step
+
+
+class _Carry:
+    """What the step loop carries: the sums of the packed logs, and the last step's with `finite_sums`.
+
+    The sums start as `[-0.0]`, IEEE's additive identity (`-0.0 + x` is `x`
+    bitwise, `-0.0` included), broadcast to the packed logs' length at the
+    first step: the length is known only once the loop body has traced the
+    step.
+    """
+
+    def __init__(self, finite_sums: bool):
+        self.finite_sums = finite_sums
+
+    def initial(self) -> tuple[tf.Tensor, ...]:
+        sums = tf.constant([-0.0])
+        return (sums, tf.zeros([0])) if self.finite_sums else (sums,)
+
+    def invariants(self) -> tuple[tf.TensorShape, ...]:
+        return (tf.TensorShape([None]),) * (2 if self.finite_sums else 1)
+
+    @tf.autograph.experimental.do_not_convert
+    def add(self, state: tuple[tf.Tensor, ...], packed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        if not self.finite_sums:
+            return (state[0] + packed,)
+        ok = tf.reduce_all(tf.math.is_finite(packed))
+        kept = tf.where(ok, packed, tf.zeros_like(packed))
+        kept = tf.concat([kept, tf.reshape(tf.cast(ok, tf.float32), [1])], axis=0)  # counts summed steps
+        return state[0] + kept, packed
 
 
 class _Nest:
@@ -152,7 +190,7 @@ class _Nest:
 
 
 class StepFunction:
-    """The compiled function; its results come back to the host as `logs.Sums`, suspect values and `after`.
+    """The compiled function; its results come back to the host as `run_log.Sums`, suspect values and `after`.
 
     The suspect values are where a non-finite step's logs show: the last
     step's values with `counted` (nan_policy="skip" leaves a non-finite step

@@ -22,9 +22,20 @@ from __future__ import annotations
 
 import contextlib
 
+import keras
 import tensorflow as tf
 
 from framework.optim import keras_internals
+
+
+def seed_process(seed: int, deterministic: bool) -> None:
+    """Seeds Python, numpy and TensorFlow (`keras.utils.set_random_seed`); `deterministic`: deterministic ops too."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+        # Its rewrites made a step inside the compiled loop round differently from
+        # a call's first step: the weights depended on steps_per_execution.
+        tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
 
 
 def replica_seed(seed: tf.Tensor) -> tf.Tensor:

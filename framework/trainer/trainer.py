@@ -1,34 +1,14 @@
-"""Trainer: build hooks and the per-replica step.
+"""Trainer: the build hooks and the per-replica step; components own the rest.
 
-Its bases hold the rest: `framework.trainer.phases` (`fit`, `evaluate`, `predict`,
-`restore`, run by the Controller), `framework.trainer.variables` (building the
-variables, the input checks, the checkpoint groups), `framework.trainer.host_reads`
-(what the host loop reads and sets between compiled calls) and
-`framework.trainer.compiled_steps` (the compiled train / eval / predict functions).
-
-    class Trainer:
-        __init__:  strategy <- config.distribution; under strategy.scope():
-                   model, optimizer, loss, metrics <- build_* hooks
-        fit():
-            for epoch in epochs:
-                reset metrics; iterator = train input's iterator for epoch
-                while the epoch has steps left:
-                    n = steps to the next log point (<= steps_per_execution)
-                    train_fn(iterator, n)          # n x strategy.run(train_step)
-                    at log points: loss means, metric results (read by the call) -> logs
-                if an eval dataset exists: logs |= val/... <- evaluate()
-        train_step(batch):                         # per replica, compiled
-            x, y, w = batch
-            with tf.GradientTape() as tape:
-                y_pred = model(x, training=True)
-                loss, logs = compute_loss(y, y_pred, w)
-            apply_gradients(tape, loss)
-            update_metrics(y, y_pred, w)
-            return logs
-
-Override `train_step` / `eval_step` to own the step; keep `compute_loss`
-and `apply_gradients` for what is subtle (distribution, loss scaling,
-non-finite losses).
+`Trainer.__init__` sets up the strategy, calls the build hooks under its
+scope, then makes the components it owns (`framework.trainer.components` says
+which and who owns what). Its one base, `framework.trainer.facade.TrainerFacade`,
+forwards the phases (`fit`, `evaluate`, ...) and what the Controller asks
+(`framework.loop.runner.Runner`) to them. The step, in outline: `x, y, w = batch`;
+under a tape, `y_pred = model(x)`, `loss, logs = compute_loss(y, y_pred, w)`;
+`apply_gradients(tape, loss)`; `update_metrics(y, y_pred, w)`; return `logs`.
+Override `train_step` / `eval_step` to own the step; keep `compute_loss` and
+`apply_gradients` for what is subtle (distribution, loss scaling, non-finite losses).
 """
 
 from __future__ import annotations
@@ -38,17 +18,15 @@ from typing import Any, NamedTuple
 import keras
 import ml_collections
 import tensorflow as tf
-from absl import logging
 
 from framework import config as config_lib
 from framework import distribute, heads, metrics
 from framework.losses import Loss
-from framework.optim import layer_losses, optimizer_builder, precision, updates
+from framework.optim import optimizer_builder, precision, randomness, updates
+from framework.trainer import components as trainer_components
 from framework.trainer import run_checks
-from framework.trainer.compiled_steps import CompiledSteps
-from framework.trainer.host_reads import HostReads
-from framework.trainer.phases import Phases
-from framework.trainer.variables import TrainerState
+from framework.trainer.counters import StepCounters
+from framework.trainer.facade import TrainerFacade
 
 
 class _Default:
@@ -68,17 +46,7 @@ def _expect(value: Any, types: type | tuple[type, ...], hook: str, what: str) ->
     return value
 
 
-def _counter(name: str, initial: int) -> tf.Variable:
-    return tf.Variable(
-        initial,
-        dtype=tf.int64,
-        trainable=False,
-        name=name,
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-    )
-
-
-class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
+class Trainer(TrainerFacade):
     """Subclass and implement `build_model`, `build_train_dataset`, `build_loss`.
 
     A subclass's `__init__` may load data before calling `super().__init__`,
@@ -110,27 +78,24 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
     checkpoint_include: tuple[str, ...] = ()
     checkpoint_exclude: tuple[str, ...] = ()
 
-    # Attributes the framework sets: not walked for variables to checkpoint (`framework.checkpointing.variable_groups`).
-    _FRAMEWORK_ATTRIBUTES = frozenset(
-        {
-            "eval_metrics",
+    # Attributes the framework sets: not walked for variables to checkpoint
+    # (`framework.checkpointing.variable_groups`).
+    _FRAMEWORK_ATTRIBUTES = TrainerFacade.FACADE_ATTRIBUTES | frozenset(
+        [
             "model",
             "optimizer",
+            "loss",
             "metrics",
+            "eval_metrics",
             "strategy",
             "config",
-            "loss",
-            "_step",
-            "_nonfinite_step",
-            "_nonfinite_count",
-            "_single_term_logs",
-            "_updater",
-            "_given_attributes",
-            "_controller",
-            "_forward",  # the model, or its compiled forward pass
             "checkpoint_include",
             "checkpoint_exclude",
-        }
+            "_given_attributes",
+            "_updater",
+            "_compiled_steps",
+            "_step_helpers",
+        ]
     )
 
     def __init__(
@@ -148,26 +113,15 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         distribute.log_strategy(self.strategy)
         run_checks.batch_size(self.config, self.strategy)
         self.is_chief = distribute.is_chief(self.strategy)
-        keras.utils.set_random_seed(self.config.seed)
-        if self.config.deterministic:
-            tf.config.experimental.enable_op_determinism()
-            # Its rewrites made a step inside the compiled loop round differently from
-            # a call's first step: the weights depended on steps_per_execution.
-            tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+        randomness.seed_process(self.config.seed, self.config.deterministic)
         self.epoch = 0
         self.resumed_at_step = 0
-        self._single_term_logs: dict[str, str] = {}  # log key -> the term, for non-finite errors
         self._updater = updates.Updater.from_config(self.strategy, self.config)
         with self.strategy.scope():
             with precision.dtype_policy(self.config.precision):
                 self.model = _expect(self.build_model(), keras.Model, "build_model", "a keras.Model")
-            self._forward = self.model
-            optimizer = _expect(
-                self.build_optimizer(),
-                keras.optimizers.Optimizer,
-                "build_optimizer",
-                "a keras.optimizers.Optimizer",
-            )
+            optimizer = self.build_optimizer()
+            _expect(optimizer, keras.optimizers.Optimizer, "build_optimizer", "a keras.optimizers.Optimizer")
             self.optimizer = self._updater.add(optimizer, self.model, primary=True)
             self.loss = self.build_loss()
             if self.loss is not None:
@@ -179,10 +133,12 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
             self.eval_metrics = (
                 self.metrics if eval_metrics is None else metrics.collect(self.model, eval_metrics)
             )
-            self._phase = "train"  # which metrics update_metrics() feeds while a step is traced
-            self._step = _counter("step", 0)
-            self._nonfinite_step = _counter("nonfinite_step", -1)
-            self._nonfinite_count = _counter("nonfinite_count", 0)
+            counters = StepCounters()
+        components = trainer_components.make(
+            self, counters, self._updater, skip=self._FRAMEWORK_ATTRIBUTES, given=self._given_attributes
+        )
+        self._compiled_steps, self._step_helpers = components.compiled, components.helpers
+        super().__init__(components)
 
     # ---- hooks -------------------------------------------------------------
 
@@ -302,7 +258,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         with tf.GradientTape() as tape:
-            y_pred = self._forward(x, training=True)  # XLA-compiled under config.jit_compile
+            y_pred = self._compiled_steps.forward(x, training=True)  # XLA-compiled under config.jit_compile
             loss, step_logs = self.compute_loss(y, y_pred, sample_weight)
         self.apply_gradients(tape, loss)
         self.update_metrics(y, y_pred, sample_weight)
@@ -318,9 +274,9 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
           Log values, as for `train_step`.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        y_pred = self._forward(x, training=False)
+        y_pred = self._compiled_steps.forward(x, training=False)
         step_logs = {}
-        if self.loss is not None and self._loss_fits_outputs(y_pred):
+        if self.loss is not None and self._step_helpers.loss_fits_outputs(y_pred):
             step_logs = self.compute_loss(y, y_pred, sample_weight).logs
         self.update_metrics(y, y_pred, sample_weight)
         return step_logs
@@ -335,7 +291,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
           The outputs, nested like the model's.
         """
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        return self._forward(x, training=False)
+        return self._compiled_steps.forward(x, training=False)
 
     # The step helpers need no autograph (converting them cost seconds per trace);
     # a custom train_step calling them is still converted.
@@ -386,17 +342,11 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
           ValueError: no loss (`build_loss()` returned None and none is given).
           KeyError, ValueError: labels, outputs or weights do not fit the loss's heads (named).
         """
-        loss = loss if loss is not None else self.loss
-        if loss is None:
-            raise ValueError("compute_loss() needs a loss: build_loss() returned None.")
         model = self.model if model is _Default else model
-        labelled = {t.head for t in loss.flat_terms() if t.reads_labels}
-        heads.check_batch(y, y_pred, labelled, sample_weight)
-        loss, model = layer_losses.objective(loss, model, self.model, self._forward)
-        result = loss(y, y_pred, sample_weight, model=model, step=self._step)
-        if len(result.terms) == 1:
-            self._single_term_logs[f"{prefix}loss"] = next(iter(result.terms))
-        return StepLoss(result.total, result.logs(prefix))
+        total, logs = self._step_helpers.compute_loss(
+            y, y_pred, sample_weight, loss=loss, prefix=prefix, model=model
+        )
+        return StepLoss(total, logs)
 
     @tf.autograph.experimental.do_not_convert
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, variables=None, optimizer=None) -> None:
@@ -419,21 +369,7 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
           ValueError: the loss depends on none of `variables`, or one of them
             is not registered for `optimizer` (named, with the fix).
         """
-        entry = self._updater.entry(optimizer)
-        optimizer = entry.optimizer
-        variables = list(variables) if variables is not None else list(entry.variables())
-        scale = precision.loss_scale(optimizer)
-        output_gradients = None if scale is None else tf.cast(scale, loss.dtype)
-        grads = tape.gradient(loss, variables, output_gradients=output_gradients)
-        if all(g is None for g in grads):
-            raise ValueError(
-                f"apply_gradients(): the loss does not depend on any of the {len(variables)} variables given."
-            )
-        self._updater.apply(optimizer, grads, variables, loss, on_nonfinite=self._record_nonfinite)
-
-    def _record_nonfinite(self) -> None:
-        self._nonfinite_step.assign(self._step + 1)
-        self._nonfinite_count.assign_add(1)
+        self._step_helpers.apply_gradients(tape, loss, variables, optimizer)
 
     @tf.autograph.experimental.do_not_convert
     def update_metrics(self, y, y_pred, sample_weight=None) -> None:
@@ -446,29 +382,12 @@ class Trainer(Phases, TrainerState, HostReads, CompiledSteps):
           y_pred: the model's outputs.
           sample_weight: per-example weights, or None.
         """
-        nan_masked = frozenset(t.head for t in (self.loss.flat_terms() if self.loss else []) if t.mask_nan)
-        metrics.update(self._phase_metrics(), y, y_pred, sample_weight, nan_masked=nan_masked)
+        self._step_helpers.update_metrics(y, y_pred, sample_weight)
 
-    def _loss_fits_outputs(self, y_pred) -> bool:
-        """Whether the default eval_step can apply the loss to the model's outputs.
-
-        A custom train_step may feed the loss heads it builds itself (a
-        distillation's teacher probabilities); evaluation then reports the
-        metrics only, unless eval_step is overridden too.
-        """
-        wanted = heads.loss_heads(self.loss)
-        if self.uses_default_step("train_step") or heads.outputs_have(y_pred, wanted):
-            return True
-        logging.warning(
-            "eval_step: the loss reads heads %s, which the model's outputs do not have (train_step "
-            "builds them); evaluation reports metrics only. Override eval_step to compute a loss.",
-            sorted(wanted),
-        )
-        return False
+    def loss_term_of(self, key: str) -> str | None:
+        """The term a loss log holds when its loss has one term (its logs then name no term); else None."""
+        return self._step_helpers.loss_term_of(key)
 
     def uses_default_step(self, step: str) -> bool:
         """Whether the method named `step` ("train_step", "eval_step", ...) is the base class's, not overridden."""
         return getattr(type(self), step) is getattr(Trainer, step)
-
-    def _phase_metrics(self, phase: str | None = None) -> metrics.Pairs:
-        return self.eval_metrics if (phase or self._phase) == "eval" else self.metrics
