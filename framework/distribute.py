@@ -19,6 +19,7 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
+from framework import tf_internals
 from framework.gather import all_gather, all_gather_with_offset, replica_offset  # noqa: F401 (public here)
 
 
@@ -85,7 +86,7 @@ def _fresh_collective_keys(cls):
     order, so they still agree on the keys.
     """
     global _strategies_made
-    cls._collective_key_base = 10_000 * _strategies_made
+    tf_internals.set_collective_key_base(cls, 10_000 * _strategies_made)
     _strategies_made += 1
     return cls
 
@@ -100,10 +101,8 @@ def _configure_coordination(peer_timeout_secs: int) -> None:
     configuration made before it is created.
     """
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-    from tensorflow.python.distribute import multi_worker_util
-    from tensorflow.python.eager import context
 
-    if context.context().coordination_service is not None:
+    if tf_internals.coordination_service_configured():
         return
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     cluster = resolver.cluster_spec()
@@ -114,12 +113,7 @@ def _configure_coordination(peer_timeout_secs: int) -> None:
         for job in ("chief", "worker")
         if job in cluster.jobs
     ]
-    context.context().configure_coordination_service(
-        service_type="standalone",
-        service_leader=multi_worker_util.coordination_leader(cluster),
-        coordinated_jobs=jobs,
-        heartbeat_timeout_in_ms=int(peer_timeout_secs * 1000),
-    )
+    tf_internals.configure_coordination_service(cluster, jobs, int(peer_timeout_secs * 1000))
 
 
 def cluster_tasks() -> int:
@@ -254,7 +248,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Processes that run this strategy's steps together (hosts of a TPU slice, multi-worker tasks)."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return int(strategy.extended._num_workers)
+        return tf_internals.multi_worker_count(strategy)
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return int(strategy.extended.num_hosts)
     return 1

@@ -1,7 +1,14 @@
-"""The framework's module structure: no import cycles; the host loop sees the runner interface only."""
+"""The framework's module structure: folders import each other as their docstrings allow, in a DAG;
+no import cycles; no module uses another module's private names; the host loop sees the runner
+interface only.
+
+Oracle: each package's `__init__` docstring ("May import: ...") and the lists of exceptions below,
+written by hand; the imports are read from the source with `ast`.
+"""
 
 import ast
 import pathlib
+import re
 
 FRAMEWORK = pathlib.Path(__file__).resolve().parent.parent / "framework"
 
@@ -90,6 +97,110 @@ def test_the_controller_knows_the_runner_interface_not_the_trainer():
                 and node.attr.startswith("_")
             ):
                 raise AssertionError(f"{path.name}:{node.lineno} reads {node.value.id}.{node.attr}")
+
+
+def _folder(module: str) -> str:
+    """`framework.loop.controller` -> `loop`; a module directly in framework/ -> `leaves`."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "framework"
+    if len(parts) == 2 and not (FRAMEWORK / parts[1] / "__init__.py").exists():
+        return "leaves"
+    return parts[1]
+
+
+FOLDERS = sorted(p.name for p in FRAMEWORK.iterdir() if (p / "__init__.py").exists())
+
+
+def _allowed() -> dict[str, set[str]]:
+    """Folder -> the folders its `__init__` docstring's first "May import:" sentence names."""
+    allowed = {"leaves": {"leaves"}}
+    for folder in FOLDERS:
+        doc = ast.get_docstring(ast.parse((FRAMEWORK / folder / "__init__.py").read_text())) or ""
+        found = re.search(r"May import:(.*?)(\.\s|\.$)", doc, re.S)
+        assert found, f"framework/{folder}/__init__.py: the docstring says nothing of what it may import"
+        sentence = found.group(1)
+        if "everything" in sentence:
+            allowed[folder] = set(FOLDERS) | {"leaves"}
+            continue
+        named = {f for f in FOLDERS if re.search(rf"\b{f}\b", sentence)}
+        allowed[folder] = named | ({"leaves"} if "leaves" in sentence else set())
+    return allowed
+
+
+def test_the_folder_rules_form_a_dag():
+    allowed = _allowed()
+    graph = {folder: targets - {folder} for folder, targets in allowed.items()}
+    assert _cycle(graph) is None
+
+
+def test_folders_import_only_what_their_docstrings_allow():
+    allowed = _allowed()
+    wrong = []
+    for module, imported in _graph().items():
+        source = _folder(module)
+        if source == "framework":
+            continue  # the top-level package re-exports the public API
+        for target in imported:
+            folder = _folder(target)
+            if folder not in (source, "framework") and folder not in allowed[source]:
+                wrong.append(f"{module} imports {target} ({source}/ may import {sorted(allowed[source])})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_uses_another_modules_private_names():
+    """`module._name` or `from module import _name` across modules: a private name is private."""
+    paths = {_module_name(p): p for p in FRAMEWORK.rglob("*.py")}
+    used = []
+    for name, path in paths.items():
+        tree = ast.parse(path.read_text())
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("framework"):
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in paths:
+                        aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                        used.append(f"{name}: from {node.module} import {alias.name}")
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in paths})
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                used.append(f"{name}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    assert not used, "\n".join(used)
+
+
+# Where TensorFlow's and Keras' private names may appear, and nowhere else.
+QUARANTINE = {"framework/tf_internals.py", "framework/optim/keras_internals.py"}
+PRIVATE_LIBRARY_NAMES = re.compile(
+    r"tensorflow\.python|\._collective_key_base|\._num_workers|\._as_serialized_graph|\._global_shuffle\b"
+    r"|\._learning_rate|\._trial_id|optuna\.\w+\._"
+)
+
+
+def test_library_private_names_only_in_the_quarantine_modules():
+    found = []
+    for path in FRAMEWORK.rglob("*.py"):
+        relative = str(path.relative_to(FRAMEWORK.parent))
+        if relative in QUARANTINE:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if PRIVATE_LIBRARY_NAMES.search(line):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_the_folder_checks_can_fail():
+    assert _folder("framework.loop.controller") == "loop"
+    assert _folder("framework.distribute") == "leaves"
+    assert _cycle({"loop": {"trainer"}, "trainer": {"loop"}}) == ["loop", "trainer", "loop"]
+    assert PRIVATE_LIBRARY_NAMES.search("strategy.extended._num_workers")
 
 
 def _classes():

@@ -11,6 +11,7 @@ import pytest
 from timeouts import seconds
 
 from framework import config as config_lib
+from framework.config import command_line
 from framework.sweeps import processes as sweeps
 from framework.sweeps import pruning
 
@@ -165,11 +166,11 @@ def test_a_misspelt_sweep_key_fails_before_any_run_naming_it(tmp_path):
     config_file.write_text(SWEEP_CONFIG)
     config, points = sweeps.load(f"{config_file}:typo")
     with pytest.raises(config_lib.ConfigError, match=r"sweep point 0.*'learning_rat'.*'learning_rate'"):
-        sweeps.apply(config, points[0], "sweep point 0")
+        command_line.apply_overrides(config, points[0], "sweep point 0")
     with pytest.raises(config_lib.ConfigError, match=r"config.seed=0.5 has the wrong type"):
-        sweeps.apply(config, {"seed": 0.5}, "sweep point 0")
+        command_line.apply_overrides(config, {"seed": 0.5}, "sweep point 0")
     with pytest.raises(config_lib.ConfigError, match=r"config.batch_size=0 must be an integer >= 1"):
-        sweeps.apply(config, {"batch_size": 0}, "sweep point 0")
+        command_line.apply_overrides(config, {"batch_size": 0}, "sweep point 0")
 
 
 def test_product_and_zipped_build_override_lists():

@@ -36,7 +36,7 @@ import ml_collections
 from absl import logging
 
 from framework.checkpointing import variable_groups as state
-from framework.sweeps import results
+from framework.outputs import metrics_file
 
 
 def _orbax():
@@ -50,8 +50,8 @@ def _orbax():
 
 def logged_keys(workdir: str) -> list[str]:
     """The keys a run logged in its metrics.jsonl: the evaluation values if any, else the training ones."""
-    records = results.read_records(workdir)
-    numbers = {k for r in records for k, v in r.items() if isinstance(v, results.NUMBER)}
+    records = metrics_file.read_records(workdir)
+    numbers = {k for r in records for k, v in r.items() if isinstance(v, (int, float))}
     evaluated = sorted(k for k in numbers if k.startswith("val/") and not k.endswith("/raw"))
     return evaluated or sorted(numbers - {"step", "epoch", "time", "steps_per_sec"})
 

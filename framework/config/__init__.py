@@ -1,9 +1,10 @@
 """Run configuration: defaults and checks, variants from `get_config(arg)`, sweep spaces, errors.
 
-Owns: `schema` (the framework's defaults, `parse_arg`, `resolve`, `load`, value checks), `errors`
-(`ConfigError`, "did you mean"), `sweep_space` (points and ranges of a sweep), `record_file` (a
-run's recorded config.json read back as plain data), `command_line` (`--config` and overrides
-before absl parses them). Needs no TensorFlow.
+Owns: `schema` (the framework's defaults, `parse_arg`, `resolve`, `load`, value checks), `keys`
+(dotted keys: get, set), `errors` (`ConfigError`, "did you mean"), `sweep_space` (points and ranges
+of a sweep), `record_file` (a run's recorded config.json read back as plain data), `config_file`
+(loading `--config=path.py[:arg]`), `command_line` (`--config` and `--config.key=` overrides:
+parsing, checking and applying them). Needs no TensorFlow.
 
 May import: nothing else of the framework (config is the bottom of the tree).
 """

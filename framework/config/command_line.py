@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
 from framework import config as config_lib
+from framework.config import keys, sweep_space
 
 
 def config_argument(argv: Sequence[str]) -> str | None:
@@ -45,9 +47,21 @@ def last_config_only(argv: Sequence[str]) -> list[str]:
     return [arg for i, arg in enumerate(argv) if i not in dropped]
 
 
+OVERRIDE = "--config."
+FLAG_TYPES = (bool, int, float, str, tuple, list)  # values an override can be given as a flag
+
+
+def override_of(arg: str) -> tuple[str, str | None] | None:
+    """`--config.a.b=v` -> `("a.b", "v")`; `--config.a.b` -> `("a.b", None)`; None for any other argument."""
+    if not arg.startswith(OVERRIDE):
+        return None
+    path, equals, text = arg[len(OVERRIDE) :].partition("=")
+    return path, (text if equals else None)
+
+
 def override_paths(argv: Sequence[str]) -> list[str]:
     """The key paths of `argv`'s `--config.a.b=v` flags."""
-    return [arg[len("--config.") :].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
+    return [override[0] for arg in argv[1:] if (override := override_of(arg))]
 
 
 # Free sections whose new keys a flag may add: their receiver checks the names (the optimizer's
@@ -103,8 +117,9 @@ def split_open_overrides(
         return list(argv), {}
     rest, added = [], {}
     for i, arg in enumerate(argv):
-        if i and arg.startswith("--config.") and "=" in arg:
-            path, text = arg[len("--config.") :].split("=", 1)
+        override = override_of(arg) if i else None
+        if override and override[1] is not None:
+            path, text = override
             if is_new_open_key(config, path):
                 added[path] = typed(text)
                 continue
@@ -114,15 +129,7 @@ def split_open_overrides(
 
 def set_path(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
     """Sets `config.<path>` to `value`, adding the key (and missing sections)."""
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-        if part not in node:
-            with node.unlocked():
-                node[part] = ml_collections.ConfigDict()
-        node = node[part]
-    with node.unlocked():
-        node[leaf] = value
+    keys.assign(config, path, value, add=True)
 
 
 def check_override(config: ml_collections.ConfigDict, path: str) -> None:
@@ -132,9 +139,42 @@ def check_override(config: ml_collections.ConfigDict, path: str) -> None:
     node, walked = config, []
     for part in path.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
             where = "config." + ".".join(walked) if walked else "config"
             raise config_lib.ConfigError(
-                f"--config.{path}: {where} has no key {part!r}.{config_lib.did_you_mean(part, keys)}"
+                f"--config.{path}: {where} has no key {part!r}.{config_lib.did_you_mean(part, known)}"
             )
         node, walked = node[part], walked + [part]
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
+) -> ml_collections.ConfigDict:
+    """A copy of `config` with `overrides` set, checked like `--config.key=` flags and `resolve()`.
+
+    Raises:
+      ConfigError: naming `where` and the key: unknown (with "did you mean"), wrong type or bad value.
+    """
+    out = copy.deepcopy(config)
+    for path, value in overrides.items():
+        if isinstance(value, sweep_space.Range):
+            raise config_lib.ConfigError(
+                f"{where}: {path} is a range; a grid needs values (or --search=optuna)."
+            )
+        if value is not None and not isinstance(value, FLAG_TYPES):
+            raise config_lib.ConfigError(f"{where}: {path}={value!r} cannot be passed as a --config flag.")
+        try:
+            check_override(out, path)
+        except config_lib.ConfigError as e:
+            raise config_lib.ConfigError(f"{where}: {e}") from None
+        try:
+            keys.assign(out, path, tuple(value) if isinstance(value, list) else value)
+        except (TypeError, ValueError) as e:
+            raise config_lib.ConfigError(
+                f"{where}: config.{path}={value!r} has the wrong type: {e}"
+            ) from None
+    try:
+        config_lib.resolve(out)
+    except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"{where}: {e}") from None
+    return out

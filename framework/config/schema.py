@@ -36,7 +36,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from framework.config import record_file
+from framework.config import keys, record_file
 from framework.config.errors import ConfigError as ConfigError
 from framework.config.errors import did_you_mean as did_you_mean
 from framework.config.sweep_space import Range as Range
@@ -120,7 +120,7 @@ def defaults() -> ml_collections.ConfigDict:
         c[section] = ml_collections.ConfigDict()
     c.lock()
     for section in FREE_SECTIONS:
-        _section(c, section).unlock()
+        keys.lookup(c, section).unlock()
     return c
 
 
@@ -189,12 +189,6 @@ def _parse_value(name: str, key: str, text: str, default: Any) -> Any:
         except ValueError:
             raise ValueError(f"{name}: {key}={text!r} is not {type(default).__name__}.") from None
     return text
-
-
-def _section(config: ml_collections.ConfigDict, path: str) -> ml_collections.ConfigDict:
-    for part in path.split("."):
-        config = config[part]
-    return config
 
 
 def _items(config: Any) -> list[tuple[str, Any]]:
@@ -276,17 +270,13 @@ def load(workdir: str) -> ml_collections.ConfigDict:
 
 
 def _choice(config: ml_collections.ConfigDict, key: str, choices: tuple[str, ...]) -> None:
-    value = config
-    for part in key.split("."):
-        value = value[part]
+    value = keys.lookup(config, key)
     if value not in choices:
         raise ConfigError(f"config.{key}={value!r} is not one of {', '.join(choices)}.")
 
 
 def _positive(config: ml_collections.ConfigDict, key: str, *, allow_zero: bool = False) -> None:
-    value = config
-    for part in key.split("."):
-        value = value[part]
+    value = keys.lookup(config, key)
     if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
         bound = ">= 0" if allow_zero else ">= 1"
         raise ConfigError(f"config.{key}={value!r} must be an integer {bound}.")
@@ -359,7 +349,7 @@ def _check_step_mode(config: ml_collections.ConfigDict) -> None:
         return
     default = defaults()
     for key in EPOCH_KEYS:
-        value, unset = _section(config, key), _section(default, key)
+        value, unset = keys.lookup(config, key), keys.lookup(default, key)
         if value != unset:
             raise ConfigError(
                 f"config.{key}={value!r} and config.train_steps={config.train_steps} are both set: a "

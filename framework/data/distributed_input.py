@@ -23,104 +23,27 @@ input's steps per pass are agreed by all workers.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Callable
-from typing import Any
 
 import tensorflow as tf
 from absl import logging
 
 from framework import distribute, periods
 from framework.data import input_positions
-from framework.data.batch_layout import empty_batches, spread_last_step
+from framework.data.batch_layout import empty_batches
 from framework.data.input_positions import global_shuffle  # noqa: F401 - part of this module's API
+from framework.data.pipelines import (
+    Hook,
+    Pipeline,
+    build_pipeline,
+    fixed_batches,
+    host_only,
+    pass_steps,
+)
 from framework.data.record_stream import shuffled_records  # noqa: F401 - part of this module's API
 
 SLOW_COUNT_SECONDS = 10.0  # counting an input of unknown length: a warning above this
-
-Hook = Callable[[tf.distribute.InputContext], Any]
-
-
-def as_hook(source: tf.data.Dataset | Hook, what: str) -> Hook:
-    """A dataset hook from a `tf.data.Dataset` of global batches or a hook of per-replica batches.
-
-    Raises:
-      TypeError: `source` is neither.
-    """
-    if isinstance(source, tf.data.Dataset):
-
-        def hook(input_context):
-            if input_context.num_replicas_in_sync == 1:
-                return source
-            return distribute.split_global_batches(source, input_context)
-
-        return hook
-    if callable(source):
-        return source
-    raise TypeError(
-        f"{what} must be a tf.data.Dataset of global batches or a function input_context -> "
-        f"tf.data.Dataset of per-replica batches, got {type(source).__name__}: {source!r:.200}"
-    )
-
-
-def _fixed_batches(hook: Hook, count: int) -> Hook:
-    """The first `count` batches, cached on the first (eager) pass and replayed every epoch."""
-
-    def fixed(input_context):
-        dataset = hook(input_context)
-        if dataset is None:
-            return None
-        dataset = dataset.take(count).cache()
-        for _ in dataset:  # fill the cache now: an unfinished pass would not keep it
-            pass
-        return dataset
-
-    return fixed
-
-
-def _pass_steps(pipeline: Pipeline) -> int:
-    """Steps one pass of a finite pipeline yields; 0 when its length is unknown."""
-    return math.ceil(pipeline.cardinality / pipeline.replicas) if pipeline.cardinality > 0 else 0
-
-
-def _host_only(strategy: tf.distribute.Strategy) -> bool:
-    return isinstance(strategy, tf.distribute.OneDeviceStrategy) and all(
-        "CPU" in device.upper() for device in strategy.extended.worker_devices
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Pipeline:
-    """What building one input pipeline tells about the input."""
-
-    cardinality: int  # batches per pass, or tf.data's INFINITE / UNKNOWN_CARDINALITY
-    element_spec: Any  # of a batch, after `spread_last_step`
-    replicas: int  # replicas this pipeline feeds
-    context: tf.distribute.InputContext  # the context it was built in
-
-
-def _build_pipeline(
-    hook: Hook, name: str, strategy: tf.distribute.Strategy, input_context, *, optional: bool
-) -> tuple[tf.data.Dataset, Pipeline | None]:
-    """The hook's dataset for `input_context`, ready to distribute, and what it tells; None if absent.
-
-    Raises:
-      TypeError: the hook returned something other than a dataset (or None, when `optional`).
-    """
-    dataset = hook(input_context)
-    if dataset is None and optional:
-        return tf.data.Dataset.range(0), None
-    if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(
-            f"{name}() must return a tf.data.Dataset, got {type(dataset).__name__}: {dataset!r:.200}"
-        )
-    replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-    cardinality = int(dataset.cardinality())
-    if not isinstance(strategy, tf.distribute.TPUStrategy):  # TPUs need static shapes
-        dataset = spread_last_step(dataset, replicas)
-    return dataset, Pipeline(cardinality, dataset.element_spec, replicas, input_context)
 
 
 class DistributedInput:
@@ -161,18 +84,54 @@ class DistributedInput:
         self.strategy, self.name = strategy, name
         self.present = True
         if overfit_batches:
-            hook = _fixed_batches(hook, overfit_batches)
+            hook = fixed_batches(hook, overfit_batches)
         self._hook = hook
+        pipeline, datasets, cycle = self._distribute(
+            hook,
+            optional=optional,
+            cycle=cycle,
+            read_on=read_on,
+            pad_workers=pad_workers,
+            steps=steps_per_epoch,
+        )
+        if pipeline is None:
+            self.present = False
+            return
+        self.element_spec = pipeline.element_spec
+        leaves = [s for s in tf.nest.flatten(self.element_spec) if getattr(s, "shape", None) is not None]
+        self.static_batch = bool(leaves) and all(s.shape.rank and s.shape[0] is not None for s in leaves)
+        self.cardinality = pipeline.cardinality
+        self.infinite = cycle or self.cardinality == tf.data.INFINITE_CARDINALITY
+        self._set_steps(pipeline, hook, cycle, read_on, steps_per_epoch, limit, pad_workers)
+        self._iterators_made = 0
+        self._persistent = None
+        self._skip_fn = None
+        self.worker = pipeline.context.input_pipeline_id
+        self.states: input_positions.InputStates | None = None  # set by whoever keeps checkpoints
+        self._resume_step: int | None = None
+        # the checkpointable per-worker dataset of an infinite input
+        self._host_dataset = self._checkpointable(datasets, pipeline)
+
+    def _distribute(
+        self, hook: Hook, *, optional: bool, cycle: bool, read_on: bool, pad_workers: bool, steps: int
+    ) -> tuple[Pipeline | None, list[tf.data.Dataset], bool]:
+        """Distributes the hook's datasets (`self.dataset`).
+
+        Returns:
+          The last local pipeline (None: the optional hook gave no dataset), the local datasets,
+          and whether the input is cycled.
+        """
+        strategy, name = self.strategy, self.name
         built: list[Pipeline | None] = []  # the strategy calls dataset_fn once per local pipeline
         datasets: list[tf.data.Dataset] = []
 
         def dataset_fn(input_context):
             nonlocal cycle
-            dataset, pipeline = _build_pipeline(hook, name, strategy, input_context, optional=optional)
+            dataset, pipeline = build_pipeline(hook, name, strategy, input_context, optional=optional)
             built.append(pipeline)
             finite = pipeline is not None and pipeline.cardinality != tf.data.INFINITE_CARDINALITY
             if read_on and finite and not cycle:
-                cycle = _pass_steps(pipeline) != steps_per_epoch
+                cycle = pass_steps(pipeline) != steps
             if cycle and finite:
                 dataset = dataset.repeat()  # after spread_last_step: each pass ends on a whole step
             elif pad_workers and finite and distribute.num_workers(strategy) > 1:
@@ -184,7 +143,7 @@ class DistributedInput:
         def build():
             built.clear()
             datasets.clear()
-            if _host_only(strategy):
+            if host_only(strategy):
                 # One CPU replica: a distributed iterator would add hundreds of
                 # microseconds per step (its get_next goes through a multi-device
                 # prefetch) for nothing; strategy.run takes plain batches.
@@ -202,52 +161,46 @@ class DistributedInput:
         if agree and distribute.any_worker(strategy, cycle)[0] and not cycle:
             cycle = True
             self.dataset = build()
-        pipeline = built[-1]
-        if pipeline is None:
-            self.present = False
-            return
-        self.element_spec = pipeline.element_spec
-        leaves = [s for s in tf.nest.flatten(self.element_spec) if getattr(s, "shape", None) is not None]
-        self.static_batch = bool(leaves) and all(s.shape.rank and s.shape[0] is not None for s in leaves)
-        self.cardinality = pipeline.cardinality
-        self.infinite = cycle or self.cardinality == tf.data.INFINITE_CARDINALITY
+        return built[-1], datasets, cycle
+
+    def _set_steps(
+        self, pipeline: Pipeline, hook: Hook, cycle: bool, read_on: bool, steps: int, limit: int, pad: bool
+    ) -> None:
+        """`steps` per epoch, and a cycled input's `pass_steps` and every worker's pass ends."""
         self.pass_steps = 0  # a cycled dataset's steps per pass, when known
         self._pass_ends: list[int] = []  # every worker's pass_steps
         if cycle:  # a finite dataset's length is not needed (an unknown one may not end)
             if self.cardinality == 0:
                 raise ValueError(f"{self.name}() returned an empty dataset.")
-            self.pass_steps = _pass_steps(pipeline)
+            self.pass_steps = pass_steps(pipeline)
             # every worker cuts its compiled calls at every worker's pass ends (see call_sizes)
             self._pass_ends = distribute.per_worker(
-                strategy, pipeline.context.input_pipeline_id, self.pass_steps
+                self.strategy, pipeline.context.input_pipeline_id, self.pass_steps
             )
-            self.steps = steps_per_epoch
+            self.steps = steps
             if read_on:
-                periods.log_reading_on(name, steps_per_epoch, self.pass_steps)
+                periods.log_reading_on(self.name, steps, self.pass_steps)
         elif read_on:  # one pass of a finite input, as on every other worker (see `read_on`)
-            self.steps = steps_per_epoch
+            self.steps = steps
         else:
-            self.steps = self._agreed_steps(pipeline, hook, steps_per_epoch, limit, pad_workers)
+            self.steps = self._agreed_steps(pipeline, hook, steps, limit, pad)
         if limit:
             self.steps = min(self.steps, limit)
-        self._iterators_made = 0
-        self._persistent = None
-        self._skip_fn = None
-        self.worker = pipeline.context.input_pipeline_id
-        self.states: input_positions.InputStates | None = None  # set by whoever keeps checkpoints
-        self._resume_step: int | None = None
-        self._host_dataset = None  # the checkpointable per-worker dataset of an infinite input
-        if self.infinite and not isinstance(strategy, tf.distribute.TPUStrategy) and len(datasets) == 1:
-            reason = input_positions.unsavable_reason(datasets[0])
-            if reason:
-                logging.info(
-                    "%s(): the input position cannot be saved (%s); a resumed run replays every batch "
-                    "since its start.",
-                    name,
-                    reason,
-                )
-            else:
-                self._host_dataset = input_positions.stack_replicas(datasets[0], pipeline.replicas)
+
+    def _checkpointable(self, datasets: list[tf.data.Dataset], pipeline: Pipeline) -> tf.data.Dataset | None:
+        """The per-worker dataset whose iterator position a checkpoint saves; None when there is none."""
+        if not self.infinite or isinstance(self.strategy, tf.distribute.TPUStrategy) or len(datasets) != 1:
+            return None
+        reason = input_positions.unsavable_reason(datasets[0])
+        if reason:
+            logging.info(
+                "%s(): the input position cannot be saved (%s); a resumed run replays every batch "
+                "since its start.",
+                self.name,
+                reason,
+            )
+            return None
+        return input_positions.stack_replicas(datasets[0], pipeline.replicas)
 
     def _agreed_steps(self, pipeline: Pipeline, hook: Hook, requested: int, limit: int, pad: bool) -> int:
         """Steps per pass, the same on every worker; see `pad_workers`.

@@ -31,15 +31,15 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from framework import tf_internals
+
 LARGE_STATE_BYTES = 16 << 20
 
 
 def unsavable_reason(dataset: tf.data.Dataset) -> str | None:
     """Why tf.data cannot save an iterator over `dataset` exactly; None when it can."""
     try:
-        graph = dataset._as_serialized_graph(
-            external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL
-        )
+        graph = tf_internals.serialized_graph(dataset)
     except (tf.errors.OpError, ValueError, TypeError) as e:
         message = getattr(e, "message", str(e)).split("}}")[-1].split(" [Op:")[0].strip()
         return message or type(e).__name__
@@ -118,17 +118,13 @@ def global_shuffle(
     Raises:
       ValueError: `dataset` is infinite or of unknown length.
     """
-    from tensorflow.python.data.experimental.ops import global_shuffle_op
-
     count = int(dataset.cardinality())
     if count < 0:
         raise ValueError(
             f"global_shuffle(dataset) needs a finite dataset of known length, got cardinality {count}; "
             "apply it before .repeat(), to a random-access source (from_tensor_slices, range, map)."
         )
-    shuffled = global_shuffle_op._global_shuffle(
-        dataset, seed=seed, reshuffle_each_iteration=reshuffle_each_iteration
-    )
+    shuffled = tf_internals.global_shuffle_dataset(dataset, seed, reshuffle_each_iteration)
     options = tf.data.Options()
     options.experimental_symbolic_checkpoint = True
     return shuffled.with_options(options)

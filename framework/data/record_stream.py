@@ -20,6 +20,19 @@ _COMPRESSIONS = (None, "", "ZLIB", "GZIP")
 _WHOLE_FILE = 2**62  # a batch size no file reaches
 
 
+def _check_arguments(seed: int, cycle_length: int, compression_type: str | None) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"shuffled_records(seed=...) must be an integer, got {type(seed).__name__}: {seed!r}")
+    if isinstance(cycle_length, bool) or not isinstance(cycle_length, numbers.Integral):
+        raise TypeError(f"shuffled_records(cycle_length=...) must be an integer, got {cycle_length!r}")
+    if cycle_length < 1:
+        raise ValueError(f"shuffled_records(cycle_length={cycle_length}) must be at least 1.")
+    if compression_type not in _COMPRESSIONS:
+        raise ValueError(
+            f"shuffled_records(compression_type={compression_type!r}) must be one of {_COMPRESSIONS}."
+        )
+
+
 def shuffled_records(
     files: str | Sequence[str],
     seed: int,
@@ -65,16 +78,7 @@ def shuffled_records(
         something other than paths.
     """
     paths = _paths(files)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"shuffled_records(seed=...) must be an integer, got {type(seed).__name__}: {seed!r}")
-    if isinstance(cycle_length, bool) or not isinstance(cycle_length, numbers.Integral):
-        raise TypeError(f"shuffled_records(cycle_length=...) must be an integer, got {cycle_length!r}")
-    if cycle_length < 1:
-        raise ValueError(f"shuffled_records(cycle_length={cycle_length}) must be at least 1.")
-    if compression_type not in _COMPRESSIONS:
-        raise ValueError(
-            f"shuffled_records(compression_type={compression_type!r}) must be one of {_COMPRESSIONS}."
-        )
+    _check_arguments(seed, cycle_length, compression_type)
     if input_context is not None and input_context.num_input_pipelines > 1:
         pipelines = input_context.num_input_pipelines
         if len(paths) < pipelines:

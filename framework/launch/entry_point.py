@@ -18,7 +18,6 @@ when `--config` is absent, still overridable with `--config.x=`.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ from ml_collections import config_flags
 
 from framework import config as config_lib
 from framework.checkpointing import checkpoint
-from framework.config import command_line
+from framework.config import command_line, config_file
 from framework.outputs import hparams, recorded_config
 from framework.sweeps import optuna_study
 from framework.trainer import modes
@@ -72,12 +71,7 @@ def _define_flags(argv: Sequence[str], default: ml_collections.ConfigDict | None
 
 
 def _load_config_file(spec: str) -> ml_collections.ConfigDict:
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_framework_config", path)
-    if module_spec is None or not os.path.exists(path):
-        raise config_lib.ConfigError(f"--config={spec}: no such config file {path!r}.")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module, arg = config_file.load_module(spec)
     return module.get_config(arg) if arg else module.get_config()
 
 

@@ -21,9 +21,7 @@ from collections.abc import Callable, Iterable
 
 import keras
 
-
-def keras_logs(logs: dict[str, float]) -> dict[str, float]:
-    return {("val_" + k[4:] if k.startswith("val/") else k): v for k, v in logs.items()}
+from framework.outputs import metrics_file
 
 
 class Periodic:
@@ -137,7 +135,7 @@ class Hooks:
 
     def train_end(self, logs: dict[str, float] | None) -> None:
         if self.active:
-            self.keras.on_train_end(keras_logs(logs or {}))
+            self.keras.on_train_end(metrics_file.keras_names(logs or {}))
 
     def epoch_begin(self, epoch: int) -> None:
         if self.active:
@@ -145,7 +143,7 @@ class Hooks:
 
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.active:
-            self.keras.on_epoch_end(epoch, keras_logs(logs))
+            self.keras.on_epoch_end(epoch, metrics_file.keras_names(logs))
 
     def batch_begin(self, index: int) -> None:
         if self.active:
@@ -153,6 +151,6 @@ class Hooks:
 
     def batch_end(self, index: int, step: int, logs: dict[str, float]) -> None:
         if self.active:
-            self.keras.on_train_batch_end(index, keras_logs(logs))
+            self.keras.on_train_batch_end(index, metrics_file.keras_names(logs))
         for hook in self.periodic:
             hook.maybe_run(self.trainer, step, logs)

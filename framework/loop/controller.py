@@ -48,7 +48,7 @@ from framework.loop.evaluation import Evaluator
 from framework.loop.nonfinite import NonFinitePolicy
 from framework.loop.profiling import StepProfiler
 from framework.loop.runner import Runner, StepFunction
-from framework.outputs import recorded_config, run_log
+from framework.outputs import metrics_file, recorded_config, run_log
 
 # Auto steps_per_execution: the first call's size, and every call's with config.deterministic.
 AUTO_STEPS = 32
@@ -332,7 +332,7 @@ class Controller:
         else:
             with periods.values_kept(t.checkpoint_state().get("metrics", []), t.strategy):
                 results = self.evaluator.evaluate()
-        val = {f"val/{k}": v for k, v in results.items()}
+        val = metrics_file.as_val(results)
         self.run_log.write("eval", t.step, t.epoch + 1, val)
         return val
 

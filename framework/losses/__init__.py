@@ -8,13 +8,15 @@
 See `framework.losses.reduction` for the reduction semantics and
 `framework.losses.library` / `framework.losses.triplet` /
 `framework.losses.contrastive` for the losses Keras lacks.
+
+May import: the shared leaves in framework/.
 """
 
-from framework.losses.algebra import BatchTerm, Loss, PredictionTerm, Regularizer, Sum, Term
+from framework.losses.algebra import BatchTerm, Loss, PredictionTerm, Sum, Term
 from framework.losses.contrastive import NTXent
 from framework.losses.library import Dice, RankNet, Tversky, WeightedBinaryCrossentropy
 from framework.losses.reduction import evaluate
-from framework.losses.regularizers import L1, L2, ModelLosses, kernels, with_layer_losses
+from framework.losses.regularizers import L1, L2, ModelLosses, Regularizer, kernels, with_layer_losses
 from framework.losses.result import LossResult
 from framework.losses.triplet import Triplet
 

@@ -25,7 +25,7 @@ Weight = float | Callable[[tf.Tensor], Any]
 REDUCTIONS = ("mean_with_sample_weight", "sum_over_batch_size")
 
 
-def _snake(name: str) -> str:
+def snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -198,7 +198,7 @@ class Term(Loss):
             return self.fn.name
         if self.fn is not None:
             return getattr(self.fn, "__name__", type(self.fn).__name__)
-        return _snake(type(self).__name__)
+        return snake_case(type(self).__name__)
 
     @property
     def name(self) -> str:
@@ -383,51 +383,6 @@ class BatchTerm(Term):
 
     def compute(self, y_true, y_pred):  # a BatchTerm is not per-example
         raise NotImplementedError
-
-
-class Regularizer(Term):
-    """A term computed from the model, counted once per step.
-
-    `Regularizer(fn)` wraps `fn(model) -> scalar`; subclasses may override
-    `regularization(model)` instead.
-
-    Args:
-      fn: `model -> scalar` penalty; None in a subclass that overrides `regularization`.
-      weight: a number or a schedule `step -> weight`, as for `Term`.
-      name: the key in `LossResult.terms`; default: `fn`'s name, else the class's.
-
-    Raises:
-      TypeError: no `fn` and `regularization` is not overridden.
-    """
-
-    kind = "regularizer"
-
-    def __init__(self, fn: Callable | None = None, *, weight: Weight = 1.0, name: str | None = None):
-        if fn is None and type(self).regularization is Regularizer.regularization:
-            raise TypeError("Regularizer needs fn(model) -> scalar.")
-        super().__init__(None, weight=weight, name=name)
-        self.reg_fn = fn
-
-    @property
-    def base_name(self) -> str:
-        if self.reg_fn is not None:
-            return getattr(self.reg_fn, "__name__", "regularizer")
-        return _snake(type(self).__name__)
-
-    def on(self, head: str) -> Term:
-        """`self`: a regularizer reads the model, not a head."""
-        return self
-
-    def regularization(self, model: keras.Model) -> tf.Tensor:
-        """The penalty for `model`'s current variables, counted once per step.
-
-        Args:
-          model: the model the objective trains.
-
-        Returns:
-          A scalar (cast to float32 by the caller).
-        """
-        return self.reg_fn(model)
 
 
 def _unique_names(terms: list[Term]) -> list[Term]:

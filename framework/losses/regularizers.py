@@ -7,9 +7,54 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from framework.losses.algebra import Loss, Regularizer, Weight
+from framework.losses.algebra import Loss, Term, Weight, snake_case
 
 Selector = Callable[[keras.Variable], bool]
+
+
+class Regularizer(Term):
+    """A term computed from the model, counted once per step.
+
+    `Regularizer(fn)` wraps `fn(model) -> scalar`; subclasses may override
+    `regularization(model)` instead.
+
+    Args:
+      fn: `model -> scalar` penalty; None in a subclass that overrides `regularization`.
+      weight: a number or a schedule `step -> weight`, as for `Term`.
+      name: the key in `LossResult.terms`; default: `fn`'s name, else the class's.
+
+    Raises:
+      TypeError: no `fn` and `regularization` is not overridden.
+    """
+
+    kind = "regularizer"
+
+    def __init__(self, fn: Callable | None = None, *, weight: Weight = 1.0, name: str | None = None):
+        if fn is None and type(self).regularization is Regularizer.regularization:
+            raise TypeError("Regularizer needs fn(model) -> scalar.")
+        super().__init__(None, weight=weight, name=name)
+        self.reg_fn = fn
+
+    @property
+    def base_name(self) -> str:
+        if self.reg_fn is not None:
+            return getattr(self.reg_fn, "__name__", "regularizer")
+        return snake_case(type(self).__name__)
+
+    def on(self, head: str) -> Term:
+        """`self`: a regularizer reads the model, not a head."""
+        return self
+
+    def regularization(self, model: keras.Model) -> tf.Tensor:
+        """The penalty for `model`'s current variables, counted once per step.
+
+        Args:
+          model: the model the objective trains.
+
+        Returns:
+          A scalar (cast to float32 by the caller).
+        """
+        return self.reg_fn(model)
 
 
 def kernels(variable: keras.Variable) -> bool:

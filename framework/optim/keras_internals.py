@@ -77,6 +77,15 @@ def inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     return optimizer
 
 
+def learning_rate_schedule(optimizer: keras.optimizers.Optimizer):
+    """The optimizer's learning rate as given (a schedule, a float, or None), unwrapping a LossScaleOptimizer.
+
+    Why: `optimizer.learning_rate` evaluates a schedule at the current step; only the private
+    `_learning_rate` holds the schedule object whose length `fit_schedule` fills in.
+    """
+    return getattr(inner(optimizer), "_learning_rate", None)
+
+
 def unknown_variables(optimizer: keras.optimizers.Optimizer, variables: list) -> list:
     """The variables Keras' `optimizer.apply` would refuse: not among those it was built with."""
     updating = inner(optimizer)

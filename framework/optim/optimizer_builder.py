@@ -25,6 +25,7 @@ from keras import optimizers as keras_optimizers
 from keras.optimizers import schedules as keras_schedules
 
 from framework.config import ConfigError
+from framework.optim import keras_internals
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise")
 
@@ -81,8 +82,7 @@ def build(cfg: ml_collections.ConfigDict) -> keras_optimizers.Optimizer:
 
 def fit_schedule(optimizer: keras_optimizers.Optimizer, total_updates: int) -> None:
     """Sets the length of a `decay_steps = 0` cosine schedule to the run's updates (before tracing)."""
-    schedule = getattr(optimizer, "_learning_rate", None)
-    schedule = getattr(getattr(optimizer, "inner_optimizer", None), "_learning_rate", schedule)
+    schedule = keras_internals.learning_rate_schedule(optimizer)
     if getattr(schedule, "fit_to_run", False):
         schedule.decay_steps = max(1, total_updates - schedule.warmup_steps)
 

@@ -16,6 +16,9 @@ from typing import Any
 
 from absl import logging
 
+from framework.config import keys
+from framework.outputs import metrics_file
+
 KEY_VALUES = (
     "seed",
     "batch_size",
@@ -43,12 +46,6 @@ def _api():
     return api
 
 
-def _lookup(config: Any, path: str) -> Any:
-    for part in path.split("."):
-        config = config[part]
-    return config
-
-
 def _scalar(value: Any) -> bool | int | float | str:
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
@@ -58,7 +55,7 @@ def hparams_of(config: Any, overrides: Iterable[str] = ()) -> dict[str, bool | i
     values = {}
     for path in (*KEY_VALUES, *overrides):
         try:
-            values[path] = _scalar(_lookup(config, path))
+            values[path] = _scalar(keys.lookup(config, path))
         except (KeyError, AttributeError):
             continue  # a free-section key this config does not have
     return values
@@ -102,9 +99,9 @@ def write_experiment(logdir: str, points: Sequence[Mapping[str, Any]], metric_ke
         same_type = values and len({type(v) for v in values}) == 1 and not isinstance(values[0], bool)
         hparams.append(api.HParam(key, api.Discrete(values) if same_type else None))
     metrics = [
-        api.Metric(key[len("val/") :], group="eval", display_name=key)
+        api.Metric(metrics_file.without_val(key), group="eval", display_name=key)
         for key in metric_keys
-        if key.startswith("val/")
+        if metrics_file.is_val(key)
     ]
     for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
         os.remove(old)  # one experiment description per sweep directory

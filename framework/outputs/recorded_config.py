@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import config as config_lib
+from framework.config import keys
 from framework.config.record_file import FILENAME, load
 from framework.config.record_file import retyped as _retyped
 from framework.optim import keras_internals
@@ -78,21 +79,6 @@ def write(workdir: str, content: dict) -> None:
     tf.io.gfile.rename(partial, path, overwrite=True)
 
 
-def _get(config: ml_collections.ConfigDict, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(config, ml_collections.ConfigDict) or part not in config:
-            return None
-        config = config[part]
-    return config
-
-
-def _set(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for part in parents:
-        config = config[part]
-    config[leaf] = value
-
-
 def wait_for(workdir: str, timeout_secs: float, poll_secs: float = 1.0) -> bool:
     """Waits until the run in `workdir` has recorded its config; False after `timeout_secs`."""
     deadline = time.monotonic() + timeout_secs
@@ -135,9 +121,9 @@ def for_mode(
         raise config_lib.ConfigError(f"{os.path.join(workdir, FILENAME)}: {e}") from None
     changed = []
     for path, value in overrides.items():
-        before = _get(base, path)
-        _set(base, path, value)
-        if before != value and path.split(".")[0] in STATE_KEYS:
+        before = keys.get(base, path)
+        keys.assign(base, path, value)
+        if before != value and keys.section_of(path) in STATE_KEYS:
             changed.append(f"--config.{path}={value!r} (the run had {before!r})")
     config_lib.check_values(base)
     logging.info("Starting from the run's recorded config %s.", os.path.join(workdir, FILENAME))

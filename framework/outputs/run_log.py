@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import log_values
-from framework.outputs import console
+from framework.outputs import console, metrics_file
 
 
 def to_floats(logs: Mapping) -> dict[str, float]:
@@ -84,7 +84,7 @@ class RunLog:
         self._scalar_fns: dict[tuple, object] = {}
         if self.enabled:
             tf.io.gfile.makedirs(workdir)  # gfile: the workdir may be a gs:// bucket
-            self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._jsonl = tf.io.gfile.GFile(metrics_file.path_of(workdir), "a")
 
     def _writer(self, split: str) -> tf.summary.SummaryWriter:
         if split not in self._writers:
@@ -103,8 +103,8 @@ class RunLog:
             for writer in self._writers.values():  # the epoch's scalars are on disk at its end
                 writer.flush()
             return  # its values were written at their own log points
-        train = {k: v for k, v in logs.items() if not k.startswith("val/")}
-        evals = {k[len("val/") :]: v for k, v in logs.items() if k.startswith("val/")}
+        train = {k: v for k, v in logs.items() if not metrics_file.is_val(k)}
+        evals = {metrics_file.without_val(k): v for k, v in logs.items() if metrics_file.is_val(k)}
         for split, values in (("train", train), ("eval", evals)):
             if values:
                 self._scalars(split, tuple(values))(
@@ -144,8 +144,8 @@ def _format(logs: Mapping[str, float], limit: int = 6) -> str:
 
 def _format_period(logs: Mapping[str, float], train_limit: int = 10) -> str:
     """A period's end: its first `train_limit` train values, then every validation value."""
-    train = {k: v for k, v in logs.items() if not k.startswith("val/")}
-    val = {k: v for k, v in logs.items() if k.startswith("val/")}
+    train = {k: v for k, v in logs.items() if not metrics_file.is_val(k)}
+    val = {k: v for k, v in logs.items() if metrics_file.is_val(k)}
     return " ".join(filter(None, (_format(train, train_limit), _format(val, len(val)))))
 
 

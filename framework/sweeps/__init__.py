@@ -5,5 +5,5 @@ Owns: `processes` (a config's `get_sweep(arg)` points, checked, named and run as
 trials that ask for it), `results` (final and best metrics of runs), `compare`, `run_plot`,
 `sweep_command` (the `framework-sweep` command).
 
-May import: config, outputs (`hparams`), and the shared leaves.
+May import: config, outputs (`hparams`, `metrics_file`), and the shared leaves.
 """

@@ -8,10 +8,8 @@ start again in their workdir, where training resumes from the latest checkpoint.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -25,33 +23,11 @@ from typing import Any
 import ml_collections
 
 from framework import config as config_lib
-from framework.config import command_line, sweep_space
+from framework.config import config_file
 
 STATUS_FILE = "sweep.json"
 LOG_FILE = "run.log"
 FINISHED = ("done", "pruned")
-FLAG_TYPES = (bool, int, float, str, tuple, list)
-
-
-def load_config_module(spec: str):
-    """The module of `path.py[:arg]` (a config file, or a one-file script) and its `arg`."""
-    path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        raise config_lib.ConfigError(f"--config={spec}: no such config file {path!r}.")
-    module_spec = importlib.util.spec_from_file_location("_framework_sweep_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    directory = os.path.dirname(os.path.abspath(path))
-    added = directory not in sys.path
-    if added:  # a script imports its neighbours as it would when run
-        sys.path.insert(0, directory)
-    try:
-        module_spec.loader.exec_module(module)
-    finally:
-        if added:
-            sys.path.remove(directory)
-    if not hasattr(module, "get_config"):
-        raise config_lib.ConfigError(f"{path} defines no get_config(): give --config=<config file>.")
-    return module, arg
 
 
 def load(spec: str, sweep_arg: str | None = None) -> tuple[ml_collections.ConfigDict, Any]:
@@ -60,7 +36,7 @@ def load(spec: str, sweep_arg: str | None = None) -> tuple[ml_collections.Config
     Raises:
       ConfigError: the file has no `get_sweep`, or it returns neither a list of dicts nor a dict.
     """
-    module, arg = load_config_module(spec)
+    module, arg = config_file.load_module(spec, "_framework_sweep_config")
     config = module.get_config(arg) if arg else module.get_config()
     if not hasattr(module, "get_sweep"):
         raise config_lib.ConfigError(
@@ -82,43 +58,6 @@ def load(spec: str, sweep_arg: str | None = None) -> tuple[ml_collections.Config
 def flag_value(value: Any) -> str:
     """`value` as the text of a `--config.key=` flag."""
     return value if isinstance(value, str) else repr(value)
-
-
-def apply(
-    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
-) -> ml_collections.ConfigDict:
-    """A copy of `config` with `overrides` set, checked like `--config.key=` flags and `resolve()`.
-
-    Raises:
-      ConfigError: naming `where` and the key: unknown (with "did you mean"), wrong type or bad value.
-    """
-    out = copy.deepcopy(config)
-    for path, value in overrides.items():
-        if isinstance(value, sweep_space.Range):
-            raise config_lib.ConfigError(
-                f"{where}: {path} is a range; a grid needs values (or --search=optuna)."
-            )
-        if value is not None and not isinstance(value, FLAG_TYPES):
-            raise config_lib.ConfigError(f"{where}: {path}={value!r} cannot be passed as a --config flag.")
-        try:
-            command_line.check_override(out, path)
-        except config_lib.ConfigError as e:
-            raise config_lib.ConfigError(f"{where}: {e}") from None
-        *parents, leaf = path.split(".")
-        node = out
-        for part in parents:
-            node = node[part]
-        try:
-            node[leaf] = tuple(value) if isinstance(value, list) else value
-        except (TypeError, ValueError) as e:
-            raise config_lib.ConfigError(
-                f"{where}: config.{path}={value!r} has the wrong type: {e}"
-            ) from None
-    try:
-        config_lib.resolve(out)
-    except config_lib.ConfigError as e:
-        raise config_lib.ConfigError(f"{where}: {e}") from None
-    return out
 
 
 def _format(value: Any) -> str:

@@ -8,29 +8,14 @@ that differ only in `seed` into mean ± std.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from framework.outputs.metrics_file import read_records
+
 NUMBER = (int, float)
-
-
-def read_records(workdir: str) -> list[dict]:
-    """The records of `workdir/metrics.jsonl`; [] if the run never logged."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash mid-write ends the readable part
-    return records
 
 
 def run_result(workdir: str, monitor: str = "val/loss", mode: str = "min") -> dict[str, Any]:

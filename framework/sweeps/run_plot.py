@@ -12,26 +12,25 @@ per-term losses) that the runs logged, up to `--max-panels`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 
 import matplotlib
+
+from framework.outputs import metrics_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_run(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise SystemExit(f"{workdir}: no metrics.jsonl (is it a run's workdir?)")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    if not metrics_file.exists(workdir):
+        raise SystemExit(f"{workdir}: no {metrics_file.FILENAME} (is it a run's workdir?)")
+    return metrics_file.read_records(workdir)
 
 
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    kind = "eval" if key.startswith("val/") else "train"
+    kind = "eval" if metrics_file.is_val(key) else "train"
     points = {}
     for record in records:
         value = record.get(key)

@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from framework import config as config_lib
-from framework.config import sweep_space
+from framework.config import command_line, sweep_space
+from framework.outputs import metrics_file
 from framework.sweeps import processes as sweeps
 from framework.sweeps import results
 from framework.sweeps.optuna_study import STUDY, TRIAL_ENV, import_optuna, make_pruner, storage
@@ -64,7 +65,36 @@ def check_space(config, space: Mapping[str, Any]) -> None:
         for value in values:
             if isinstance(dim, sweep_space.Range) and dim.kind == "int":
                 value = int(value)
-            sweeps.apply(config, {**corner, key: value}, f"search space {key}={value!r}")
+            command_line.apply_overrides(config, {**corner, key: value}, f"search space {key}={value!r}")
+
+
+def _check_search(config, space: Any, monitor: str, flags: list[str]) -> None:
+    """Raises ConfigError when `space` is no dict of ranges, `monitor` no val/ key, or a flag sets a searched key."""
+    if not isinstance(space, dict):
+        raise config_lib.ConfigError(
+            "--search=optuna: get_sweep returned a list of points; a search needs one dict of ranges, e.g. "
+            "{'optimizer.learning_rate': framework.config.log_uniform(1e-4, 1e-2)}."
+        )
+    if not metrics_file.is_val(monitor):
+        raise config_lib.ConfigError(f"--search=optuna: --monitor must be a val/ key, got {monitor!r}.")
+    check_space(config, space)
+    for key in space.keys() & {override[0] for f in flags if (override := command_line.override_of(f))}:
+        raise config_lib.ConfigError(f"--config.{key} is also set by the search space.")
+
+
+def _open_study(optuna, args, mode: str):
+    """The sweep's study in `args.workdir` (continued when it exists), with a sampler seeded for this run."""
+    os.makedirs(args.workdir, exist_ok=True)
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=storage(args.workdir),
+        direction="maximize" if mode == "max" else "minimize",
+        pruner=make_pruner(args.pruner, args.pruner_startup_trials),
+        load_if_exists=True,
+    )
+    # A rerun continues the study: the seed as before would draw the same points again.
+    study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
+    return study
 
 
 def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> list[sweeps.Run]:
@@ -83,28 +113,8 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
       ConfigError: Optuna is missing, `space` is not a dict of ranges, or `monitor` is not a val/ key.
     """
     optuna = import_optuna()
-    if not isinstance(space, dict):
-        raise config_lib.ConfigError(
-            "--search=optuna: get_sweep returned a list of points; a search needs one dict of ranges, e.g. "
-            "{'optimizer.learning_rate': framework.config.log_uniform(1e-4, 1e-2)}."
-        )
-    if not monitor.startswith("val/"):
-        raise config_lib.ConfigError(f"--search=optuna: --monitor must be a val/ key, got {monitor!r}.")
-    check_space(config, space)
-    for key in space.keys() & {
-        f[len("--config.") :].split("=")[0] for f in flags if f.startswith("--config.")
-    }:
-        raise config_lib.ConfigError(f"--config.{key} is also set by the search space.")
-    os.makedirs(args.workdir, exist_ok=True)
-    study = optuna.create_study(
-        study_name=STUDY,
-        storage=storage(args.workdir),
-        direction="maximize" if mode == "max" else "minimize",
-        pruner=make_pruner(args.pruner, args.pruner_startup_trials),
-        load_if_exists=True,
-    )
-    # A rerun continues the study: the seed as before would draw the same points again.
-    study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
+    _check_search(config, space, monitor, flags)
+    study = _open_study(optuna, args, mode)
     child = {
         "workdir": os.path.abspath(args.workdir),
         "monitor": monitor,

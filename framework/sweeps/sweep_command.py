@@ -29,6 +29,7 @@ import os
 import sys
 
 from framework import config as config_lib
+from framework.config import command_line
 from framework.outputs import hparams
 from framework.sweeps import processes as sweeps
 from framework.sweeps import results
@@ -51,7 +52,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--pruner_startup_trials", type=int, default=5, help="trials before any pruning")
     parser.add_argument("--seed", type=int, default=0, help="--search=optuna: the sampler's seed")
     args, flags = parser.parse_known_args(argv)
-    unknown = [f for f in flags if f.startswith("-") and not f.startswith("--config.") and "=" not in f]
+    unknown = [f for f in flags if f.startswith("-") and not command_line.override_of(f) and "=" not in f]
     if unknown:
         parser.error(f"unrecognized flags {unknown}; give run flags as --name=value")
     if args.parallel < 1:
@@ -65,8 +66,9 @@ def command_line_overrides(flags: list[str]) -> dict[str, object]:
     """`--config.key=text` flags as values: Python literals where they parse, else the text."""
     overrides = {}
     for flag in flags:
-        if flag.startswith("--config."):
-            key, _, text = flag[len("--config.") :].partition("=")
+        override = command_line.override_of(flag)
+        if override:
+            key, text = override[0], override[1] or ""
             try:
                 overrides[key] = ast.literal_eval(text)
             except (ValueError, SyntaxError):
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args, flags = parse(sys.argv[1:] if argv is None else argv)
     try:
         config, sweep = sweeps.load(args.config or args.script, args.sweep)
-        config = sweeps.apply(config, command_line_overrides(flags), "command line")
+        config = command_line.apply_overrides(config, command_line_overrides(flags), "command line")
     except config_lib.ConfigError as e:
         print(f"FATAL {e}", file=sys.stderr)
         return 2
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, point in enumerate(sweep):
                 for key in overridden & point.keys():
                     raise config_lib.ConfigError(f"--config.{key} is also set by sweep point {i}.")
-                sweeps.apply(config, point, f"sweep point {i} {point}")
+                command_line.apply_overrides(config, point, f"sweep point {i} {point}")
             runs = sweeps.plan(args.workdir, sweep)
             os.makedirs(args.workdir, exist_ok=True)
             print(f"Sweep: {len(runs)} runs in {args.workdir}, {args.parallel} at a time.", flush=True)

@@ -5,6 +5,6 @@ where they are made (`components`: `counters`, `phase_metrics`, `compiled_steps`
 `variables`, `host_reads`, `phases`), pre-flight checks (`input_checks`, `run_checks`), `modes`
 (eval, continuous eval, export), `reload` (`Trainer.from_workdir`).
 
-May import: loop, data, optim, checkpointing, outputs, config, losses, metrics, sweeps (the
-config-file loader), and the shared leaves.
+May import: loop, data, optim, checkpointing, outputs, config, losses, metrics, and the shared
+leaves.
 """

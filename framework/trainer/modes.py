@@ -21,6 +21,7 @@ from absl import logging
 
 from framework.checkpointing import checkpoint
 from framework.optim import keras_internals
+from framework.outputs import metrics_file
 from framework.outputs import run_log as logs
 
 
@@ -35,7 +36,7 @@ def evaluate_checkpoint(trainer, which: str | int = "latest") -> dict[str, float
     step = _restore(trainer, which)
     results = trainer.evaluate()
     logs.RunLog(trainer.workdir, enabled=trainer.is_chief).write(
-        "eval", step, trainer.epoch, {f"val/{k}": v for k, v in results.items()}
+        "eval", step, trainer.epoch, metrics_file.as_val(results)
     )
     logging.info("Evaluated checkpoint %d: %s", step, results)
     return results
@@ -58,7 +59,7 @@ def continuous_eval(trainer, *, timeout_secs: float = 600.0, poll_secs: float = 
                 logging.warning("Skipping checkpoint %d: %s", step, e)
                 continue
             results = trainer.evaluate()
-            run_log.write("eval", step, trainer.epoch, {f"val/{k}": v for k, v in results.items()})
+            run_log.write("eval", step, trainer.epoch, metrics_file.as_val(results))
             logging.info("continuous_eval: step %d: %s", step, logs.to_floats(results))
             deadline = time.monotonic() + timeout_secs
             if final:

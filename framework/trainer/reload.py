@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import config as config_lib
+from framework.config import command_line, keys
 from framework.outputs import console, recorded_config
 
 
@@ -29,8 +30,6 @@ def from_workdir(
     **kwargs: Any,
 ):
     """See `framework.Trainer.from_workdir`."""
-    from framework.sweeps import processes as sweeps  # the --config.key= checks live with the command line
-
     if not tf.io.gfile.isdir(workdir):
         raise FileNotFoundError(
             f"{trainer_cls.__name__}.from_workdir: {workdir} is not a directory; give the workdir a "
@@ -46,11 +45,13 @@ def from_workdir(
         )
     recorded.distribution = here
     overrides = dict(overrides or {})
-    config = sweeps.apply(recorded, overrides, f"{trainer_cls.__name__}.from_workdir({workdir!r}) overrides")
+    config = command_line.apply_overrides(
+        recorded, overrides, f"{trainer_cls.__name__}.from_workdir({workdir!r}) overrides"
+    )
     changed = [
-        f"{path}={value!r} (the run had {_get(recorded, path)!r})"
+        f"{path}={value!r} (the run had {keys.get(recorded, path)!r})"
         for path, value in overrides.items()
-        if path.split(".")[0] in recorded_config.STATE_KEYS and _get(recorded, path) != value
+        if keys.section_of(path) in recorded_config.STATE_KEYS and keys.get(recorded, path) != value
     ]
     if changed:
         logging.warning(
@@ -68,11 +69,3 @@ def from_workdir(
     console.show_info()
     logging.info("from_workdir: restored checkpoint %s of %s: step %d.", repr(which), workdir, step)
     return trainer
-
-
-def _get(config, path: str) -> Any:
-    for part in path.split("."):
-        if part not in config:
-            return None
-        config = config[part]
-    return config
