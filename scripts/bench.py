@@ -51,7 +51,7 @@ CONTENDERS = ["fit_default", "fit_trimmed", *BARE, *KERAS, "orbit"]
 QUICK_CONTENDERS = ["fit_default", "fit_trimmed", "bare_32", "bare_chunk", "keras_spe32"]
 # workload: batch, rows (one epoch), epochs per timed chunk, rounds by default.
 WORKLOADS = {
-    "mlp": {"batch": 64, "rows": 32768, "epochs_per_chunk": 4},  # 512 steps an epoch: overhead-bound
+    "mlp": {"batch": 64, "rows": 32768, "epochs_per_chunk": 16},  # 512 steps an epoch: overhead-bound
     "resnet": {"batch": 32, "rows": 32 * 12, "epochs_per_chunk": 1},  # configs/images.py's ResNet
     "lm": {"batch": 8, "rows": 8 * 12, "epochs_per_chunk": 1},  # configs/lm.py's Transformer
 }
@@ -163,6 +163,10 @@ class _Contender:
         config.epochs = 0
         config.optimizer.name = "sgd"
         config.optimizer.learning_rate = 0.01
+        # A/B of a setting (scripts/bench_ab.py): BENCH_FIT_CONFIG='{"checkpoint.every_epochs": 0}'
+        for key, value in json.loads(os.environ.get("BENCH_FIT_CONFIG", "{}")).items():
+            section, _, leaf = key.rpartition(".")
+            (config[section] if section else config)[leaf] = value
         if self.name == "fit_default":
             self.tmp = tempfile.TemporaryDirectory(prefix="bench_fit_")
             self.trainer = Bench(config, workdir=os.path.join(self.tmp.name, "run"))
@@ -303,19 +307,28 @@ def _current_rss_mb() -> float:
 
 def worker(name: str, kind: str, quick: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The replies go to the real stdout; whatever else prints (Orbit's train lines) goes to stderr.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply(message: dict) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
     sys.path.insert(0, ROOT)
     spec = QUICK_WORKLOAD if quick else WORKLOADS[kind]
     try:
         contender = _Contender(name, kind, spec)
     except (ImportError, ValueError, TypeError) as e:  # orbit not installed; a Keras without spe "auto"
-        print(json.dumps({"unavailable": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+        reply({"unavailable": f"{type(e).__name__}: {e}"[:300]})
         return
     steps = contender.steps_per_epoch * contender.epochs
-    print(json.dumps({"ready": True, "steps": steps}), flush=True)
+    reply({"ready": True, "steps": steps})
     for line in sys.stdin:
         command = line.strip()
         if command == "check":
-            print(json.dumps(contender.check()), flush=True)
+            reply(contender.check())
             continue
         if command not in ("chunk", "epoch"):
             break
@@ -323,8 +336,15 @@ def worker(name: str, kind: str, quick: bool) -> None:
         contender.chunk()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"wall": wall, "cpu": cpu, "rss_mb": peak, "now_mb": _current_rss_mb(),
-                          "traces": contender.trace_count()}), flush=True)  # fmt: skip
+        reply(
+            {
+                "wall": wall,
+                "cpu": cpu,
+                "rss_mb": peak,
+                "now_mb": _current_rss_mb(),
+                "traces": contender.trace_count(),
+            }
+        )
 
 
 # ---- orchestrator ---------------------------------------------------------------
@@ -332,10 +352,22 @@ def worker(name: str, kind: str, quick: bool) -> None:
 
 def spawn(name: str, kind: str, quick: bool = False, root: str = ROOT):
     """Starts a worker of checkout `root`; returns (process, steps per chunk) or (None, why unavailable)."""
+    return ready(start(name, kind, quick, root))
+
+
+def start(name: str, kind: str, quick: bool = False, root: str = ROOT) -> subprocess.Popen:
+    """Starts a worker of checkout `root` (`ready` waits for it: start them all, then wait)."""
     args = [sys.executable, os.path.join(root, "scripts", "bench.py"), "--worker", name, kind]
     env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+    log = open(os.path.join(tempfile.gettempdir(), f"bench_{name}_{kind}.log"), "w")  # noqa: SIM115
     proc = subprocess.Popen(args + (["--quick"] if quick else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+                            stderr=log, text=True, env=env)  # fmt: skip
+    proc.log_path = log.name
+    return proc
+
+
+def ready(proc: subprocess.Popen):
+    """(process, steps per chunk) once the worker has built its contender, or (None, why unavailable)."""
     header = json.loads(proc.stdout.readline() or '{"unavailable": "worker died while starting"}')
     if "unavailable" in header:
         proc.wait(timeout=60)
@@ -348,12 +380,13 @@ def request(proc, command: str = "chunk") -> dict:
     proc.stdin.flush()
     line = proc.stdout.readline()
     if not line:
-        raise RuntimeError("benchmark worker died")
+        raise RuntimeError(f"benchmark worker died; its log: {getattr(proc, 'log_path', '?')}")
     return json.loads(line)
 
 
 def run_workload(kind: str, rounds: int, contenders: list[str], quick: bool = False) -> dict:
-    started = {c: spawn(c, kind, quick) for c in contenders}
+    started = {c: start(c, kind, quick) for c in contenders}
+    started = {c: ready(proc) for c, proc in started.items()}
     procs = {c: p for c, (p, _) in started.items() if p is not None}
     unavailable = {c: why for c, (p, why) in started.items() if p is None}
     names = list(procs)

@@ -94,6 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     absl_logging.set_verbosity(absl_logging.INFO)
     config = framework.config.defaults()
+    config.checkpoint.min_interval_secs = 0  # every due save: the tests resume from them
     config.batch_size, config.epochs = 16, 2
     config.distribution.strategy = "multi_worker"
     config.task.mode = args.mode
