@@ -262,6 +262,7 @@ class Controller:
                 )
             raise
         finally:
+            self.run_log.flush()  # the TensorBoard scalars of log points after the last epoch end
             if self.checkpoints is not None:
                 self.checkpoints.close()  # waits for pending writes; reopened on demand
                 self.checkpoints = None

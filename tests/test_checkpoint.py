@@ -274,7 +274,9 @@ def test_min_interval_skips_epoch_saves_but_saves_the_end_and_a_second_fit_resum
     resumed = _trainer(tmp_path / "spaced", epochs=3, **{"checkpoint.min_interval_secs": 3600})
     assert resumed.fit() == [] and resumed.step == 18
     for trained in (spaced, resumed):
-        assert all(np.array_equal(a, b) for a, b in zip(weights_of(every_epoch.model), weights_of(trained.model)))
+        assert all(
+            np.array_equal(a, b) for a, b in zip(weights_of(every_epoch.model), weights_of(trained.model))
+        )
 
 
 def test_sigterm_within_the_min_interval_saves_and_the_rerun_ends_bitwise_equal(tmp_path):
