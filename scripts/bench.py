@@ -438,6 +438,65 @@ def targets(rows: dict) -> dict:
     return out
 
 
+def split(rounds: int) -> dict:
+    """Where fit_default's CPU time goes, in one process, against bare_chunk's in the same rounds (MLP).
+
+    Wraps the controller's parts with CPU timers: the compiled train calls (per step: the
+    loop body; per call: TensorFlow's call), the log points (means, metrics.jsonl,
+    TensorBoard, progress), the checkpoints (open, saves, the final wait) and the rest of
+    fit() (epoch starts, iterators, hooks). Milliseconds per chunk, medians over rounds.
+    Orbax writes in background threads, whose CPU lands in whatever part is running then.
+    """
+    import collections
+
+    from framework import checkpoint
+
+    spec = WORKLOADS["mlp"]
+    fit, bare = _Contender("fit_default", "mlp", spec), _Contender("bare_chunk", "mlp", spec)
+    ctl = fit.trainer.controller
+    parts = collections.defaultdict(float)
+
+    def timed(owner, attr: str, label: str) -> None:
+        inner = getattr(owner, attr)
+
+        def wrapper(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                parts[label] += time.process_time() - start
+
+        setattr(owner, attr, wrapper)
+
+    fit.chunk(), bare.chunk()  # warm-up
+    timed(ctl, "_call", "train calls")
+    timed(ctl, "_log_point", "log points")
+    for attr in ("save", "close", "__init__"):
+        timed(checkpoint.Checkpoints, attr, "checkpoints")
+    rows = collections.defaultdict(list)
+    for _ in range(rounds):
+        parts.clear()
+        start = time.process_time()
+        fit.chunk()
+        rows["fit_default"].append(time.process_time() - start)
+        for label in ("train calls", "log points", "checkpoints"):
+            rows[label].append(parts[label])
+        rows["rest of fit()"].append(rows["fit_default"][-1] - sum(parts.values()))
+        start = time.process_time()
+        bare.chunk()
+        rows["bare_chunk"].append(time.process_time() - start)
+    steps = fit.steps_per_epoch * fit.epochs
+    out = {k: statistics.median(v) * 1e3 for k, v in rows.items()}
+    print(
+        f"\nWhere fit_default's CPU time goes (MLP, {steps} steps a chunk, ms per chunk, medians of {rounds}):\n"
+    )
+    print("| part | ms per chunk | share of fit_default | µs per step |")
+    print("|---|---|---|---|")
+    for k, v in out.items():
+        print(f"| {k} | {v:.1f} | {v / out['fit_default']:.1%} | {v / steps * 1e3:.1f} |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=2, metavar=("CONTENDER", "WORKLOAD"))
@@ -449,7 +508,12 @@ def main() -> None:
     parser.add_argument("--contenders", help="comma-separated contenders (default: all)")
     parser.add_argument("--json", help="write results here")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--split", action="store_true", help="only: where fit_default's time goes (MLP)")
     args = parser.parse_args()
+    if args.split:
+        sys.path.insert(0, ROOT)
+        split(args.rounds)
+        return
     if args.worker:
         worker(args.worker[0], args.worker[1], args.quick)
         return
