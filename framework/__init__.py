@@ -12,7 +12,7 @@ if __name__ == "__main__":
     framework.run(MyTrainer)
 
 The public names are `__all__`, each imported on first use: `import framework`
-(and `import framework.sweeps`, `framework.results`, `framework.config`) starts
+(and `import framework.sweeps`, `framework.sweeps.results`, `framework.config`) starts
 no TensorFlow; `framework.Trainer` or `framework.losses` does.
 """
 
@@ -25,31 +25,31 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # orbax imports JAX: keep it off accelerators
 
-from framework import console  # noqa: E402 - absl only
+from framework.outputs import console  # noqa: E402 - absl only
 
 console.quiet_libraries()
 
 if TYPE_CHECKING:
     from framework import config, data, distribute, losses, metrics
-    from framework.callbacks import Periodic
-    from framework.keras_internals import ema_weights
-    from framework.launch import run
+    from framework.launch.entry_point import run
     from framework.log_values import Weighted
-    from framework.trainer import StepLoss, Trainer
+    from framework.loop.callbacks import Periodic
+    from framework.optim.keras_internals import ema_weights
+    from framework.trainer.trainer import StepLoss, Trainer
 
 # Public name -> (module, attribute); None: the module itself.
 _PUBLIC = {
-    "Periodic": ("framework.callbacks", "Periodic"),
-    "StepLoss": ("framework.trainer", "StepLoss"),
-    "Trainer": ("framework.trainer", "Trainer"),
+    "Periodic": ("framework.loop.callbacks", "Periodic"),
+    "StepLoss": ("framework.trainer.trainer", "StepLoss"),
+    "Trainer": ("framework.trainer.trainer", "Trainer"),
     "Weighted": ("framework.log_values", "Weighted"),
     "config": ("framework.config", None),
     "data": ("framework.data", None),
     "distribute": ("framework.distribute", None),
-    "ema_weights": ("framework.keras_internals", "ema_weights"),
+    "ema_weights": ("framework.optim.keras_internals", "ema_weights"),
     "losses": ("framework.losses", None),
     "metrics": ("framework.metrics", None),
-    "run": ("framework.launch", "run"),
+    "run": ("framework.launch.entry_point", "run"),
 }
 
 __all__ = [

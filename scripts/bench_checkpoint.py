@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import framework  # noqa: E402
-from framework import checkpoint, losses  # noqa: E402
+from framework import losses  # noqa: E402
+from framework.checkpointing import checkpoint
 from framework.data import DistributedInput  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Resume cost of an endless input: restoring the saved position vs replaying every batch.
 
 For each pipeline, one iterator is advanced to each resume step and its
-position saved (`framework.input_state.InputStates`, as a checkpoint does).
+position saved (`framework.data.input_positions.InputStates`, as a checkpoint does).
 Then, per step and method, a fresh `DistributedInput` (one CPU device) is
 built and positioned, and the first batch after the position drawn; the time
 from the start to that batch is what a resumed run waits before its first new
@@ -34,7 +34,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from framework import data, input_state  # noqa: E402
+from framework import data  # noqa: E402
+from framework.data import input_positions
 
 BATCH = 32
 SIDE = 16
@@ -107,7 +108,7 @@ def _input(hook, strategy, steps):
 def save_positions(hook, strategy, steps: list[int], directory: str) -> int:
     """Saves the positions at `steps`; returns the size in bytes of the last one."""
     source = _input(hook, strategy, max(steps))
-    source.states = input_state.InputStates(directory, 0)
+    source.states = input_positions.InputStates(directory, 0)
     iterator, at = source.iterator(0), 0
     for step in steps:
         _advance(iterator, tf.constant(step - at, tf.int64))
@@ -121,7 +122,7 @@ def resume_time(hook, strategy, step: int, directory: str | None) -> tuple[float
     wall, cpu = time.perf_counter(), time.process_time()
     source = _input(hook, strategy, step)
     if directory:
-        source.states = input_state.InputStates(directory, 0)
+        source.states = input_positions.InputStates(directory, 0)
         source.resume_at(step)
     next(source.iterator(0, skip=step))
     return time.process_time() - cpu, time.perf_counter() - wall

@@ -1,4 +1,4 @@
-"""Compares runs: a table of their final `val/` metrics and an overlay plot: `framework.compare`.
+"""Compares runs: a table of their final `val/` metrics and an overlay plot: `framework.sweeps.compare`.
 
 python scripts/compare_runs.py runs/digits-sweep/*/ --out compare.png   # or: framework-compare ...
 """
@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from framework.compare import main  # noqa: E402
+from framework.sweeps.compare import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Plots loss and metric curves of runs into a PNG: `framework.run_plot`.
+"""Plots loss and metric curves of runs into a PNG: `framework.sweeps.run_plot`.
 
 python scripts/plot_run.py runs/imbalanced_bce runs/imbalanced_focal --out compare.png
 """
@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from framework.run_plot import main  # noqa: E402
+from framework.sweeps.run_plot import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

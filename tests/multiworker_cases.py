@@ -358,7 +358,7 @@ def run_case(name: str, strategy, root: str, step_seconds: float) -> dict:
         "history": history,
         "step": trainer.step,
         "epoch": trainer.epoch,
-        "lr": float(framework.optimizer_builder.current_learning_rate(trainer.optimizer)),
+        "lr": float(framework.optim.optimizer_builder.current_learning_rate(trainer.optimizer)),
     }
     if hasattr(trainer, "draws"):
         result["draws"] = trainer.draws()

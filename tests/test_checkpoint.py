@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from timeouts import seconds
 
-from framework import checkpoint, modes
+from framework.checkpointing import checkpoint
+from framework.trainer import modes
 
 from toys import ArrayTrainer, blobs, config, mlp, weights_of
 

@@ -20,7 +20,7 @@ from absl import flags
 from test_launch import ROOT, run_script
 
 import framework
-from framework import logs
+from framework.outputs import run_log
 
 from toys import ArrayTrainer, ExampleCount, blobs, config, mlp
 
@@ -178,7 +178,7 @@ def test_the_period_line_shows_every_validation_value(caplog):
         f"val/{h}/{m}": 0.125 + i for i, (h, m) in enumerate((h, m) for h in heads for m in ("a", "b", "c"))
     }
     val.update({"val/loss": 2.0, "val/loss/raw": 3.0})
-    progress = logs.Progress(interactive=False)
+    progress = run_log.Progress(interactive=False)
     with caplog.at_level(logging.INFO, logger="absl"):
         progress.start_epoch(1, 1, 10)
         progress.end_epoch({**train, **val})

@@ -18,8 +18,10 @@ import pytest
 import tensorflow as tf
 
 import framework
-from framework import checkpoint, logs, runner
-from framework.controller import Controller
+from framework.checkpointing import checkpoint
+from framework.loop import runner
+from framework.loop.controller import Controller
+from framework.outputs import run_log as logs
 
 from toys import ArrayTrainer, blobs, config, mlp
 
@@ -48,7 +50,7 @@ class StubStep:
 
 
 class StubRunner:
-    """Everything `framework.runner.Runner` lists, in plain Python around two variables."""
+    """Everything `framework.loop.runner.Runner` lists, in plain Python around two variables."""
 
     def __init__(self, workdir=None, **config):
         self.config = framework.config.resolve(

@@ -108,9 +108,9 @@ def test_warmup_cosine_schedule_follows_keras_and_is_logged(tmp_path):
 
 
 def test_weight_decay_zero_turns_adamw_decay_off_and_unset_keeps_keras_default():
-    unset = framework.optimizer_builder.build(config(**{"optimizer.name": "adamw"}).optimizer)
+    unset = framework.optim.optimizer_builder.build(config(**{"optimizer.name": "adamw"}).optimizer)
     assert unset.weight_decay == pytest.approx(keras.optimizers.AdamW().weight_decay)
-    zero = framework.optimizer_builder.build(
+    zero = framework.optim.optimizer_builder.build(
         config(**{"optimizer.name": "adamw", "optimizer.weight_decay": 0}).optimizer
     )
     assert zero.weight_decay == 0.0

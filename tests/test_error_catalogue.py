@@ -15,7 +15,7 @@ import tensorflow as tf
 from timeouts import seconds
 
 from framework import losses
-from framework.checkpoint import CheckpointMismatch
+from framework.checkpointing.checkpoint import CheckpointMismatch
 from framework.config import ConfigError
 
 from toys import ArrayTrainer, blobs, config, mlp

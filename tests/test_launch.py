@@ -221,7 +221,7 @@ def test_a_one_file_script_runs_with_its_own_config_from_absl_and_from_plain_pyt
 
 def test_a_misspelt_key_over_the_scripts_own_config_fails_before_any_work(capsys):
     import framework
-    from framework import launch
+    from framework.launch import entry_point as launch
 
     def get_config():
         config = framework.config.defaults()

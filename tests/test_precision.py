@@ -86,7 +86,7 @@ def overflow_batches():
 
 
 def test_keras_loss_scale_optimizer_alone_writes_inf_when_only_replica_1_overflows():
-    """Documents the Keras 3.15 bug the framework routes around (see framework/updates.py).
+    """Documents the Keras 3.15 bug the framework routes around (see framework/optim/updates.py).
 
     If this starts failing, Keras has fixed LossScaleOptimizer under MirroredStrategy.
     """

@@ -85,7 +85,7 @@ SIGNATURES = {
     "Trainer.train_step": "(self, batch) -> 'dict'",
     "Trainer.eval_step": "(self, batch) -> 'dict'",
     "Trainer.predict_step": "(self, batch)",
-    "Trainer.compute_loss": "(self, y, y_pred, sample_weight=None, *, loss: 'Loss | None' = None, prefix: 'str' = '', model: 'keras.Model | None | type[_Default]' = <class 'framework.trainer._Default'>) -> 'StepLoss'",
+    "Trainer.compute_loss": "(self, y, y_pred, sample_weight=None, *, loss: 'Loss | None' = None, prefix: 'str' = '', model: 'keras.Model | None | type[_Default]' = <class 'framework.trainer.trainer._Default'>) -> 'StepLoss'",
     "Trainer.apply_gradients": "(self, tape: 'tf.GradientTape', loss: 'tf.Tensor', variables=None, optimizer=None) -> 'None'",
     "Trainer.update_metrics": "(self, y, y_pred, sample_weight=None) -> 'None'",
     "Trainer.add_optimizer": "(self, optimizer: 'keras.optimizers.Optimizer', variables, *, name: 'str | None' = None)",
@@ -139,7 +139,7 @@ SIGNATURES = {
 }
 
 OTHER_SIGNATURES = {
-    "framework.pruning.OptunaPruning": "(trial, monitor: 'str', *, finish_pruned: 'bool' = False)",
+    "framework.sweeps.pruning.OptunaPruning": "(trial, monitor: 'str', *, finish_pruned: 'bool' = False)",
 }
 
 
@@ -179,9 +179,9 @@ def test_signatures_of_user_facing_callables():
 
 
 def test_signatures_outside_the_package_namespace():
-    from framework import pruning
+    from framework.sweeps import pruning
 
-    assert _signature(pruning.OptunaPruning) == OTHER_SIGNATURES["framework.pruning.OptunaPruning"]
+    assert _signature(pruning.OptunaPruning) == OTHER_SIGNATURES["framework.sweeps.pruning.OptunaPruning"]
 
 
 def test_unknown_attribute_names_the_module():
@@ -194,13 +194,14 @@ def test_unknown_attribute_names_the_module():
     [
         "framework",
         "framework.sweeps",
-        "framework.results",
-        "framework.search",
+        "framework.sweeps.processes",
+        "framework.sweeps.results",
+        "framework.sweeps.search",
         "framework.config",
-        "framework.optuna_study",
-        "framework.hparams",
-        "framework.sweep_command",
-        "framework.compare",
+        "framework.sweeps.optuna_study",
+        "framework.outputs.hparams",
+        "framework.sweeps.sweep_command",
+        "framework.sweeps.compare",
     ],
 )
 def test_sweep_parts_import_without_tensorflow(module):

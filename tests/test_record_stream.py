@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from timeouts import seconds
 
-from framework import data, input_state
+from framework import data
+from framework.data import input_positions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTS = (5, 9, 0, 7, 4)  # records per file, one file empty
@@ -116,7 +117,7 @@ def test_the_saved_position_holds_no_records(tmp_path):
     for record_bytes in (64, 3072):
         files = _write(str(tmp_path), counts=(64,) * 4, record_bytes=record_bytes)
         indexed = data.shuffled_records(files, 1, cycle_length=2).map(_decode).batch(8).prefetch(2)
-        assert input_state.unsavable_reason(indexed) is None
+        assert input_positions.unsavable_reason(indexed) is None
         buffered = tf.data.Dataset.from_tensor_slices(files).interleave(
             tf.data.TFRecordDataset, cycle_length=2
         )
@@ -179,7 +180,7 @@ def test_an_op_that_cannot_save_its_state_is_named_once_and_the_run_replays(tmp_
     files = _write(str(tmp_path))
     lengths = data.shuffled_records(files, 1).map(tf.strings.length)
     dataset = lengths.bucket_by_sequence_length(lambda n: n, [10], [4, 4])
-    states = input_state.InputStates(str(tmp_path / "input"), 0)
+    states = input_positions.InputStates(str(tmp_path / "input"), 0)
     iterator = iter(dataset)
     next(iterator)
     with caplog.at_level(logging.WARNING, logger="absl"):

@@ -6,7 +6,7 @@ import logging
 import keras
 import pytest
 
-from framework import runconfig
+from framework.outputs import recorded_config
 
 from toys import ArrayTrainer, blobs, config, mlp
 
@@ -47,7 +47,7 @@ def test_later_modes_start_from_the_recorded_config_with_overrides_on_top(tmp_pa
     given = config(**{"model.widths": (2, 2), "batch_size": 8, "debug.limit_eval_steps": 1})
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        merged = runconfig.for_mode(given, {"batch_size": 8}, str(tmp_path))
+        merged = recorded_config.for_mode(given, {"batch_size": 8}, str(tmp_path))
     assert merged.checkpoint.best_metric == "loss" and merged.optimizer.schedule == "piecewise"
     assert merged.optimizer.boundaries == (3,) and merged.model.widths == (4, 8) and merged.batch_size == 8
     assert merged.debug.limit_eval_steps == 1
@@ -56,10 +56,10 @@ def test_later_modes_start_from_the_recorded_config_with_overrides_on_top(tmp_pa
     ]  # batch_size does not change what the checkpoints hold
 
     with caplog.at_level(logging.WARNING):
-        merged = runconfig.for_mode(given, {"checkpoint.best_metric": "acc"}, str(tmp_path))
+        merged = recorded_config.for_mode(given, {"checkpoint.best_metric": "acc"}, str(tmp_path))
     assert merged.checkpoint.best_metric == "acc"
     assert "--config.checkpoint.best_metric='acc' (the run had 'loss')" in caplog.text
-    assert runconfig.for_mode(given, {}, str(tmp_path / "elsewhere")) is given  # nothing recorded
+    assert recorded_config.for_mode(given, {}, str(tmp_path / "elsewhere")) is given  # nothing recorded
 
 
 def test_restoring_best_without_a_best_metric_says_so(tmp_path):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from framework import checkpoint, losses
+from framework import losses
+from framework.checkpointing import checkpoint
 
 from toys import ArrayTrainer, blobs, config, mlp, weights_of
 

@@ -24,7 +24,7 @@ import stream_cases
 import tensorflow as tf
 from timeouts import seconds
 
-from framework import input_state
+from framework.data import input_positions
 
 from toys import free_ports
 
@@ -124,7 +124,7 @@ def test_an_input_tf_data_cannot_restore_names_why_and_resumes_exactly_by_replay
 
 def test_only_a_reshuffle_batched_then_repeated_is_flagged():
     def flagged(dataset):
-        reason = input_state.unsavable_reason(dataset)
+        reason = input_positions.unsavable_reason(dataset)
         return reason is not None and "batched before it is repeated" in reason
 
     numbers = tf.data.Dataset.range(50)

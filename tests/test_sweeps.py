@@ -11,7 +11,8 @@ import pytest
 from timeouts import seconds
 
 from framework import config as config_lib
-from framework import pruning, sweeps
+from framework.sweeps import processes as sweeps
+from framework.sweeps import pruning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,7 +259,7 @@ def test_optuna_pruning_callback_in_a_hand_written_objective():
 
 
 def test_without_tensorboard_runs_write_no_hparams_and_do_not_fail(monkeypatch, tmp_path):
-    from framework import hparams
+    from framework.outputs import hparams
 
     monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams", None)  # as if not installed
     config = config_lib.defaults()

@@ -11,7 +11,7 @@ from toys import ArrayTrainer, blobs, config, max_abs_diff, mlp, weights_of
 
 def xla_functions(fn) -> int:
     """How many functions in a tf.function's graph must be compiled by XLA."""
-    fn = getattr(fn, "function", fn)  # framework.loop.StepFunction wraps the tf.function
+    fn = getattr(fn, "function", fn)  # framework.loop.step_function.StepFunction wraps the tf.function
     concrete = fn.get_concrete_function() if not fn._list_all_concrete_functions() else None
     concrete = concrete or fn._list_all_concrete_functions()[0]
     library = concrete.graph.as_graph_def().library.function
