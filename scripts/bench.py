@@ -449,7 +449,7 @@ def split(rounds: int) -> dict:
     """
     import collections
 
-    from framework import checkpoint
+    from framework.checkpointing import checkpoint
 
     spec = WORKLOADS["mlp"]
     fit, bare = _Contender("fit_default", "mlp", spec), _Contender("bare_chunk", "mlp", spec)
