@@ -220,6 +220,7 @@ def _contrastive(step: str):
 
 def base_config(**task):
     config = framework.config.defaults()
+    config.checkpoint.min_interval_secs = 0  # every due save: the tests resume from them
     config.batch_size = BATCH
     config.epochs = 2
     config.steps_per_execution = 2

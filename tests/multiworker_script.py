@@ -25,6 +25,7 @@ if "weights_out" not in flags.FLAGS:  # this file is also loaded as the config m
 
 def get_config(arg=None):
     config = framework.config.defaults()
+    config.checkpoint.min_interval_secs = 0  # every due save: the tests resume from them
     config.batch_size = 16
     config.epochs = 2
     config.steps_per_execution = 2

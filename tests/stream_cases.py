@@ -189,6 +189,7 @@ def config(
 ):
     """`epochs` periods of 5 steps: epochs of `steps_per_epoch`, or evaluation intervals of a step-based run."""
     c = framework.config.defaults()
+    c.checkpoint.min_interval_secs = 0  # every due save: the tests resume from them
     c.batch_size = 8
     c.epochs = epochs
     c.steps_per_epoch = 5

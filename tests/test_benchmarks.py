@@ -24,12 +24,19 @@ def _run(script, *args, timeout=900):
 @pytest.mark.slow
 def test_training_loop_benchmark_quick(tmp_path):
     out = tmp_path / "bench.json"
-    _run("bench.py", "--quick", "--json", str(out))
-    results = json.loads(out.read_text())["mlp/batch64"]
-    assert set(results) == {"fit_default", "bare", "keras_spe32"}
-    assert results["bare"]["cpu_ratio_to_bare"] == 1.0
-    assert results["fit_default"]["traces"] == 1  # one trace over all the epochs
-    assert all(r["steps_per_cpu_s"] > 0 for r in results.values())
+    table = _run("bench.py", "--quick", "--markdown", "--json", str(out))
+    results = json.loads(out.read_text())["mlp"]
+    rows = {k: v for k, v in results.items() if not k.startswith("_")}
+    assert set(rows) == {"fit_default", "fit_trimmed", "bare_32", "bare_chunk", "keras_spe32"}
+    # The work check: every contender ran the same steps to the same loss as the fastest bare loop.
+    steps = {r["optimizer_steps"] for r in rows.values()}
+    assert len(steps) == 1 and steps.pop() > 0
+    assert all(r["work_ok"] for r in rows.values()), {k: r["final_loss"] for k, r in rows.items()}
+    assert rows[results["_fastest_bare"]]["cpu_ratio_to_bare"] == 1.0
+    assert rows["fit_default"]["traces"] == rows["fit_trimmed"]["traces"] == 1  # once over all chunks
+    assert set(results["_targets"]) == {"fit_default/bare", "fit_default/best_keras"}
+    assert all(v > 0 for v in results["_targets"].values())
+    assert "| fit_default |" in table and "work check" in table
 
 
 @pytest.mark.slow

@@ -260,3 +260,42 @@ def test_a_best_metric_that_is_never_logged_is_named_in_a_warning(tmp_path, capl
     ArrayTrainer(cfg, data=(x, y), eval_data=(ex, ey), model_fn=mlp, workdir=str(tmp_path)).fit()
     assert "best_metric='val/loss/ce' is not among the values logged" in caplog.text
     assert "val/loss" in caplog.text
+
+
+def test_min_interval_skips_epoch_saves_but_saves_the_end_and_a_second_fit_resumes_exactly(tmp_path):
+    # Within checkpoint.min_interval_secs, only the final state is saved; without it, every epoch.
+    every_epoch = _trainer(tmp_path / "every_epoch", epochs=3)
+    every_epoch.fit()
+    assert _steps(tmp_path / "every_epoch") == [6, 12, 18]
+    spaced = _trainer(tmp_path / "spaced", epochs=2, **{"checkpoint.min_interval_secs": 3600})
+    spaced.fit()
+    assert _steps(tmp_path / "spaced") == [12]
+    # A second fit() of the same trainer saves its end too (and the saved state resumes exactly).
+    with spaced.config.unlocked():
+        spaced.config.epochs = 3
+    spaced.fit()
+    assert _steps(tmp_path / "spaced") == [12, 18]
+    resumed = _trainer(tmp_path / "spaced", epochs=3, **{"checkpoint.min_interval_secs": 3600})
+    assert resumed.fit() == [] and resumed.step == 18
+    for trained in (spaced, resumed):
+        assert all(
+            np.array_equal(a, b) for a, b in zip(weights_of(every_epoch.model), weights_of(trained.model))
+        )
+
+
+def test_sigterm_within_the_min_interval_saves_and_the_rerun_ends_bitwise_equal(tmp_path):
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    spaced = ("--config.epochs=2", "--config.checkpoint.min_interval_secs=3600")
+    ref = _start(reference, *spaced)
+    proc = _start(interrupted, *spaced)
+    assert _wait_for(lambda: _train_records(interrupted) > 2, proc), "run ended before SIGTERM"
+    assert _steps(interrupted) == []  # every_steps=20 saves are within the interval: none yet
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=seconds(300)) == 0
+    saved = _steps(interrupted)
+    assert len(saved) == 1 and 0 < saved[0] < 1000, saved  # the SIGTERM step, before the end (2 x 500)
+    assert _start(interrupted, *spaced).wait(timeout=seconds(900)) == 0
+    assert ref.wait(timeout=seconds(900)) == 0
+    assert _steps(interrupted)[-1] == _steps(reference)[-1] == 1000
+    got, want = _weights(interrupted), _weights(reference)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))

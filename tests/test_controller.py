@@ -168,7 +168,8 @@ def test_log_points_fall_every_log_every_steps_and_at_epoch_ends_with_exact_mean
 
 def test_checkpoints_every_steps_and_at_epoch_ends_then_resume_mid_run(tmp_path):
     workdir = str(tmp_path)
-    options = {"epochs": 2, "checkpoint": {"every_steps": 4, "max_to_keep": 10, "async_save": False}}
+    checkpoints = {"every_steps": 4, "max_to_keep": 10, "async_save": False, "min_interval_secs": 0}
+    options = {"epochs": 2, "checkpoint": checkpoints}
     first = StubRunner(workdir, **options)
     Controller(first).fit()
     ckpts = checkpoint.Checkpoints(

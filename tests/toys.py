@@ -33,6 +33,7 @@ def config(**overrides):
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.1
     c.steps_per_execution = 4
+    c.checkpoint.min_interval_secs = 0  # tests check the saves of epochs a few ms long
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")

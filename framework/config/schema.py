@@ -107,6 +107,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0: no mid-epoch checkpoints
     c.checkpoint.every_epochs = 1  # 0: only the final state (and on SIGTERM)
+    # Epoch and step saves wait until this long after the previous save (short epochs would spend
+    # their time saving); the final state, SIGTERM and runs ranking a best_metric always save. 0: off.
+    c.checkpoint.min_interval_secs = 60.0
     c.checkpoint.max_to_keep = 3  # the newest N are kept ...
     c.checkpoint.best_metric = ""  # ... plus the best `keep_best` by this logged key, e.g. "val/accuracy"
     c.checkpoint.best_mode = "max"
@@ -298,6 +301,12 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _positive(config, "checkpoint.every_steps", allow_zero=True)
     _positive(config, "checkpoint.every_epochs", allow_zero=True)
     _positive(config, "checkpoint.max_to_keep")
+    interval = config.checkpoint.min_interval_secs
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval >= 0:
+        raise ConfigError(
+            f"config.checkpoint.min_interval_secs={interval!r} must be a number of seconds >= 0 "
+            "(0: save at every due epoch or step)."
+        )
     _positive(config, "checkpoint.keep_best")
     _choice(config, "checkpoint.best_mode", ("max", "min"))
     _positive(config, "grad_accum_steps")

@@ -87,6 +87,8 @@ class Controller:
         self.resume: dict | None = None
         self.state_chosen = False  # fit or restore has set the state evaluate / predict start from
         self.auto_steps = AUTO_STEPS
+        self._last_save = time.monotonic()  # for checkpoint.min_interval_secs
+        self._save_allowed = False  # agreed by every worker at the last _agree
         self.evaluator = Evaluator(trainer, self.steps_per_call)
         self.nonfinite = NonFinitePolicy(trainer, lambda: self.open_checkpoints(writer=True))
         self.profiler = StepProfiler(self.config.profile_steps, trainer.workdir, enabled=trainer.is_chief)
@@ -240,6 +242,7 @@ class Controller:
         }
         if self.train_input is not None:  # every worker saves its own input position
             self.train_input.save_position(t.step)
+        self._last_save = time.monotonic()
         if self.checkpoints.save(t.step, t.checkpoint_state(), meta, metrics):
             if self.periods is not None and self.periods.step_based:
                 logging.info("Checkpoint at step %d/%d.", t.step, self.periods.total)
@@ -262,6 +265,7 @@ class Controller:
                 )
             raise
         finally:
+            self.run_log.flush()  # the TensorBoard scalars of log points after the last epoch end
             if self.checkpoints is not None:
                 self.checkpoints.close()  # waits for pending writes; reopened on demand
                 self.checkpoints = None
@@ -312,6 +316,9 @@ class Controller:
         if self.train_fn is not None:
             self._plan_periods()
         self._prepare_train()
+        if not self.debug.fast_dev_run:
+            self.open_checkpoints(writer=True)  # a later fit() of this trainer: the last one closed them
+        self._last_save, self._save_allowed = time.monotonic(), False
         t.resumed_at_step = t.step
         if self.resume and self.periods.step_based:
             logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
@@ -341,12 +348,14 @@ class Controller:
     ) -> None:
         """At a period's end: saves when due, and on SIGTERM saves (if not due) and exits.
 
-        Due: every checkpoint.every_epochs or every_steps, every period of a step-based run, and at the end.
+        Due: every checkpoint.every_epochs or every_steps, every period of a step-based run (each no
+        sooner than checkpoint.min_interval_secs after the previous save), and at the end.
         """
         t, plan, ckpt = self.trainer, self.periods, self.config.checkpoint
         final = plan.finished(t.step, t.epoch) or hooks.stop
         due = plan.step_based or (ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0)
-        if final or due or (ckpt.every_steps and t.step % ckpt.every_steps == 0):
+        due = self._save_allowed and (due or (ckpt.every_steps and t.step % ckpt.every_steps == 0))
+        if final or due:
             # A step-based run keeps the period's sums: a longer rerun may continue it.
             period = {"step_in_epoch": self.period_sums.steps, "sums": self.period_sums}
             self.save(
@@ -459,7 +468,7 @@ class Controller:
             self.save(step_in_epoch=done, sums=epoch)
             self._exit_preempted(step)
         save_every = self.config.checkpoint.every_steps
-        if save_every and step % save_every == 0 and done < self.period_steps:
+        if save_every and step % save_every == 0 and done < self.period_steps and self._save_allowed:
             self.save(step_in_epoch=done, sums=epoch, metrics=point)
 
     def _agree(
@@ -474,11 +483,15 @@ class Controller:
 
         All stop, or are preempted, when any one is; auto steps_per_execution
         is tuned on the mean call time, so every worker cuts the epoch into the
-        same calls.
+        same calls; a due save waits for checkpoint.min_interval_secs on the
+        workers' mean time since the last save.
         """
-        preempted, stop, mean_seconds = distribute.mean_over_workers(
-            self.trainer.strategy, [float(preemption.requested), float(hooks.stop), seconds]
+        ckpt = self.config.checkpoint
+        preempted, stop, mean_seconds, since_save = distribute.mean_over_workers(
+            self.trainer.strategy,
+            [float(preemption.requested), float(hooks.stop), seconds, time.monotonic() - self._last_save],
         )
+        self._save_allowed = bool(ckpt.best_metric) or since_save >= ckpt.min_interval_secs
         preemption.agreed = preempted > 0
         if stop > 0:
             self.trainer.model.stop_training = True
