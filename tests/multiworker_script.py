@@ -1,4 +1,4 @@
-"""A small research script for the two-worker test (tests/test_distribute.py).
+"""A small research script for the two-worker test (tests/distribute/test_distribute.py).
 
 Every worker runs the same command, with its own TF_CONFIG:
 

@@ -1,4 +1,4 @@
-"""Worker processes for the two-worker tests (tests/test_multiworker*.py): start, wait, read.
+"""Worker processes for the two-worker tests (tests/distribute/test_multiworker*.py): start, wait, read.
 
 `start_workers` runs tests/multiworker_cases.py as workers 0 and 1 of a new
 cluster on 127.0.0.1; `start` runs it as one process (the reference);

@@ -19,7 +19,7 @@ import keras
 import pytest
 import tensorflow as tf
 from absl import flags
-from test_launch import ROOT, run_script
+from script_runs import ROOT, run_script
 
 import framework
 from framework.outputs import run_log

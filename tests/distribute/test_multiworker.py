@@ -5,10 +5,10 @@ in two worker processes and under OneDeviceStrategy in a reference process;
 the workers share their processes across cases. Both workers must end on the
 reference's weights, log its values, take its steps. The workers also draw
 their own random numbers (`random_draws`). Faults, uneven inputs and a real
-experiment on two workers: tests/test_multiworker_faults.py.
+experiment on two workers: tests/distribute/test_multiworker_faults.py.
 Everything here is marked slow (three TensorFlow processes running 19-20 cases:
 minutes); CI runs it, `-m "not slow"` skips it. A research script started
-through the launcher on two workers, with a metric and checkpoints, is in tests/test_distribute.py.
+through the launcher on two workers, with a metric and checkpoints, is in tests/distribute/test_distribute.py.
 """
 
 import os
@@ -22,7 +22,10 @@ MATRIX = (
     "metrics", "f1", "heads", "eval_best_midepoch", "ema_accum", "mixed_overflow", "nan_skip", "nan_restore",
     "callbacks", "gan",
 )  # fmt: skip
-MATRIX += ("contrastive", "contrastive_step")  # NT-Xent over the global batch; tests/test_contrastive.py
+MATRIX += (
+    "contrastive",
+    "contrastive_step",
+)  # NT-Xent over the global batch; tests/losses/test_contrastive.py
 EXPERIMENTS = (
     "digits",
     "imbalanced",

@@ -14,7 +14,9 @@ from framework import losses
 
 from toys import ArrayTrainer, config, weights_of
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+EXPERIMENTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments"
+)
 
 
 def _digits_trainer_class():

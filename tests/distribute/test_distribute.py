@@ -16,7 +16,7 @@ from framework import distribute
 
 from toys import config, free_ports
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "multiworker_script.py")
 
 

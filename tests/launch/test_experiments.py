@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import framework
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS = ("imbalanced", "segmentation", "multitask", "metric_learning", "ranking", "gan", "images", "lm")
 
 

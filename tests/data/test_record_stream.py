@@ -14,7 +14,7 @@ from timeouts import seconds
 from framework import data
 from framework.data import input_positions
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COUNTS = (5, 9, 0, 7, 4)  # records per file, one file empty
 
 
@@ -138,7 +138,7 @@ def _hashed_batches(files):
 
 _RESTORE = """
 import sys, numpy as np, tensorflow as tf
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests/data"]
 from test_record_stream import _hashed_batches
 files, points, out = sys.argv[2].split(","), [int(p) for p in sys.argv[3].split(",")], sys.argv[4]
 following = {}

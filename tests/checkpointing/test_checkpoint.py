@@ -19,7 +19,7 @@ from framework.trainer import modes
 
 from toys import ArrayTrainer, blobs, config, mlp, weights_of
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "resume_run.py")
 STEPS_PER_EPOCH = 250  # tests/resume_run.py: 4000 examples in batches of 16
 

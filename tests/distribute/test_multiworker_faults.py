@@ -4,7 +4,7 @@ A worker killed (the other exits, naming it; a rerun resumes), a worker
 preempted (SIGTERM to one: both save at one step and exit 0; a rerun resumes);
 workers with uneven inputs; experiments/images.py preempted and resumed on two
 workers. All slow (CI runs them, `-m "not slow"` skips them). Apart from
-tests/test_multiworker.py so that pytest-xdist can run the two files at once.
+tests/distribute/test_multiworker.py so that pytest-xdist can run the two files at once.
 """
 
 # ---- faults ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from two_heads import CE, TwoHeads, examples, get_config, keras_model
 
 import framework
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EVAL = examples(40, seed=2)
 
 

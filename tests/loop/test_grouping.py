@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from wgan_gp import WganGpTrainer, get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "wgan_gp.py")
 
 

@@ -15,7 +15,7 @@ from framework.config import command_line
 from framework.sweeps import processes as sweeps
 from framework.sweeps import pruning
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SWEEP_CONFIG = """
 from configs.digits import get_config as digits_config

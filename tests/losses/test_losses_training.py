@@ -36,7 +36,7 @@ def bias_penalty(model):
 
 
 # One term of each reduction kind (per-example weighted, batch-level, gathered)
-# plus every regularizer; tests/test_losses_distributed.py checks
+# plus every regularizer; tests/losses/test_losses_distributed.py checks
 # each library term's gradient on 1/2/4 replicas on its own.
 EVERY_KIND = (
     losses.Term(CE).on("cls")

@@ -5,7 +5,7 @@ its central-difference gradient), and the one-device run. Each comparison
 that could pass by accident is paired with the wrong version shown to differ:
 the NT-Xent of each replica's own examples (the natural per-replica loss), and
 a custom step that gathers with the gradient rule its loss form does not
-fit. The two-worker case is in tests/test_multiworker.py.
+fit. The two-worker case is in tests/distribute/test_multiworker.py.
 """
 
 import keras

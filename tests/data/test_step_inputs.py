@@ -20,7 +20,7 @@ from framework.data import DistributedInput
 
 from toys import ArrayTrainer, config, max_abs_diff, weights_of
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
