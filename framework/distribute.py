@@ -14,6 +14,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 
 import ml_collections
 import tensorflow as tf
@@ -252,6 +253,15 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return int(strategy.extended.num_hosts)
     return 1
+
+
+def lost_workers_message(error: Exception) -> str:
+    """What a worker logs when a collective failed because another worker is gone: who, and the fix."""
+    lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(error)))) or ["unknown"]
+    return (
+        f"Lost contact with worker(s) {', '.join(lost)}: this worker stops too. Rerun every worker "
+        "with the same command to resume from the last checkpoint."
+    )
 
 
 _agreements: dict[int, tuple[tf.distribute.Strategy, object]] = {}

@@ -31,9 +31,7 @@ that issues a collective may sit behind `is_chief`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
 import time
 
 import tensorflow as tf
@@ -41,28 +39,16 @@ from absl import logging
 
 from framework import distribute, periods
 from framework.checkpointing import checkpoint
-from framework.config import ConfigError, unused_epochs
+from framework.config import ConfigError
 from framework.data import DistributedInput, input_positions
 from framework.loop import callbacks
 from framework.loop.evaluation import Evaluator
 from framework.loop.nonfinite import NonFinitePolicy
 from framework.loop.profiling import StepProfiler
+from framework.loop.run_checkpoints import RunCheckpoints
 from framework.loop.runner import Runner, StepFunction
+from framework.loop.steps_per_call import StepsPerCall
 from framework.outputs import metrics_file, recorded_config, run_log
-
-# Auto steps_per_execution: the first call's size, and every call's with config.deterministic.
-AUTO_STEPS = 32
-
-
-@dataclasses.dataclass
-class _Interval:
-    """Log sums since the last log point, and when it was."""
-
-    sums: run_log.Sums = dataclasses.field(default_factory=run_log.Sums)
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-
-    def steps_per_sec(self) -> float:
-        return self.sums.steps / max(time.perf_counter() - self.start, 1e-9)
 
 
 class Controller:
@@ -78,7 +64,7 @@ class Controller:
         self.debug = trainer.config.debug
         self.train_input: DistributedInput | None = None
         self.train_fn: StepFunction | None = None
-        self.checkpoints: checkpoint.Checkpoints | None = None
+        self.saving = RunCheckpoints(trainer)
         self.periods: periods.Periods | None = None
         self.period_steps = 0  # steps of the period being trained
         self.period_sums = run_log.Sums()  # its log sums so far
@@ -86,9 +72,7 @@ class Controller:
         self.run_log = run_log.RunLog(None)
         self.resume: dict | None = None
         self.state_chosen = False  # fit or restore has set the state evaluate / predict start from
-        self.auto_steps = AUTO_STEPS
-        self._last_save = time.monotonic()  # for checkpoint.min_interval_secs
-        self._save_allowed = False  # agreed by every worker at the last _agree
+        self.steps_per_call = StepsPerCall(self.config)
         self.evaluator = Evaluator(trainer, self.steps_per_call)
         self.nonfinite = NonFinitePolicy(trainer, lambda: self.open_checkpoints(writer=True))
         self.profiler = StepProfiler(self.config.profile_steps, trainer.workdir, enabled=trainer.is_chief)
@@ -119,18 +103,8 @@ class Controller:
         self._resume_from_checkpoints()
         self._plan_periods()
         self.run_log = run_log.RunLog(t.workdir, enabled=t.is_chief)
-        if t.is_chief and unused_epochs(self.config):
-            logging.info(
-                "config.train_steps=%d counts this run in steps: config.epochs=%d is unused.",
-                self.config.train_steps,
-                self.config.epochs,
-            )
-        if t.is_chief and t.workdir:
-            tf.io.gfile.makedirs(t.workdir)
-            rerun = periods.rerun_note(recorded_config.load(t.workdir), self.config, t.step)
-            if rerun:
-                (logging.warning if rerun[1] else logging.info)(rerun[0])
-            recorded_config.write(t.workdir, t.run_record())
+        if t.is_chief:
+            recorded_config.start_run(t.workdir, self.config, t.step, t.run_record)
 
     def _plan_periods(self) -> None:
         """The run's periods and schedule lengths, from the config as it is now (it may change between fits)."""
@@ -150,32 +124,14 @@ class Controller:
                 "config.nan_policy='restore' needs checkpoints: a --workdir and no fast_dev_run."
             )
 
-    def steps_per_call(self) -> int:
-        return self.config.steps_per_execution or self.auto_steps
-
-    def _tune_steps(self, n: int, seconds: float) -> None:
-        """Auto steps_per_execution: aim for ~0.2 s per compiled call; fixed with config.deterministic.
-
-        Timing would make the grouping of steps into calls differ between runs
-        and across a resume, and with it the numbers (docs/determinism.md).
-        """
-        if self.config.deterministic:
-            return
-        if self.train_fn.experimental_get_tracing_count() and seconds > 0:
-            self.auto_steps = int(min(1000, max(1, 0.2 / (seconds / n))))
-
     # ---- checkpoints -----------------------------------------------------------
 
+    @property
+    def checkpoints(self) -> checkpoint.Checkpoints | None:
+        return self.saving.checkpoints
+
     def open_checkpoints(self, *, writer: bool) -> checkpoint.Checkpoints | None:
-        t = self.trainer
-        if self.checkpoints is not None and writer and t.is_chief and not self.checkpoints.writer:
-            self.checkpoints.close()  # opened read-only by a restore before fit()
-            self.checkpoints = None
-        if self.checkpoints is None and t.workdir:
-            self.checkpoints = checkpoint.Checkpoints(
-                os.path.join(t.workdir, "checkpoints"), self.config.checkpoint, writer=writer and t.is_chief
-            )
-        return self.checkpoints
+        return self.saving.open(writer=writer)
 
     def _restore_or_set_aside(self) -> None:
         try:
@@ -183,10 +139,7 @@ class Controller:
         except checkpoint.CheckpointMismatch:
             if not self.config.checkpoint.allow_mismatch:
                 raise
-            moved = self.checkpoints.set_all_aside()
-            logging.warning("checkpoint.allow_mismatch: another run's checkpoints moved to %s.", moved)
-            self.checkpoints = None
-            self.open_checkpoints(writer=True)
+            self.saving.set_aside()
 
     def restore(self, which: str | int = "latest", dataset=None) -> int | None:
         """Loads checkpoint `which`; before fit(), builds the state from `dataset` or the trainer's inputs."""
@@ -197,19 +150,7 @@ class Controller:
             t.build_state(self.train_input.element_spec)
         else:
             t.build_state(self.evaluator.state_spec(dataset))
-        ckpts = self.open_checkpoints(writer=self.train_input is not None)
-        groups, name = t.checkpoint_state(), type(t).__name__
-        if which == "latest":
-            meta = ckpts.restore_latest(groups, trainer=name)
-        else:
-            step = ckpts.best_step() if which == "best" else int(which)
-            if step is None and which == "best":
-                raise checkpoint.CheckpointNotFound(ckpts.why_no_best())
-            if step is None or step not in ckpts.steps():
-                raise checkpoint.CheckpointNotFound(
-                    f"No checkpoint {which!r} in {ckpts.directory}; it holds steps {ckpts.steps()}."
-                )
-            meta = ckpts.restore(groups, step, trainer=name)
+        meta = self.saving.load(which, writer=self.train_input is not None)
         self.state_chosen = True
         if meta is None:
             return None
@@ -219,36 +160,13 @@ class Controller:
             self.train_input.resume_at(meta["step"])
         return meta["step"]
 
-    def save(
-        self,
-        *,
-        step_in_epoch: int = 0,
-        sums: run_log.Sums | None = None,
-        metrics=None,
-        final=False,
-        stopped_early=False,
-    ) -> None:
+    def save(self, **position) -> None:
+        """Saves the state and, on every worker, its input position (`position`: `RunCheckpoints.save`'s)."""
         if self.checkpoints is None:
             return
-        t = self.trainer
-        meta = {
-            "step": t.step,
-            "epoch": t.epoch,
-            "step_in_epoch": step_in_epoch,
-            "final": final,
-            "stopped_early": stopped_early,
-            "epoch_sums": sums.to_json() if sums else {},
-            "trainer": type(t).__name__,
-        }
         if self.train_input is not None:  # every worker saves its own input position
-            self.train_input.save_position(t.step)
-        self._last_save = time.monotonic()
-        if self.checkpoints.save(t.step, t.checkpoint_state(), meta, metrics):
-            if self.periods is not None and self.periods.step_based:
-                logging.info("Checkpoint at step %d/%d.", t.step, self.periods.total)
-            else:
-                where = f", {step_in_epoch} steps in" if step_in_epoch else ""
-                logging.info("Checkpoint at step %d (epoch %d%s).", t.step, t.epoch, where)
+            self.train_input.save_position(self.trainer.step)
+        self.saving.save(self.periods, **position)
 
     # ---- fit ----------------------------------------------------------------------
 
@@ -257,20 +175,12 @@ class Controller:
             return self._fit(validate, callbacks_)
         except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
             if distribute.num_workers(self.trainer.strategy) > 1:
-                lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e)))) or ["unknown"]
-                logging.error(
-                    "Lost contact with worker(s) %s: this worker stops too. Rerun every worker with "
-                    "the same command to resume from the last checkpoint.",
-                    ", ".join(lost),
-                )
+                logging.error(distribute.lost_workers_message(e))
             raise
         finally:
             self.run_log.flush()  # the TensorBoard scalars of log points after the last epoch end
-            if self.checkpoints is not None:
-                self.checkpoints.close()  # waits for pending writes; reopened on demand
-                self.checkpoints = None
-                if self.train_input is not None:
-                    self.train_input.drop_stale_positions()
+            if self.saving.close() and self.train_input is not None:
+                self.train_input.drop_stale_positions()
 
     def _fit(self, validate: bool, callbacks_: list | None) -> list[dict[str, float]]:
         """The module docstring's loop: periods of compiled calls, each ended by evaluation and a save."""
@@ -318,7 +228,7 @@ class Controller:
         self._prepare_train()
         if not self.debug.fast_dev_run:
             self.open_checkpoints(writer=True)  # a later fit() of this trainer: the last one closed them
-        self._last_save, self._save_allowed = time.monotonic(), False
+        self.saving.start_fit()
         t.resumed_at_step = t.step
         if self.resume and self.periods.step_based:
             logging.info("Resumed from the checkpoint at step %d of %d.", t.step, self.periods.total)
@@ -354,7 +264,7 @@ class Controller:
         t, plan, ckpt = self.trainer, self.periods, self.config.checkpoint
         final = plan.finished(t.step, t.epoch) or hooks.stop
         due = plan.step_based or (ckpt.every_epochs and t.epoch % ckpt.every_epochs == 0)
-        due = self._save_allowed and (due or (ckpt.every_steps and t.step % ckpt.every_steps == 0))
+        due = self.saving.save_allowed and (due or (ckpt.every_steps and t.step % ckpt.every_steps == 0))
         if final or due:
             # A step-based run keeps the period's sums: a longer rerun may continue it.
             period = {"step_in_epoch": self.period_sums.steps, "sums": self.period_sums}
@@ -380,7 +290,7 @@ class Controller:
         """One epoch of compiled calls; between them, what the module docstring's loop lists."""
         t = self.trainer
         done, epoch, iterator = self._start_epoch(progress)
-        total, step, interval = self.period_steps, t.step, _Interval()
+        total, step, interval = self.period_steps, t.step, run_log.Interval()
         while done < total and not hooks.stop:
             n = self.train_input.call_sizes(done, min(*self._bounds(step, hooks), total - done), step=step)
             self.profiler.before_call(step)
@@ -438,7 +348,7 @@ class Controller:
         return {**metric_values, **(after["optimizer"] if after else t.optimizer_logs())}
 
     def _log_point(
-        self, step: int, done: int, interval: _Interval, progress: run_log.Progress
+        self, step: int, done: int, interval: run_log.Interval, progress: run_log.Progress
     ) -> dict | None:
         """At log points (every log_every_steps, and the epoch's end): the logs, written and shown."""
         if step % self.config.log_every_steps and done < self.period_steps:
@@ -468,7 +378,7 @@ class Controller:
             self.save(step_in_epoch=done, sums=epoch)
             self._exit_preempted(step)
         save_every = self.config.checkpoint.every_steps
-        if save_every and step % save_every == 0 and done < self.period_steps and self._save_allowed:
+        if save_every and step % save_every == 0 and done < self.period_steps and self.saving.save_allowed:
             self.save(step_in_epoch=done, sums=epoch, metrics=point)
 
     def _agree(
@@ -486,17 +396,18 @@ class Controller:
         same calls; a due save waits for checkpoint.min_interval_secs on the
         workers' mean time since the last save.
         """
-        ckpt = self.config.checkpoint
         preempted, stop, mean_seconds, since_save = distribute.mean_over_workers(
             self.trainer.strategy,
-            [float(preemption.requested), float(hooks.stop), seconds, time.monotonic() - self._last_save],
+            [float(preemption.requested), float(hooks.stop), seconds, self.saving.seconds_since_save()],
         )
-        self._save_allowed = bool(ckpt.best_metric) or since_save >= ckpt.min_interval_secs
+        self.saving.agree(since_save)
         preemption.agreed = preempted > 0
         if stop > 0:
             self.trainer.model.stop_training = True
-        if steps and not self.config.steps_per_execution:
-            self._tune_steps(steps, mean_seconds)
+        if steps:
+            self.steps_per_call.tune(
+                steps, mean_seconds, bool(self.train_fn.experimental_get_tracing_count())
+            )
 
     def _exit_preempted(self, step: int) -> None:
         if self.checkpoints is not None:

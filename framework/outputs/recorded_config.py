@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from framework import config as config_lib
+from framework import periods
 from framework.config import keys
 from framework.config.record_file import FILENAME, load
 from framework.config.record_file import retyped as _retyped
@@ -77,6 +78,23 @@ def write(workdir: str, content: dict) -> None:
     with tf.io.gfile.GFile(partial, "w") as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)
     tf.io.gfile.rename(partial, path, overwrite=True)
+
+
+def start_run(workdir: str | None, config, step: int, run_record: Callable[[], dict]) -> None:
+    """The chief, as training starts: notes what the config changes against the workdir's last run
+    (and an unused `epochs`), then records this run's config (`run_record()`) in the workdir."""
+    if config_lib.unused_epochs(config):
+        logging.info(
+            "config.train_steps=%d counts this run in steps: config.epochs=%d is unused.",
+            config.train_steps,
+            config.epochs,
+        )
+    if workdir:
+        tf.io.gfile.makedirs(workdir)
+        rerun = periods.rerun_note(load(workdir), config, step)
+        if rerun:
+            (logging.warning if rerun[1] else logging.info)(rerun[0])
+        write(workdir, run_record())
 
 
 def wait_for(workdir: str, timeout_secs: float, poll_secs: float = 1.0) -> bool:

@@ -65,6 +65,17 @@ class Sums:
         return cls(parts, steps)
 
 
+class Interval:
+    """Log sums since the last log point, and when it was (for steps_per_sec)."""
+
+    def __init__(self):
+        self.sums = Sums()
+        self.start = time.perf_counter()
+
+    def steps_per_sec(self) -> float:
+        return self.sums.steps / max(time.perf_counter() - self.start, 1e-9)
+
+
 def _json_value(value: float):
     return value if math.isfinite(value) else str(value)
 

@@ -283,6 +283,7 @@ def test_min_interval_skips_epoch_saves_but_saves_the_end_and_a_second_fit_resum
         )
 
 
+@pytest.mark.slow
 def test_sigterm_within_the_min_interval_saves_and_the_rerun_ends_bitwise_equal(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     spaced = ("--config.epochs=2", "--config.checkpoint.min_interval_secs=3600")
@@ -293,9 +294,9 @@ def test_sigterm_within_the_min_interval_saves_and_the_rerun_ends_bitwise_equal(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=seconds(300)) == 0
     saved = _steps(interrupted)
-    assert len(saved) == 1 and 0 < saved[0] < 1000, saved  # the SIGTERM step, before the end (2 x 500)
+    assert len(saved) == 1 and 0 < saved[0] < 500, saved  # the SIGTERM step, before the end (2 x 250)
     assert _start(interrupted, *spaced).wait(timeout=seconds(900)) == 0
     assert ref.wait(timeout=seconds(900)) == 0
-    assert _steps(interrupted)[-1] == _steps(reference)[-1] == 1000
+    assert _steps(interrupted)[-1] == _steps(reference)[-1] == 500
     got, want = _weights(interrupted), _weights(reference)
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
