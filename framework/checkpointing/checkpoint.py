@@ -35,7 +35,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from framework.checkpointing import variable_groups as state
+from framework.checkpointing import variable_groups
 from framework.outputs import metrics_file
 
 
@@ -165,7 +165,7 @@ class Checkpoints:
                 "the workdir holds another experiment's run. Use another --workdir, or set "
                 "--config.checkpoint.allow_mismatch=True to set those checkpoints aside and start fresh."
             )
-        problems = state.mismatches(groups, meta["layout"])
+        problems = variable_groups.mismatches(groups, meta["layout"])
         if problems:
             raise CheckpointMismatch(
                 f"Checkpoint {self.directory}/{step} does not match this run's variables:\n  "
@@ -173,12 +173,12 @@ class Checkpoints:
                 + "\nUse another --workdir or the configuration that wrote it, or set "
                 "--config.checkpoint.allow_mismatch=True to set them aside and start fresh."
             )
-        target, _ = state.snapshot(groups)
+        target, _ = variable_groups.snapshot(groups)
         ocp = _orbax()
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         ).state
-        state.assign(groups, restored)
+        variable_groups.assign(groups, restored)
         return meta
 
     def restore_latest(self, groups: dict[str, list], *, trainer: str | None = None) -> dict | None:
@@ -225,7 +225,7 @@ class Checkpoints:
 
         Every process calls it: the snapshot of `groups` is taken jointly (see the module docstring).
         """
-        arrays, layout = state.snapshot(groups)
+        arrays, layout = variable_groups.snapshot(groups)
         if not self.writer or step in self._manager.all_steps():
             return False
         if metrics is not None and self.best_metric not in metrics:

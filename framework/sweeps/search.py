@@ -22,8 +22,7 @@ from typing import Any
 from framework import config as config_lib
 from framework.config import command_line, sweep_space
 from framework.outputs import metrics_file
-from framework.sweeps import processes as sweeps
-from framework.sweeps import results
+from framework.sweeps import processes, results
 from framework.sweeps.optuna_study import STUDY, TRIAL_ENV, import_optuna, make_pruner, storage
 
 
@@ -97,7 +96,7 @@ def _open_study(optuna, args, mode: str):
     return study
 
 
-def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> list[sweeps.Run]:
+def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> list[processes.Run]:
     """Runs the study's trials up to `args.trials`; returns every trial's `Run` for the summary.
 
     Args:
@@ -121,18 +120,18 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
         "pruner": args.pruner,
         "startup_trials": args.pruner_startup_trials,
     }
-    runs: list[sweeps.Run] = []
+    runs: list[processes.Run] = []
     trial_ids: dict[str, int] = {}
 
-    def make_run(number: int, overrides: dict) -> sweeps.Run:
+    def make_run(number: int, overrides: dict) -> processes.Run:
         name = f"trial-{number:03d}"
         env = {TRIAL_ENV: json.dumps({**child, "number": number})}
-        run = sweeps.Run(name, overrides, os.path.join(args.workdir, name), env)
+        run = processes.Run(name, overrides, os.path.join(args.workdir, name), env)
         trial_ids[name] = number
         runs.append(run)
         return run
 
-    def trials() -> Iterator[sweeps.Run]:
+    def trials() -> Iterator[processes.Run]:
         running = optuna.trial.TrialState.RUNNING
         for frozen in study.get_trials(deepcopy=False):
             overrides = {
@@ -148,7 +147,7 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
             trial = study.ask()
             yield make_run(trial.number, _suggest(trial, space))
 
-    def on_exit(run: sweeps.Run, code: int) -> str:
+    def on_exit(run: processes.Run, code: int) -> str:
         number = trial_ids[run.name]
         if study.get_trials(deepcopy=False)[number].state == optuna.trial.TrialState.PRUNED:
             return "pruned"
@@ -160,7 +159,7 @@ def run(args, flags: list[str], config, space: Any, monitor: str, mode: str) -> 
         return "failed"
 
     print(f"Search: {args.trials} Optuna trials in {args.workdir}, {args.parallel} at a time.", flush=True)
-    sweeps.Runner(args.script, args.config, flags, args.parallel, on_exit=on_exit).run(trials())
+    processes.Runner(args.script, args.config, flags, args.parallel, on_exit=on_exit).run(trials())
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = study.best_trial

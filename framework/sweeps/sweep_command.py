@@ -31,8 +31,7 @@ import sys
 from framework import config as config_lib
 from framework.config import command_line
 from framework.outputs import hparams
-from framework.sweeps import processes as sweeps
-from framework.sweeps import results
+from framework.sweeps import processes, results
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -85,7 +84,7 @@ def monitor_of(config, args) -> tuple[str, str]:
     return monitor, "min" if "loss" in monitor else "max"
 
 
-def summarize(runs: list[sweeps.Run], workdir: str, monitor: str, mode: str) -> str:
+def summarize(runs: list[processes.Run], workdir: str, monitor: str, mode: str) -> str:
     """Writes summary.md and summary.csv; returns the markdown."""
     keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
     rows = []
@@ -94,7 +93,7 @@ def summarize(runs: list[sweeps.Run], workdir: str, monitor: str, mode: str) -> 
         row = {"run": run.name, **run.overrides, "status": state.get("status", "not run")}
         row.update(steps=result["steps"], wall_s=state.get("wall_seconds"), **result["final"])
         row[f"best {monitor}"] = result["best"]
-        if row["status"] not in sweeps.FINISHED:
+        if row["status"] not in processes.FINISHED:
             row["log"] = run.log
         rows.append(row)
     metrics = [c for c in results.columns_of(rows) if c.startswith(("val/", "best ")) and "/raw" not in c]
@@ -118,7 +117,7 @@ def summarize(runs: list[sweeps.Run], workdir: str, monitor: str, mode: str) -> 
 def main(argv: list[str] | None = None) -> int:
     args, flags = parse(sys.argv[1:] if argv is None else argv)
     try:
-        config, sweep = sweeps.load(args.config or args.script, args.sweep)
+        config, sweep = processes.load(args.config or args.script, args.sweep)
         config = command_line.apply_overrides(config, command_line_overrides(flags), "command line")
     except config_lib.ConfigError as e:
         print(f"FATAL {e}", file=sys.stderr)
@@ -140,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 for key in overridden & point.keys():
                     raise config_lib.ConfigError(f"--config.{key} is also set by sweep point {i}.")
                 command_line.apply_overrides(config, point, f"sweep point {i} {point}")
-            runs = sweeps.plan(args.workdir, sweep)
+            runs = processes.plan(args.workdir, sweep)
             os.makedirs(args.workdir, exist_ok=True)
             print(f"Sweep: {len(runs)} runs in {args.workdir}, {args.parallel} at a time.", flush=True)
-            sweeps.Runner(args.script, args.config, flags, args.parallel).run(runs)
+            processes.Runner(args.script, args.config, flags, args.parallel).run(runs)
     except config_lib.ConfigError as e:
         print(f"FATAL {e}", file=sys.stderr)
         return 2

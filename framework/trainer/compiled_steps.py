@@ -17,7 +17,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from framework.loop import step_function as loop
+from framework.loop import step_function
 from framework.optim import keras_internals, updates
 from framework.trainer.counters import StepCounters
 from framework.trainer.phase_metrics import PhaseMetrics
@@ -83,11 +83,11 @@ class CompiledSteps:
         with self._metrics.evaluating(), keras_internals.ema_weights(self._optimizer):
             yield
 
-    def make_train_function(self) -> loop.StepFunction:
+    def make_train_function(self) -> step_function.StepFunction:
         """The compiled train function; it stops after a non-finite step unless nan_policy is "skip"."""
         skip = self._config.nan_policy == "skip"
         counters = self._counters
-        return loop.make_step_function(
+        return step_function.make_step_function(
             self._strategy,
             self._updater.counting_examples(self._steps.train_step),
             where="train_step",
@@ -98,24 +98,24 @@ class CompiledSteps:
             after=None if isinstance(self._strategy, tf.distribute.TPUStrategy) else self._after_train_call,
         )
 
-    def make_eval_function(self) -> loop.StepFunction:
+    def make_eval_function(self) -> step_function.StepFunction:
         """The compiled eval function (after `build_state` for the eval input)."""
         jit = self._xla_plan("eval_step") == "step"
-        return loop.make_step_function(
+        return step_function.make_step_function(
             self._strategy, self._steps.eval_step, where="eval_step", jit_compile=jit
         )
 
     def make_predict_function(self):
         """The compiled predict function: `fn(iterator) -> one batch of predict_step outputs`."""
-        return loop.make_predict_function(self._strategy, self._steps.predict_step)
+        return step_function.make_predict_function(self._strategy, self._steps.predict_step)
 
     def _xla_plan(self, step: str) -> str | None:
-        plan = loop.xla_plan(
+        plan = step_function.xla_plan(
             self._strategy,
             self._config.jit_compile,
             custom_step=not self._uses_default_step(step),
             where=step,
         )
         if plan == "forward" and self.forward is self._model:
-            self.forward = loop.compile_forward(self._model)
+            self.forward = step_function.compile_forward(self._model)
         return plan

@@ -15,7 +15,7 @@ import contextlib
 
 import tensorflow as tf
 
-from framework.loop import step_function as loop
+from framework.loop import step_function
 from framework.loop.controller import Controller
 from framework.trainer import reload
 from framework.trainer.components import TrainerComponents
@@ -257,11 +257,11 @@ class TrainerFacade:
         """Eval steps trace and run in here: they feed the eval metrics and see the EMA weights."""
         return self._components.compiled.eval_phase()
 
-    def make_train_function(self) -> loop.StepFunction:
+    def make_train_function(self) -> step_function.StepFunction:
         """The compiled train function; it stops after a non-finite step unless nan_policy is "skip"."""
         return self._components.compiled.make_train_function()
 
-    def make_eval_function(self) -> loop.StepFunction:
+    def make_eval_function(self) -> step_function.StepFunction:
         """The compiled eval function (after `build_state` for the eval input)."""
         return self._components.compiled.make_eval_function()
 

@@ -21,8 +21,7 @@ from absl import logging
 
 from framework.checkpointing import checkpoint
 from framework.optim import keras_internals
-from framework.outputs import metrics_file
-from framework.outputs import run_log as logs
+from framework.outputs import metrics_file, run_log
 
 
 def _restore(trainer, which: str | int) -> int:
@@ -35,7 +34,7 @@ def _restore(trainer, which: str | int) -> int:
 def evaluate_checkpoint(trainer, which: str | int = "latest") -> dict[str, float]:
     step = _restore(trainer, which)
     results = trainer.evaluate()
-    logs.RunLog(trainer.workdir, enabled=trainer.is_chief).write(
+    run_log.RunLog(trainer.workdir, enabled=trainer.is_chief).write(
         "eval", step, trainer.epoch, metrics_file.as_val(results)
     )
     logging.info("Evaluated checkpoint %d: %s", step, results)
@@ -43,7 +42,7 @@ def evaluate_checkpoint(trainer, which: str | int = "latest") -> dict[str, float
 
 
 def continuous_eval(trainer, *, timeout_secs: float = 600.0, poll_secs: float = 1.0) -> dict[str, float]:
-    run_log = logs.RunLog(trainer.workdir, enabled=trainer.is_chief)
+    eval_log = run_log.RunLog(trainer.workdir, enabled=trainer.is_chief)
     seen: set[int] = set()
     results: dict[str, float] = {}
     deadline = time.monotonic() + timeout_secs
@@ -59,8 +58,8 @@ def continuous_eval(trainer, *, timeout_secs: float = 600.0, poll_secs: float = 
                 logging.warning("Skipping checkpoint %d: %s", step, e)
                 continue
             results = trainer.evaluate()
-            run_log.write("eval", step, trainer.epoch, metrics_file.as_val(results))
-            logging.info("continuous_eval: step %d: %s", step, logs.to_floats(results))
+            eval_log.write("eval", step, trainer.epoch, metrics_file.as_val(results))
+            logging.info("continuous_eval: step %d: %s", step, run_log.to_floats(results))
             deadline = time.monotonic() + timeout_secs
             if final:
                 return results
