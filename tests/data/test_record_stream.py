@@ -138,7 +138,7 @@ def _hashed_batches(files):
 
 _RESTORE = """
 import sys, numpy as np, tensorflow as tf
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests/data"]
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests", sys.argv[1] + "/tests/data"]
 from test_record_stream import _hashed_batches
 files, points, out = sys.argv[2].split(","), [int(p) for p in sys.argv[3].split(",")], sys.argv[4]
 following = {}

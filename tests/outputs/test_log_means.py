@@ -98,7 +98,8 @@ class CustomLogs(Frozen):
         self.apply_gradients(tape, loss)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
         logs["batch_accuracy"] = tf.reduce_mean(correct)  # NaN on a replica without examples
-        logs["step_index"] = framework.Weighted(tf.cast(self._step, tf.float32), 1.0)
+        step_index = self.optimizer.iterations - 1  # the step being run: 0, 1, 2, ...
+        logs["step_index"] = framework.Weighted(tf.cast(step_index, tf.float32), 1.0)
         return logs
 
 
