@@ -6,6 +6,7 @@ The digits runs are workload smokes (slow tier); the one-file script and the mis
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -16,21 +17,22 @@ from timeouts import seconds
 
 @pytest.fixture(scope="module")
 def digits_smoke(tmp_path_factory):
-    """The default experiment's smoke config as a user runs it, logging every 5 steps and keeping the
-    best checkpoint by val/accuracy; one run read by the tests below. Returns (workdir, result)."""
+    """The default experiment's smoke config as a user runs it on a terminal, logging every 5 steps
+    and keeping the best checkpoint by val/accuracy; one run read by the tests below.
+    Returns (workdir, returncode, the lines the terminal showed)."""
     workdir = tmp_path_factory.mktemp("launch") / "digits"
-    result = run_script(
+    returncode, lines = run_on_a_terminal(
         "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}",
         "--config.log_every_steps=5", "--config.checkpoint.best_metric=val/accuracy",
     )  # fmt: skip
-    return workdir, result
+    return workdir, returncode, lines
 
 
 @pytest.mark.slow
 def test_digits_smoke_trains_evaluates_and_prints_final_metrics(digits_smoke):
-    workdir, result = digits_smoke
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Final metrics:" in result.stdout
+    workdir, returncode, lines = digits_smoke
+    assert returncode == 0, "\n".join(lines)[-3000:]
+    assert "Final metrics:" in "\n".join(lines), lines
     with open(workdir / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     final = [r for r in records if r["kind"] == "epoch"][-1]
@@ -59,9 +61,10 @@ def test_train_mode_skips_evaluation(tmp_path):
 def test_summaries_are_readable_by_tensorboard_and_the_plot_script_renders(digits_smoke, tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
-    workdir, result = digits_smoke
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Run summary" in result.stdout and "best checkpoint: step" in result.stdout
+    workdir, returncode, lines = digits_smoke
+    shown = "\n".join(lines)
+    assert returncode == 0, shown[-3000:]
+    assert "Run summary" in shown and "best checkpoint: step" in shown
     tags = {}
     for split in ("train", "eval"):
         acc = event_accumulator.EventAccumulator(str(workdir / split), size_guidance={"tensors": 0})
@@ -113,12 +116,10 @@ def run_on_a_terminal(script, *args, timeout=900):
 
 
 @pytest.mark.slow
-def test_a_terminal_shows_progress_epochs_and_checkpoints_and_eval_reuses_the_runs_settings(tmp_path):
-    workdir = tmp_path / "digits"
-    returncode, lines = run_on_a_terminal(
-        "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}",
-        "--config.checkpoint.best_metric=val/accuracy",
-    )  # fmt: skip
+def test_a_terminal_shows_progress_epochs_and_checkpoints_and_eval_reuses_the_runs_settings(
+    digits_smoke, tmp_path
+):
+    trained, returncode, lines = digits_smoke
     shown = "\n".join(lines)
     assert returncode == 0, shown[-3000:]
     assert not [line for line in lines if any(word in line for word in LIBRARY_INTERNALS)], shown
@@ -136,6 +137,9 @@ def test_a_terminal_shows_progress_epochs_and_checkpoints_and_eval_reuses_the_ru
     assert len(ours) <= 1 + 3 * 4, shown
 
     # The same command in eval mode, no override: the run's best metric comes from its config.json.
+    # On a copy of the run, which the other tests read as it was trained.
+    workdir = tmp_path / "digits"
+    shutil.copytree(trained, workdir)
     result = run_script(
         "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={workdir}",
         "--mode=eval", "--checkpoint=best",
