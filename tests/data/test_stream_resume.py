@@ -10,6 +10,10 @@ reshuffled pipeline batched before it is repeated, say why they cannot be
 restored and resume by replay. Two worker processes are compared
 with one process, and two workers reading their own shards with an unbroken
 two-worker run; every worker must say it restored its position (slow).
+
+The unbroken one-process runs (the oracles) are epoch-based, without a workdir
+(nothing saved, the same calls), and each is trained once per module: a
+step-based resume and the two-worker cases compare with the same run.
 """
 
 import json
@@ -38,13 +42,28 @@ def pattern(tmp_path_factory):
 
 def _fit(workdir, pipeline, epochs, replicas, pattern, **overrides):
     config = stream_cases.config(pipeline, epochs=epochs, replicas=replicas, pattern=pattern, **overrides)
-    trainer = stream_cases.StreamTrainer(config, str(workdir))
+    trainer = stream_cases.StreamTrainer(config, workdir and str(workdir))
     trainer.fit()
     return trainer
 
 
-def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_based=False):
-    """4 periods of 5 steps straight, and 2 then (a new Trainer on the same workdir) 4: equal weights.
+@pytest.fixture(scope="module")
+def straight(pattern):
+    """straight(pipeline, replicas): (step, weights) of 4 epochs of 5 steps unbroken, in this
+    process, without a workdir; each trained once per module."""
+    runs = {}
+
+    def get(pipeline, replicas):
+        if (pipeline, replicas) not in runs:
+            trainer = _fit(None, pipeline, 4, replicas, pattern)
+            runs[pipeline, replicas] = trainer.step, trainer.model.get_weights()
+        return runs[pipeline, replicas]
+
+    return get
+
+
+def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, straight, *, step_based=False):
+    """2 periods of 5 steps, then (a new Trainer on the same workdir) 4: the weights of 4 epochs straight.
 
     step_based: periods of `eval_every_steps` in a step-based run, which the
     second fit continues by raising `train_steps`.
@@ -53,13 +72,13 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_base
     def fit(workdir, periods):
         return _fit(workdir, pipeline, periods, replicas, pattern, step_based=step_based)
 
-    straight = fit(tmp_path / "straight", 4)
+    straight_step, straight_weights = straight(pipeline, replicas)
     fit(tmp_path / "split", 2)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="absl"):
         resumed = fit(tmp_path / "split", 4)
-    assert resumed.step == straight.step == 20
-    same = [np.array_equal(a, b) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights())]
+    assert resumed.step == straight_step == 20
+    same = [np.array_equal(a, b) for a, b in zip(straight_weights, resumed.model.get_weights(), strict=True)]
     assert all(same), same
     return resumed
 
@@ -73,9 +92,9 @@ def _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, *, step_base
      pytest.param("records_indexed", 2, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
-    tmp_path, pattern, caplog, pipeline, replicas
+    tmp_path, pattern, caplog, straight, pipeline, replicas
 ):
-    _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog)
+    _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, straight)
     assert "restored the input position of step 10" in caplog.text
     assert "replaying" not in caplog.text
     saved = os.listdir(tmp_path / "split" / "checkpoints" / "input")
@@ -93,15 +112,15 @@ def test_resume_restores_the_input_position_and_matches_an_unbroken_run(
     ],
 )
 def test_a_step_based_run_restores_the_position_of_a_reshuffling_pipeline(
-    tmp_path, pattern, caplog, pipeline, replicas
+    tmp_path, pattern, caplog, straight, pipeline, replicas
 ):
-    _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, step_based=True)
+    _stop_and_resume(tmp_path, pipeline, replicas, pattern, caplog, straight, step_based=True)
     assert "restored the input position of step 10" in caplog.text
     assert "replaying" not in caplog.text
 
 
-def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, caplog):
-    _stop_and_resume(tmp_path, "global", 1, pattern, caplog)
+def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, caplog, straight):
+    _stop_and_resume(tmp_path, "global", 1, pattern, caplog, straight)
     assert "restored the input position of step 10" in caplog.text
     directory = tmp_path / "split" / "checkpoints" / "input" / "20"
     size = sum(f.stat().st_size for f in directory.iterdir())
@@ -113,9 +132,9 @@ def test_global_shuffle_saves_a_position_of_about_a_kilobyte(tmp_path, pattern, 
     [("generator", "PyFunc is stateful"), ("batched_reshuffle", "batched before it is repeated")],
 )
 def test_an_input_tf_data_cannot_restore_names_why_and_resumes_exactly_by_replay(
-    tmp_path, pattern, caplog, pipeline, reason
+    tmp_path, pattern, caplog, straight, pipeline, reason
 ):
-    _stop_and_resume(tmp_path, pipeline, 1, pattern, caplog)
+    _stop_and_resume(tmp_path, pipeline, 1, pattern, caplog, straight)
     reasons = [r.getMessage() for r in caplog.records if "cannot be saved" in r.getMessage()]
     assert len(reasons) == 1 and reason in reasons[0], reasons  # the resumed run's one line
     assert "resumed by replaying 10 batches" in caplog.text
@@ -191,11 +210,11 @@ WORKER_PIPELINES = {"reshuffle": False, "records_reshuffle": True, "records_inde
 
 @pytest.fixture(scope="module")
 def two_worker_runs(tmp_path_factory, pattern):
-    """Every two-worker case in one reference process and two worker pairs, as a user's runs
-    would be split: the one-process run of each of WORKER_PIPELINES (4 periods); a pair running
-    each pipeline's first 2 periods, and the sharded case's first 2 and its unbroken 4; then a
-    fresh pair resuming each to 4 periods. Returns the temporary directory, each worker run's
-    log per worker (by run name), and what the checkpoints held between the two pairs."""
+    """Every two-worker case in two worker pairs, as a user's runs would be split: a pair running
+    each of WORKER_PIPELINES' first 2 periods, and the sharded case's first 2 and its unbroken 4;
+    then a fresh pair resuming each to 4 periods. (The one-process oracle of each pipeline is
+    `straight`.) Returns the temporary directory, each worker run's log per worker (by run name),
+    and what the checkpoints held between the two pairs."""
     tmp = tmp_path_factory.mktemp("two_workers")
     sharded = stream_cases.write_shards(str(tmp / "shards"), shards=5)
 
@@ -207,7 +226,6 @@ def two_worker_runs(tmp_path_factory, pattern):
         }  # fmt: skip
 
     pipelines = WORKER_PIPELINES.items()
-    reference = [run(f"{p}/one", p, 4, f"{p}/one", step_based=b)[1] for p, b in pipelines]
     first = [run(f"{p}/first", p, 2, f"{p}/workers", step_based=b) for p, b in pipelines]
     first += [
         run("sharded/first", "records_sharded", 2, "sharded/workers", shards=sharded),
@@ -216,7 +234,6 @@ def two_worker_runs(tmp_path_factory, pattern):
     second = [run(f"{p}/resumed", p, 4, f"{p}/workers", step_based=b) for p, b in pipelines]
     second += [run("sharded/resumed", "records_sharded", 4, "sharded/workers", shards=sharded)]
 
-    one_process = _start([{**r, "out": r["out"].format(i=0)} for r in reference], "one_device")
     logs = {}
 
     def run_pair(runs):
@@ -225,34 +242,32 @@ def two_worker_runs(tmp_path_factory, pattern):
         for index, (name, _) in enumerate(runs):
             logs[name] = [worker[index] for worker in per_worker]
 
-    try:
-        run_pair(first)
-        between = {
-            p: sorted(os.listdir(tmp / "workdirs" / p / "workers" / "checkpoints" / "input" / "10"))
-            for p, _ in pipelines
-        }
-        positions = tmp / "workdirs" / "sharded" / "workers" / "checkpoints" / "input" / "10"
-        between["sharded"] = [(positions / f"worker-{i}.data-00000-of-00001").read_bytes() for i in range(2)]
-        run_pair(second)
-    finally:
-        _finish([one_process])
+    run_pair(first)
+    between = {
+        p: sorted(os.listdir(tmp / "workdirs" / p / "workers" / "checkpoints" / "input" / "10"))
+        for p, _ in pipelines
+    }
+    positions = tmp / "workdirs" / "sharded" / "workers" / "checkpoints" / "input" / "10"
+    between["sharded"] = [(positions / f"worker-{i}.data-00000-of-00001").read_bytes() for i in range(2)]
+    run_pair(second)
     return tmp, logs, between
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline", list(WORKER_PIPELINES))
-def test_two_workers_resume_their_own_positions_to_one_process_weights(two_worker_runs, pipeline):
+def test_two_workers_resume_their_own_positions_to_one_process_weights(two_worker_runs, straight, pipeline):
     tmp, logs, between = two_worker_runs
     _assert_restored(logs[f"{pipeline}/resumed"], 10)
     # each worker saved its own position
     assert between[pipeline] == [
         f"worker-{i}.{ext}" for i in range(2) for ext in ("data-00000-of-00001", "index")
     ]
-    one = np.load(tmp / pipeline / "one" / "w0.npz")
+    one_step, one = straight(pipeline, 1)
     for i in range(2):
         got = np.load(tmp / pipeline / "resumed" / f"w{i}.npz")
-        assert int(got["step"]) == int(one["step"]) == 20
-        diff = max(float(np.max(np.abs(got[k] - one[k]))) for k in one.files if k != "step")
+        assert int(got["step"]) == one_step == 20
+        assert len(got.files) == len(one) + 1  # the weights and the step
+        diff = max(float(np.max(np.abs(got[f"w{k}"] - w))) for k, w in enumerate(one))
         assert diff <= 1e-5, (i, diff)
 
 
