@@ -96,13 +96,18 @@ class CompiledSteps:
             jit_compile=self._xla_plan("train_step") == "step",
             finite_sums=skip,
             after=None if isinstance(self._strategy, tf.distribute.TPUStrategy) else self._after_train_call,
+            convert_step=not self._uses_default_step("train_step"),
         )
 
     def make_eval_function(self) -> step_function.StepFunction:
         """The compiled eval function (after `build_state` for the eval input)."""
         jit = self._xla_plan("eval_step") == "step"
         return step_function.make_step_function(
-            self._strategy, self._steps.eval_step, where="eval_step", jit_compile=jit
+            self._strategy,
+            self._steps.eval_step,
+            where="eval_step",
+            jit_compile=jit,
+            convert_step=not self._uses_default_step("eval_step"),
         )
 
     def make_predict_function(self):
