@@ -5,6 +5,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.autograph.impl import api as autograph_api
 
+from framework import losses
+
 from toys import ArrayTrainer, blobs, config, mlp
 
 X, Y = blobs(n=96)  # 6 batches of 16, unshuffled
@@ -47,6 +49,27 @@ def test_a_custom_step_with_python_branches_on_tensors_is_converted():
     assert 0 < expected < 1
     np.testing.assert_allclose(history[-1]["positive"], expected, rtol=1e-6)
     np.testing.assert_allclose(trainer.evaluate()["positive"], expected, rtol=1e-6)
+
+
+class BranchingLoss(ArrayTrainer):
+    """The default steps, with a `compute_loss` override that branches on a tensor in Python."""
+
+    def compute_loss(self, y, y_pred, sample_weight=None):
+        result = super().compute_loss(y, y_pred, sample_weight)
+        loss = result.loss
+        if tf.reduce_mean(y_pred[:, 0]) > 1e9:  # never: the loss is unchanged
+            loss = loss * 0.0
+        return result._replace(loss=loss)
+
+
+def test_an_overridden_compute_loss_with_python_branches_is_converted_in_the_default_steps():
+    """Both default steps trace (unconverted, the `if` would raise); the eval loss equals Keras'."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    trainer = BranchingLoss(
+        config(epochs=1), data=(X, Y), eval_data=(X, Y), model_fn=mlp, loss=losses.Term(loss, name="ce")
+    )
+    history = trainer.fit()
+    np.testing.assert_allclose(history[-1]["val/loss"], float(loss(Y, trainer.model(X))), rtol=1e-5)
 
 
 def test_the_default_steps_trace_without_converting_framework_code(monkeypatch):
