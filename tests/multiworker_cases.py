@@ -323,10 +323,20 @@ EXPERIMENTS = {
 }
 
 
+# Two epochs (both boundaries) on less data: the workers stay in sync, or not, within a few steps.
+SMOKE_DATA = {"segmentation": {"data.train_images": 320}, "gan": {"data.train_points": 1280}}
+
+
 def _experiment(name: str):
+    """The experiment's smoke config, cut to at most two epochs and, where its steps are many,
+    to fewer training examples (still whole global batches)."""
     import importlib
 
-    return getattr(importlib.import_module(name), EXPERIMENTS[name]), _load_config(name, "smoke")
+    config = _load_config(name, "smoke")
+    config.epochs = min(config.epochs, 2)
+    return _with(
+        getattr(importlib.import_module(name), EXPERIMENTS[name]), config, **SMOKE_DATA.get(name, {})
+    )
 
 
 def build(name: str):
