@@ -51,9 +51,12 @@ CONTENDERS = ["fit_default", "fit_trimmed", *BARE, *KERAS, "orbit"]
 QUICK_CONTENDERS = ["fit_default", "fit_trimmed", "bare_32", "bare_chunk", "keras_spe32"]
 # workload: batch, rows (one epoch), epochs per timed chunk, rounds by default.
 WORKLOADS = {
-    "mlp": {"batch": 64, "rows": 32768, "epochs_per_chunk": 16},  # 512 steps an epoch: overhead-bound
-    "resnet": {"batch": 32, "rows": 32 * 12, "epochs_per_chunk": 1},  # configs/images.py's ResNet
-    "lm": {"batch": 8, "rows": 8 * 12, "epochs_per_chunk": 1},  # configs/lm.py's Transformer
+    # 512 steps an epoch, 4,096 a chunk (~2 s of CPU): overhead-bound
+    "mlp": {"batch": 64, "rows": 32768, "epochs_per_chunk": 8},
+    # 48 steps a chunk (~5 s of CPU for the ResNet, ~12 s for the LM): per-round ratios within a
+    # few percent (12 steps left them within ±10%), the whole bench ~15 minutes on 2 idle cores.
+    "resnet": {"batch": 32, "rows": 32 * 48, "epochs_per_chunk": 1},  # configs/images.py's ResNet
+    "lm": {"batch": 8, "rows": 8 * 48, "epochs_per_chunk": 1},  # configs/lm.py's Transformer
 }
 QUICK_WORKLOAD = {"batch": 64, "rows": 64 * 64, "epochs_per_chunk": 2}
 LM_SEQ_LEN = 128
@@ -543,7 +546,7 @@ def _print(kind: str, rows: dict, markdown: bool, seconds: float) -> None:
     for c, r in rows.items():
         if c.startswith("_"):
             continue
-        print(f"| {c} | {r['steps_per_cpu_s']:.0f} | {r['steps_per_wall_s']:.0f} | {r['cpu_ratio_to_bare']:.3f} "
+        print(f"| {c} | {r['steps_per_cpu_s']:.3g} | {r['steps_per_wall_s']:.3g} | {r['cpu_ratio_to_bare']:.3f} "
               f"| {r['wall_ratio_to_bare']:.3f} | {r['traces']} | {r['peak_rss_mb']:.0f} | {r['optimizer_steps']} "
               f"| {r['final_loss']:.6f} | {'ok' if r['work_ok'] else 'DIFFERS'} |")  # fmt: skip
     for c, why in rows["_unavailable"].items():

@@ -7,7 +7,7 @@ reference process runs it with `--strategy=one_device`:
         --cases=metrics,heads --out=/tmp/mw/result-0.json
 
 Case `c` trains in `<root>/<c>` (a workdir shared by the workers, as on a
-shared filesystem) and the process writes, per case, its final weights, the
+shared filesystem; `c@tag` is case `c` in `<root>/c-tag`) and the process writes, per case, its final weights, the
 history `fit()` returned, the step and the learning rate to `--out`. Data come
 from `framework.distribute.global_batches`: one process and two workers train
 on the same global batches. One strategy serves every case of a process.
@@ -323,13 +323,25 @@ EXPERIMENTS = {
 }
 
 
+# Two epochs (both boundaries) on less data: the workers stay in sync, or not, within a few steps.
+SMOKE_DATA = {"segmentation": {"data.train_images": 320}, "gan": {"data.train_points": 1280}}
+
+
 def _experiment(name: str):
+    """The experiment's smoke config, cut to at most two epochs and, where its steps are many,
+    to fewer training examples (still whole global batches)."""
     import importlib
 
-    return getattr(importlib.import_module(name), EXPERIMENTS[name]), _load_config(name, "smoke")
+    config = _load_config(name, "smoke")
+    config.epochs = min(config.epochs, 2)
+    return _with(
+        getattr(importlib.import_module(name), EXPERIMENTS[name]), config, **SMOKE_DATA.get(name, {})
+    )
 
 
 def build(name: str):
+    """Case `name`; `name@tag` is the same case (in its own workdir: `run_case`)."""
+    name = name.split("@")[0]
     if name.startswith("smoke/"):
         made = _experiment(name[len("smoke/") :])
     else:
@@ -345,7 +357,7 @@ def _slow_calls(seconds: float):
 
 def run_case(name: str, strategy, root: str, step_seconds: float) -> dict:
     cls, config, callbacks = build(name)
-    workdir = os.path.join(root, name.replace("/", "-"))
+    workdir = os.path.join(root, name.replace("/", "-").replace("@", "-"))
     trainer = cls(config, workdir, strategy=strategy)
     if step_seconds:
         callbacks = [*callbacks, _slow_calls(step_seconds)]

@@ -29,7 +29,7 @@ def get_config(arg=None):
     config.optimizer.learning_rate = 3e-3
     config.checkpoint.every_steps = 20
     config.checkpoint.max_to_keep = 50
-    config.data.examples = 4000  # 1000 steps: room for three kills and a SIGTERM
+    config.data.examples = 1600  # 400 steps: room for three kills and a SIGTERM
     return config
 
 

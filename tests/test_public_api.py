@@ -190,48 +190,69 @@ def test_unknown_attribute_names_the_module():
         framework.no_such_name  # noqa: B018
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        "framework",
-        "framework.sweeps",
-        "framework.sweeps.processes",
-        "framework.sweeps.results",
-        "framework.sweeps.search",
-        "framework.config",
-        "framework.sweeps.optuna_study",
-        "framework.outputs.hparams",
-        "framework.sweeps.sweep_command",
-        "framework.sweeps.compare",
-    ],
-)
-def test_sweep_parts_import_without_tensorflow(module):
-    code = f"import {module}, sys; assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))[:5]"
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+TF_FREE_MODULES = [
+    "framework",
+    "framework.sweeps",
+    "framework.sweeps.processes",
+    "framework.sweeps.results",
+    "framework.sweeps.search",
+    "framework.config",
+    "framework.sweeps.optuna_study",
+    "framework.outputs.hparams",
+    "framework.sweeps.sweep_command",
+    "framework.sweeps.compare",
+]
 
 
-def test_public_names_still_start_the_trainer():
-    code = "import framework, sys; framework.Trainer; framework.data.global_shuffle; assert 'tensorflow' in sys.modules"
+@pytest.fixture(scope="module")
+def tf_free_imports():
+    """One fresh interpreter imports TF_FREE_MODULES in turn: after each, is TensorFlow (or Keras) loaded?
+
+    Loaded modules only accumulate, so a module that pulls TensorFlow in fails its own case (and
+    the later ones): no case passes that would fail in an interpreter of its own.
+    """
+    code = (
+        "import importlib, sys\n"
+        f"for module in {TF_FREE_MODULES!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(module)\n"
+        "        print(module, 'tensorflow' in sys.modules,\n"
+        "              sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))[:5])\n"
+        "    except Exception as e:\n"
+        "        print(module, repr(e))\n"
+    )
     env = {**os.environ, "PYTHONPATH": ROOT}
     result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds(240)
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("module", TF_FREE_MODULES)
+def test_sweep_parts_import_without_tensorflow(module, tf_free_imports):
+    assert tf_free_imports[module].startswith("False "), (module, tf_free_imports[module])
+
+
+def test_public_names_still_start_the_trainer(run_without_workdir):
+    assert run_without_workdir.returncode == 0, run_without_workdir.stderr[-2000:]
+    assert "PUBLIC_NAMES_LOADED_TENSORFLOW True" in run_without_workdir.stdout, run_without_workdir.stdout[
+        -500:
+    ]
 
 
 UNUSED_BY_A_RUN_WITHOUT_WORKDIR = ("orbax", "optuna", "tensorboard")
 
 
-def test_a_run_without_workdir_loads_no_checkpoint_sweep_or_tensorboard_modules():
-    """orbax (and JAX with it), Optuna and TensorBoard load only when a run saves, sweeps or writes summaries."""
+@pytest.fixture(scope="module")
+def run_without_workdir():
+    """A fresh interpreter: the public names, then a run without workdir (fit and evaluate)."""
     code = (
         "import sys\n"
         "import framework\n"
         "framework.Trainer\n"
+        "framework.data.global_shuffle\n"
+        "print('PUBLIC_NAMES_LOADED_TENSORFLOW', 'tensorflow' in sys.modules, flush=True)\n"
         "import toys\n"
         "x, y = toys.blobs(32)\n"
         "t = toys.ArrayTrainer(toys.config(), data=(x, y), model_fn=toys.mlp, eval_data=(x, y))\n"
@@ -240,8 +261,13 @@ def test_a_run_without_workdir_loads_no_checkpoint_sweep_or_tensorboard_modules(
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({UNUSED_BY_A_RUN_WITHOUT_WORKDIR!r})))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds(600)
     )
+
+
+def test_a_run_without_workdir_loads_no_checkpoint_sweep_or_tensorboard_modules(run_without_workdir):
+    """orbax (and JAX with it), Optuna and TensorBoard load only when a run saves, sweeps or writes summaries."""
+    result = run_without_workdir
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-500:]

@@ -63,6 +63,7 @@ def make_step_function(
     jit_compile: bool = False,
     finite_sums: bool = False,
     after: Callable[[], object] | None = None,
+    convert_step: bool = True,
 ) -> StepFunction:
     """Returns the compiled function `fn(iterator, num_steps) -> (sums, last, after)`; see `StepFunction`.
 
@@ -71,12 +72,20 @@ def make_step_function(
       (nan_policy="skip"); `sums.counted` says how many were summed.
     after: returns a nest of scalar tensors, read in cross-replica context
       after the call's last step; the host gets the same nest of floats.
+    convert_step: let AutoGraph convert `replica_step` (a user's step may
+      branch on tensors in Python). False for the framework's own steps, which
+      need no conversion: converting them and what they call is most of a
+      trace's CPU time.
     """
     layout = log_values.Layout()
     after_values = _Nest(after)
     replica_fn = _packed_replica_step(replica_step, layout, where)
+    if not convert_step:
+        replica_fn = tf.autograph.experimental.do_not_convert(replica_fn)
     if jit_compile:
-        replica_fn = tf.function(replica_fn, jit_compile=True)
+        replica_fn = tf.function(replica_fn, jit_compile=True, autograph=convert_step)
+    if on_step is not None:
+        on_step = tf.autograph.experimental.do_not_convert(on_step)
 
     def one_step(iterator):
         batch = input_positions.replica_values(strategy, iterator, next(iterator))
@@ -85,6 +94,8 @@ def make_step_function(
             on_step()
         return strategy.experimental_local_results(per_replica)[0]
 
+    if not convert_step:
+        one_step = tf.autograph.experimental.do_not_convert(one_step)
     multi_step = _step_loop(one_step, _Carry(finite_sums), keep_going, after_values)
     return StepFunction(multi_step, layout, counted=finite_sums, after=after_values)
 
@@ -150,6 +161,7 @@ class _Carry:
     def __init__(self, finite_sums: bool):
         self.finite_sums = finite_sums
 
+    @tf.autograph.experimental.do_not_convert
     def initial(self) -> tuple[tf.Tensor, ...]:
         sums = tf.constant([-0.0])
         return (sums, tf.zeros([0])) if self.finite_sums else (sums,)

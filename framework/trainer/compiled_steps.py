@@ -22,6 +22,10 @@ from framework.optim import keras_internals, updates
 from framework.trainer.counters import StepCounters
 from framework.trainer.phase_metrics import PhaseMetrics
 
+# The trainer's methods the default train and eval steps call: a user's override of one of them may
+# branch on tensors in Python, so AutoGraph converts the step that calls it.
+STEP_HOOKS = ("compute_loss", "apply_gradients", "update_metrics")
+
 
 class StepFunctions(NamedTuple):
     """A trainer's per-replica steps (its bound methods, overridden or not)."""
@@ -96,14 +100,23 @@ class CompiledSteps:
             jit_compile=self._xla_plan("train_step") == "step",
             finite_sums=skip,
             after=None if isinstance(self._strategy, tf.distribute.TPUStrategy) else self._after_train_call,
+            convert_step=self._converts("train_step"),
         )
 
     def make_eval_function(self) -> step_function.StepFunction:
         """The compiled eval function (after `build_state` for the eval input)."""
         jit = self._xla_plan("eval_step") == "step"
         return step_function.make_step_function(
-            self._strategy, self._steps.eval_step, where="eval_step", jit_compile=jit
+            self._strategy,
+            self._steps.eval_step,
+            where="eval_step",
+            jit_compile=jit,
+            convert_step=self._converts("eval_step"),
         )
+
+    def _converts(self, step: str) -> bool:
+        """Whether AutoGraph converts `step`: when it, or a hook the default steps call, is the user's."""
+        return not all(self._uses_default_step(name) for name in (step, *STEP_HOOKS))
 
     def make_predict_function(self):
         """The compiled predict function: `fn(iterator) -> one batch of predict_step outputs`."""

@@ -21,7 +21,7 @@ from toys import ArrayTrainer, blobs, config, mlp, weights_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "resume_run.py")
-STEPS_PER_EPOCH = 250  # tests/resume_run.py: 4000 examples in batches of 16
+STEPS_PER_EPOCH = 100  # tests/resume_run.py: 1600 examples in batches of 16
 
 
 def _start(workdir, *flags, mode="train"):
@@ -294,9 +294,9 @@ def test_sigterm_within_the_min_interval_saves_and_the_rerun_ends_bitwise_equal(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=seconds(300)) == 0
     saved = _steps(interrupted)
-    assert len(saved) == 1 and 0 < saved[0] < 500, saved  # the SIGTERM step, before the end (2 x 250)
+    assert len(saved) == 1 and 0 < saved[0] < 2 * STEPS_PER_EPOCH, saved  # the SIGTERM step, before the end
     assert _start(interrupted, *spaced).wait(timeout=seconds(900)) == 0
     assert ref.wait(timeout=seconds(900)) == 0
-    assert _steps(interrupted)[-1] == _steps(reference)[-1] == 500
+    assert _steps(interrupted)[-1] == _steps(reference)[-1] == 2 * STEPS_PER_EPOCH
     got, want = _weights(interrupted), _weights(reference)
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))

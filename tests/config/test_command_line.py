@@ -1,8 +1,10 @@
 """The command line as the README writes it: train.sh's flags, free sections, step runs, eval, sweeps.
 
-The README's own lines run in subprocesses at smoke size (test_launch.py's helper);
-`framework.run`'s return value, the debug limit, the epoch line and the command lines refused
-before training (exit code 2, one FATAL line) are checked in-process.
+The README's own lines run at smoke size through `framework.run` in this process, as
+`python experiments/digits.py ...` would run them (a process would add only TensorFlow's
+start-up); so do the command lines refused before training (exit code 2, one FATAL line)
+and the sweep command, whose runs are processes of their own. What a real process logs at
+absl's default verbosity (the step-run note) is checked in a subprocess.
 """
 
 import functools
@@ -23,6 +25,7 @@ from script_runs import ROOT, run_script
 
 import framework
 from framework.outputs import run_log
+from framework.sweeps import sweep_command
 
 from toys import ArrayTrainer, ExampleCount, blobs, config, mlp
 
@@ -56,15 +59,25 @@ def fatal_lines(stderr: str) -> list[str]:
 
 
 def run_digits_in_process(capsys, *args: str) -> tuple[int, str]:
-    """`python experiments/digits.py *args` run by `framework.run` in this process: (exit code, stderr).
+    """`python experiments/digits.py *args` run by `framework.run` in this process: (exit code, stderr)."""
+    code, _, err = run_digits(capsys, *args)
+    return code, err
 
-    For command lines refused before training: the process start-up would add only TensorFlow's
-    import. An exception other than SystemExit (a traceback in the shell) propagates and fails the test.
+
+def run_digits(capsys, *args: str) -> tuple[int, str, str]:
+    """`python experiments/digits.py *args` run by `framework.run` in this process: (exit code, stdout, stderr).
+
+    `capsys` None: nothing is captured (a module-scoped fixture); stdout and stderr come back empty.
+
+    A process would add only TensorFlow's start-up: `framework.run` parses the same argv with
+    absl and runs the same mode (digits.py's `__main__` calls just that). An exception other
+    than SystemExit (a traceback in the shell) propagates and fails the test.
     """
     digits = _experiment_module("digits")
     argv = [os.path.join(ROOT, "experiments", "digits.py")]
     argv += [a.replace("=configs/", f"={ROOT}/configs/") for a in args]
-    capsys.readouterr()
+    if capsys is not None:
+        capsys.readouterr()
     try:
         framework.run(digits.DigitsTrainer, argv)
         code = 0
@@ -72,7 +85,7 @@ def run_digits_in_process(capsys, *args: str) -> tuple[int, str]:
         code = e.code
     finally:
         flags.FLAGS.unparse_flags()
-    return code, capsys.readouterr().err
+    return (code, *capsys.readouterr()) if capsys is not None else (code, "", "")
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +95,14 @@ def readme_run(tmp_path_factory):
     assert words[0] == "scripts/train.sh"
     workdir = tmp_path_factory.mktemp("readme") / "digits"
     argv = train_sh_argv(*words[1:], f"--workdir={workdir}")
-    return workdir, run_script(*argv)
+    assert argv[0] == "experiments/digits.py", argv
+    code, _, _ = run_digits(None, *argv[1:])
+    return workdir, code
 
 
 def test_train_sh_flags_replace_its_default_config_and_override_keys(readme_run):
-    workdir, result = readme_run
-    assert result.returncode == 0, result.stderr[-3000:]
+    workdir, code = readme_run
+    assert code == 0
     recorded = json.loads((workdir / "config.json").read_text())
     assert recorded["batch_size"] == 128  # the override
     assert recorded["epochs"] == 3  # configs/digits.py:smoke's, not train.sh's default configs/digits.py (30)
@@ -109,12 +124,12 @@ def test_eval_best_without_a_best_metric_is_one_fatal_line_naming_the_logged_key
 
 
 def test_optimizer_options_take_new_keys_from_the_command_line(tmp_path, capsys):
-    result = run_script(
-        "experiments/digits.py", "--config=configs/digits.py:smoke", f"--workdir={tmp_path / 'run'}",
+    code, _, stderr = run_digits(
+        capsys, "--config=configs/digits.py:smoke", f"--workdir={tmp_path / 'run'}",
         "--mode=train", "--config.epochs=1", "--config.optimizer.name=sgd",
         "--config.optimizer.options.momentum=0.9", "--config.optimizer.options.nesterov=true",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert code == 0, stderr[-3000:]
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["optimizer"]["options"] == {"momentum": 0.9, "nesterov": True}
 
@@ -256,12 +271,14 @@ if __name__ == "__main__":
 """
 
 
-def test_a_one_file_script_sweeps_its_own_get_sweep_without_config(tmp_path):
+def test_a_one_file_script_sweeps_its_own_get_sweep_without_config(tmp_path, capsys):
+    """The sweep command runs here (`scripts/sweep.py` calls just its main); its runs are processes."""
     script = tmp_path / "blobs.py"
     script.write_text(SWEEP_SCRIPT)
     workdir = tmp_path / "sweep"
-    result = run_script("scripts/sweep.py", str(script), f"--workdir={workdir}", "--mode=train", timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    code = sweep_command.main([str(script), f"--workdir={workdir}", "--mode=train"])
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-2000:]
     for hidden in (3, 5):
         run = workdir / f"hidden={hidden}"
         assert json.loads((run / "sweep.json").read_text())["status"] == "done"

@@ -78,8 +78,9 @@ def tree(root):
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """The matrix cases and every experiment's smoke config, in one reference and one worker pair;
-    the workers also run `random_draws`."""
+    """The matrix cases and every experiment's smoke config (at most two epochs, on less data:
+    tests/multiworker_cases.py), in one reference and one worker pair; the workers also run
+    `random_draws`."""
     tmp = tmp_path_factory.mktemp("matrix")
     cases = MATRIX + SMOKE
     reference = start(cases, tmp / "ref", tmp / "ref.json", strategy="one_device")

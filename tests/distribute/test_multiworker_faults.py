@@ -1,7 +1,8 @@
 """Two real worker processes on 127.0.0.1 when things go wrong, and a real experiment on two.
 
 A worker killed (the other exits, naming it; a rerun resumes), a worker
-preempted (SIGTERM to one: both save at one step and exit 0; a rerun resumes);
+preempted (SIGTERM to one: both save at one step and exit 0; a rerun resumes; one
+worker pair reruns both);
 workers with uneven inputs; experiments/images.py preempted and resumed on two
 workers. All slow (CI runs them, `-m "not slow"` skips them). Apart from
 tests/distribute/test_multiworker.py so that pytest-xdist can run the two files at once.
@@ -32,7 +33,7 @@ SLOW_STEPS = ("--step_seconds=0.15", f"--peer_timeout_secs={round(seconds(10))}"
 @pytest.fixture(scope="module")
 def long_reference(tmp_path_factory):
     """The one-process run of `long`, started now and waited for on first use: it trains while
-    the first fault test's workers start and sleep through their slow steps."""
+    the fault tests' workers start and sleep through their slow steps."""
     tmp = tmp_path_factory.mktemp("long")
     reference = start(["long"], tmp / "ref", tmp / "ref.json", strategy="one_device")
     result = {}
@@ -54,11 +55,11 @@ def _has_checkpoint(workdir):
 
 
 @contextlib.contextmanager
-def _one_worker_signalled(tmp_path, signum, ready):
-    """Two slow-stepping workers on `long`; yields them and the time worker 1 got `signum`, sent
-    once `ready(workdir)` holds. Whatever still runs on exit is killed."""
-    workers = start_workers(["long"], tmp_path / "mw", tmp_path, extra=SLOW_STEPS)
-    workdir = tmp_path / "mw" / "long"
+def _one_worker_signalled(root, tmp, case, signum, ready):
+    """Two slow-stepping workers on `case` (`long@...`); yields them and the time worker 1 got
+    `signum`, sent once `ready(workdir)` holds. Whatever still runs on exit is killed."""
+    workers = start_workers([case], root, tmp, tag=f"_{case}", extra=SLOW_STEPS)
+    workdir = root / case.replace("@", "-")
     try:
         wait_for(lambda: ready(workdir), ready.__name__, workers)
         workers[1].send_signal(signum)
@@ -67,42 +68,84 @@ def _one_worker_signalled(tmp_path, signum, ready):
         finish(workers, timeout=1)
 
 
-def _resume_and_compare(tmp_path, long_reference):
-    workers = start_workers(["long"], tmp_path / "mw", tmp_path, tag="_rerun")
+def _kill_one(root, tmp):
+    with _one_worker_signalled(root, tmp, "long@killed", signal.SIGKILL, _has_checkpoint) as (workers, at):
+        # Bounded: the peer timeout ends it; a hang fails the test, naming the wait.
+        _, err = workers[0].communicate(timeout=seconds(300))
+        return {"returncode": workers[0].returncode, "stderr": err, "took": time.monotonic() - at}
+
+
+def _preempt_one(root, tmp):
+    with _one_worker_signalled(root, tmp, "long@preempted", signal.SIGTERM, logged_step) as (workers, at):
+        errors = [w.communicate(timeout=seconds(300))[1] for w in workers]
+        took = time.monotonic() - at
+    directory = root / "long-preempted" / "checkpoints"
+    return {
+        "returncodes": [w.returncode for w in workers],
+        "stderr": errors,
+        "took": took,
+        "saved": sorted(int(n) for n in os.listdir(directory) if n.isdigit()),
+        "finished": os.path.exists(tmp / "w0_long@preempted.json"),
+    }
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, long_reference):
+    """`long` on two workers twice, each run in its own workdir: worker 1 killed after the first
+    checkpoint, and worker 1 sent SIGTERM once training has logged. Then one worker pair reruns
+    both workdirs to the end (the same command for each, in one pair of processes).
+    Returns {fault: what the interrupted run did, or the error that ended it} and the rerun's
+    results per worker. Starts `long_reference` first: it trains while these workers run."""
+    tmp = tmp_path_factory.mktemp("faults")
+    root = tmp / "mw"
+    faults = {}
+    for fault, run in (("killed", _kill_one), ("preempted", _preempt_one)):
+        try:
+            faults[fault] = run(root, tmp)
+        except Exception as error:  # noqa: BLE001 - reported by the fault's own test
+            faults[fault] = {"error": f"{type(error).__name__}: {error}"}
+    resumable = [f"long@{fault}" for fault, got in faults.items() if "error" not in got]
+    if not resumable:
+        return faults, None
+    workers = start_workers(resumable, root, tmp, tag="_rerun")
     check_ok(workers, finish(workers))
+    return faults, [load(tmp / f"w{index}_rerun.json") for index in range(2)]
+
+
+def _assert_rerun_resumed(interrupted, fault, long_reference):
+    faults, rerun = interrupted
+    assert "error" not in faults[fault], faults[fault]["error"]
     reference = long_reference()
     for index in range(2):
-        got = load(tmp_path / f"w{index}_rerun.json")["long"]
+        got = rerun[index][f"long@{fault}"]
         assert got["step"] == reference["step"]
         for i, (g, w) in enumerate(zip(got["weights"], reference["weights"])):
             np.testing.assert_allclose(np.array(g), np.array(w), atol=TOLERANCE, err_msg=f"weight {i}")
 
 
 @pytest.mark.slow
-def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(tmp_path, long_reference):
-    with _one_worker_signalled(tmp_path, signal.SIGKILL, _has_checkpoint) as (workers, killed_at):
-        # Bounded: the peer timeout ends it; a hang fails here, naming the wait.
-        _, err = workers[0].communicate(timeout=seconds(300))
-        survived = time.monotonic() - killed_at
-    assert workers[0].returncode != 0
-    assert "/job:worker/replica:0/task:1" in err, err[-3000:]
-    print(f"surviving worker exited {survived:.1f}s after its peer was killed")
-    _resume_and_compare(tmp_path, long_reference)
+def test_a_killed_worker_ends_the_others_in_bounded_time_and_a_rerun_resumes(interrupted, long_reference):
+    killed = interrupted[0]["killed"]
+    assert "error" not in killed, killed["error"]
+    assert killed["returncode"] != 0
+    assert "/job:worker/replica:0/task:1" in killed["stderr"], killed["stderr"][-3000:]
+    print(f"surviving worker exited {killed['took']:.1f}s after its peer was killed")
+    _assert_rerun_resumed(interrupted, "killed", long_reference)
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(tmp_path, long_reference):
-    with _one_worker_signalled(tmp_path, signal.SIGTERM, logged_step) as (workers, signalled_at):
-        errors = [w.communicate(timeout=seconds(300))[1] for w in workers]
-        took = time.monotonic() - signalled_at
-    check_ok(workers, errors)
+def test_sigterm_to_one_worker_saves_once_at_an_agreed_step_and_a_rerun_resumes(interrupted, long_reference):
+    preempted = interrupted[0]["preempted"]
+    assert "error" not in preempted, preempted["error"]
+    errors = preempted["stderr"]
+    for returncode, err in zip(preempted["returncodes"], errors):
+        assert returncode == 0, err[-4000:]
     steps = [re.findall(r"Preempted: saved step (\d+)", err) for err in errors]
     assert steps[0] and steps[0] == steps[1], (steps, [err[-3000:] for err in errors])
-    saved = sorted(int(n) for n in os.listdir(tmp_path / "mw" / "long" / "checkpoints") if n.isdigit())
-    assert int(steps[0][0]) == saved[-1]
-    assert not os.path.exists(tmp_path / "w0.json")  # preempted before the case finished
-    print(f"both workers saved step {steps[0][0]} and exited 0, {took:.1f}s after SIGTERM")
-    _resume_and_compare(tmp_path, long_reference)
+    assert int(steps[0][0]) == preempted["saved"][-1]
+    assert not preempted["finished"]  # preempted before the case finished
+    print(f"both workers saved step {steps[0][0]} and exited 0, {preempted['took']:.1f}s after SIGTERM")
+    _assert_rerun_resumed(interrupted, "preempted", long_reference)
 
 
 # ---- uneven inputs ----------------------------------------------------------------------------
