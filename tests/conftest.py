@@ -11,6 +11,7 @@ pytest-timeout's per-test limit (`timeout` in setup.cfg) is multiplied by
 
 import collections
 import os
+import time
 
 import pytest
 from timeouts import seconds
@@ -56,3 +57,18 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
                 item.add_marker(pytest.mark.timeout(SLOW_TEST_LIMIT_FACTOR * limit))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With `TEST_CPU_REPORT=<file>`: a line per test with its wall time and this process's CPU time.
+
+    A test whose wall time far exceeds its CPU time either waits for a subprocess or stalls
+    (docs/testing.md, "Finding where the time goes")."""
+    report = os.environ.get("TEST_CPU_REPORT")
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    if report:
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        with open(report, "a") as out:
+            out.write(f"{wall:9.2f} {cpu:9.2f} {os.getpid()} {item.nodeid}\n")
